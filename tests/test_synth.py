@@ -1,0 +1,425 @@
+"""The embedded corpus: determinism, the docs/corpus.md contract, story truth, layouts and injected defects."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import unicodedata
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comicnb import story, synth
+
+SMALL = (320, 480)  # tiny pages keep the test corpora fast
+ALL_PROBLEMS = {"corrupt_image", "truncated_image", "huge_image", "missing_json", "invalid_json", "bad_json_shape",
+                "no_panels", "missing_image", "bbox_out_of_bounds", "bbox_outside_page", "bbox_negative",
+                "bbox_zero_area", "too_many_panels", "label_without_page", "page_without_label", "image_mode",
+                "text_encoding", "text_unicode", "duplicate_image", "duplicate_json"}
+
+
+def _make(root: Path, name: str, **kwargs) -> Path:
+    """Generate a small corpus under root/name."""
+    args = {"books": 3, "pages": 6, "seed": 1, "page_size": SMALL, "rtl_fraction": 0.4} | kwargs
+    synth.generate(root / name, **args)
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> dict[str, Path]:
+    """The corpora the tests read, generated once."""
+    root = tmp_path_factory.mktemp("corpora")
+    return {"clean": _make(root, "clean"), "twin": _make(root, "twin"), "seed2": _make(root, "seed2", seed=2),
+            "xyxy": _make(root, "xyxy", books=2, pages=4, bbox_format="xyxy"),
+            "noisy": _make(root, "noisy", books=1, pages=4, ocr_noise=0.3),
+            "dirty": _make(root, "dirty", books=4, pages=8, seed=3, dirty=True)}
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _truth(root: Path) -> dict:
+    """The ground-truth sidecar."""
+    return json.loads((root / "ground_truth.json").read_text(encoding="utf-8"))
+
+
+def _pages(root: Path) -> Iterator[tuple[str, str, dict]]:
+    """(book_id, page_name, page truth) for every page in the sidecar."""
+    for b, book in _truth(root)["books"].items():
+        for p, page in book["pages"].items():
+            yield b, p, page
+
+
+def _image(root: Path, b: str, p: str) -> Path | None:
+    """The page's image file (the first by name), if any."""
+    found = sorted(f for f in (root / b).glob(f"{p}.*") if f.suffix.lower() != ".json")
+    return found[0] if found else None
+
+
+def _doc(root: Path, b: str, p: str) -> dict:
+    """The page's Stage 1 JSON."""
+    return json.loads((root / b / f"{p}.json").read_text(encoding="utf-8"))
+
+
+def _xyxy(bbox: list[int], fmt: str) -> tuple[int, int, int, int]:
+    """A JSON bbox as (x0, y0, x1, y1)."""
+    x, y, a, b = bbox
+    return (x, y, a, b) if fmt == "xyxy" else (x, y, x + a, y + b)
+
+
+def _opens(path: Path) -> bool:
+    """Whether PIL can fully decode the image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure counts
+        return False
+
+
+def test_same_seed_gives_identical_bytes(corpora):
+    assert len(_digest(corpora["clean"])) > 30
+    assert _digest(corpora["clean"]) == _digest(corpora["twin"])
+
+
+def test_different_seed_gives_different_corpus(corpora):
+    a, b = _digest(corpora["clean"]), _digest(corpora["seed2"])
+    assert sum(a.get(k) != b.get(k) for k in a) > len(a) // 2
+
+
+@pytest.mark.parametrize("name", ["clean", "xyxy", "noisy"])
+def test_page_json_follows_the_contract_and_matches_the_truth(corpora, name):
+    root = corpora[name]
+    truth = _truth(root)
+    for b, p, page in _pages(root):
+        doc, image = _doc(root, b, p), _image(root, b, p)
+        assert set(doc) == {"image_width", "image_height", "panels"}
+        with Image.open(image) as img:
+            assert img.size == (doc["image_width"], doc["image_height"]) and img.mode == "RGB"
+        assert len(doc["panels"]) == len(page["panels"]) >= 1
+        for i, (panel, true) in enumerate(zip(doc["panels"], page["panels"])):
+            assert len(panel["bbox"]) == 4 and all(isinstance(v, int) for v in panel["bbox"])
+            assert isinstance(panel["text"], str) and 0 < panel["confidence"] <= 1
+            assert len(panel["text_boxes"]) == len(true["lines"]) and panel["text"] == " ".join(panel["text_boxes"])
+            assert panel["description"] == true["caption"] and true["reading_position"] == i
+    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == 1
+
+
+@pytest.mark.parametrize("name", ["clean", "xyxy"])
+def test_clean_boxes_lie_inside_the_page_and_do_not_overlap(corpora, name):
+    fmt = "xyxy" if name == "xyxy" else "xywh"
+    for b, p, page in _pages(corpora[name]):
+        doc = _doc(corpora[name], b, p)
+        boxes = [_xyxy(panel["bbox"], fmt) for panel in doc["panels"]]
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= doc["image_width"] and 0 <= y0 < y1 <= doc["image_height"]
+        for i, a in enumerate(boxes):
+            for c in boxes[i + 1:]:
+                assert min(a[2], c[2]) <= max(a[0], c[0]) or min(a[3], c[3]) <= max(a[1], c[1])
+
+
+def test_clean_text_is_the_truth_lines(corpora):
+    for b, p, page in _pages(corpora["clean"]):
+        for panel, true in zip(_doc(corpora["clean"], b, p)["panels"], page["panels"]):
+            assert panel["text_boxes"] == [line["text"] for line in true["lines"]]
+
+
+def test_ocr_noise_damages_json_text_only(corpora):
+    changed = 0
+    for b, p, page in _pages(corpora["noisy"]):
+        for panel, true in zip(_doc(corpora["noisy"], b, p)["panels"], page["panels"]):
+            clean = " ".join(line["text"] for line in true["lines"])
+            changed += panel["text"] != clean
+            assert panel["description"] == true["caption"]
+    assert changed > 5
+
+
+def test_naive_order_flag_is_recomputed_and_sometimes_false(corpora):
+    flags = []
+    for name in ("clean", "xyxy", "seed2"):
+        fmt = "xyxy" if name == "xyxy" else "xywh"
+        for b, p, page in _pages(corpora[name]):
+            boxes = [_xyxy(panel["bbox"], fmt) for panel in _doc(corpora[name], b, p)["panels"]]
+            sign = -1 if page["reading_direction"] == "rtl" else 1
+            order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], sign * boxes[i][0]))
+            assert page["naive_order_correct"] == (order == list(range(len(boxes))))
+            flags.append(page["naive_order_correct"])
+    assert False in flags and True in flags
+
+
+def test_tall_panel_beside_a_stack_defeats_the_naive_sort():
+    boxes = synth._tall(synth.np.random.default_rng(0), (0, 0, 300, 400), 10, 12, "right")
+    assert not synth.naive_order_correct(boxes, "ltr")
+    assert not synth.naive_order_correct(synth.mirror(boxes, 300), "rtl")
+
+
+def test_right_to_left_books_read_from_the_right(corpora):
+    truth = _truth(corpora["clean"])
+    directions = {book["direction"] for book in truth["books"].values()}
+    assert directions == {"ltr", "rtl"}
+    for b, p, page in _pages(corpora["clean"]):
+        boxes = [_xyxy(panel["bbox"], "xywh") for panel in _doc(corpora["clean"], b, p)["panels"]]
+        assert page["reading_direction"] == truth["books"][b]["direction"]
+        if page["reading_direction"] == "rtl":
+            assert boxes[0][2] == max(box[2] for box in boxes)
+        else:
+            assert boxes[0][0] == min(box[0] for box in boxes)
+
+
+def test_no_rtl_books_when_fraction_is_zero():
+    plan = synth.plan_corpus(4, 3, seed=5, rtl_fraction=0.0, page_size=SMALL)
+    assert {book["direction"] for book in plan["books"].values()} == {"ltr"}
+
+
+def test_labels_cover_first_and_match_the_truth(corpora):
+    labels = json.loads((corpora["clean"] / "pss_labels.json").read_text())
+    seen = Counter()
+    for b, p, page in _pages(corpora["clean"]):
+        assert labels[b][p] == page["label"]
+        assert (page["label"] == "cover") == (p == "page_000")
+        seen[page["label"]] += 1
+    assert set(seen) == {"cover", "narrative", "advertisement", "text"}
+
+
+def test_characters_recur_with_a_stable_identity(corpora):
+    truth = _truth(corpora["clean"])
+    looks = {(c["body"], c["accessory"]) for c in truth["characters"].values()}
+    assert len(looks) == len(truth["characters"]) == 8
+    for b, book in truth["books"].items():
+        pages_of = Counter(c for page in book["pages"].values() if page["label"] == "narrative"
+                           for c in {c for panel in page["panels"] for c in panel["characters"]})
+        assert 3 <= len(book["pages"]["page_000"]["panels"][0]["characters"]) <= 5
+        assert set(pages_of) <= set(truth["characters"]) and max(pages_of.values()) >= 2
+
+
+def test_actions_progress_over_consecutive_panels(corpora):
+    for book in _truth(corpora["clean"])["books"].values():
+        stream = [panel for page in book["pages"].values() if page["label"] == "narrative" for panel in page["panels"]]
+        for before, panel in zip([None] + stream, stream):
+            assert 0 <= panel["action_step"] < panel["action_steps"]
+            if panel["action_step"] > 0:
+                assert before["action"] == panel["action"] and before["action_step"] == panel["action_step"] - 1
+                assert before["scene"] == panel["scene"] and before["characters"] == panel["characters"]
+
+
+def test_dialogue_has_speakers_in_the_panel_and_silent_panels_exist(corpora):
+    panels = [panel for _, _, page in _pages(corpora["clean"]) if page["label"] == "narrative"
+              for panel in page["panels"]]
+    assert any(panel["lines"] for panel in panels) and any(not panel["lines"] for panel in panels)
+    for panel in panels:
+        for line in panel["lines"]:
+            assert (line["kind"] == "caption") == (line["speaker"] is None)
+            assert line["speaker"] is None or line["speaker"] in panel["characters"]
+
+
+def test_answers_follow_their_questions_and_need_the_context():
+    plan = synth.plan_corpus(3, 10, seed=7, page_size=SMALL)
+    answered = Counter()
+    for book in plan["books"].values():
+        spoken = [(panel, line) for page in book["pages"].values() if page["label"] == "narrative"
+                  for panel in page["panels"] for line in panel["lines"] if line["kind"] == "speech"]
+        for (_, question), (panel, answer) in zip(spoken, spoken[1:]):
+            if question["text"].startswith(("What colour", "Is the", "How many", "Are there", "Where shall")):
+                assert answer["speaker"] != question["speaker"] and answer["speaker"] in panel["characters"]
+            if question["text"].startswith(("What colour", "Is the")):
+                answered["colour"] += panel["props"]["colour"] in answer["text"]
+                assert panel["props"]["colour"] in answer["text"]  # drawn on the prop, never in the question
+            if question["text"].startswith(("How many", "Are there")):
+                answered["count"] += 1
+                assert story.NUMBERS[panel["props"]["birds"]] in answer["text"]  # the birds drawn in the sky
+    assert answered["colour"] and answered["count"]
+
+
+def test_balloons_and_action_steps_change_the_drawing():
+    plan = synth.plan_corpus(1, 4, seed=3, page_size=SMALL)
+    book = plan["books"]["book_000"]
+    page = next(page for page in book["pages"].values() if page["label"] == "narrative")
+    silent = {**page, "panels": [{**panel, "lines": []} for panel in page["panels"]]}
+    assert synth.render_page(page, book).tobytes() != synth.render_page(silent, book).tobytes()
+    first = {**page, "boxes": page["boxes"][:1], "panels": page["panels"][:1]}
+    later = {**first, "panels": [{**page["panels"][0], "action_step": page["panels"][0]["action_steps"] - 1}]}
+    assert synth.render_page(first, book).tobytes() != synth.render_page(later, book).tobytes()
+
+
+def test_both_image_formats_are_written(corpora):
+    suffixes = Counter(_image(corpora["clean"], b, p).suffix for b, p, _ in _pages(corpora["clean"]))
+    assert suffixes[".jpg"] > suffixes[".png"] > 0
+
+
+def test_page_sizes_vary_between_books(corpora):
+    sizes = {(d["image_width"], d["image_height"]) for b, p, _ in _pages(corpora["clean"])
+             for d in [_doc(corpora["clean"], b, p)]}
+    assert len(sizes) > 1
+
+
+def test_max_panels_is_respected_in_clean_mode():
+    plan = synth.plan_corpus(3, 8, seed=4, max_panels=5, page_size=SMALL)
+    counts = [len(page["panels"]) for book in plan["books"].values() for page in book["pages"].values()
+              if page["label"] == "narrative"]
+    assert max(counts) <= 5 and min(counts) >= 3
+
+
+def test_dirty_corpus_lists_every_problem_once_per_page(corpora):
+    dirty = _truth(corpora["dirty"])["dirty"]
+    assert {d["problem"] for d in dirty} == ALL_PROBLEMS
+    places = [(d["book_id"], d["page_name"]) for d in dirty]
+    assert len(places) == len(set(places))
+    modes = {_mode(corpora["dirty"], d) for d in dirty if d["problem"] == "image_mode"}
+    assert modes == {"L", "CMYK", "RGBA", "I;16"}
+
+
+def _mode(root: Path, d: dict) -> str:
+    """The PIL mode of the listed page's image."""
+    with Image.open(_image(root, d["book_id"], d["page_name"])) as img:
+        return img.mode
+
+
+def _box(root: Path, d: dict) -> tuple[int, int, int, int, int, int]:
+    """The defective panel's box (xyxy) and the page size."""
+    doc = _doc(root, d["book_id"], d["page_name"])
+    return (*_xyxy(doc["panels"][d["panel"]]["bbox"], "xywh"), doc["image_width"], doc["image_height"])
+
+
+FILE_PROBLEMS = {"corrupt_image", "truncated_image", "huge_image", "image_mode", "missing_json", "missing_image",
+                 "duplicate_image", "duplicate_json"}
+PAGE_PROBLEMS = {"invalid_json", "bad_json_shape", "no_panels", "too_many_panels", "label_without_page",
+                 "page_without_label"}
+
+
+def _check_file_defect(root: Path, d: dict) -> None:
+    """Assert that the listed page's files really have the listed image, missing-file or duplicate defect."""
+    b, p, problem = d["book_id"], d["page_name"], d["problem"]
+    image = _image(root, b, p)
+    if problem in ("corrupt_image", "truncated_image"):
+        assert image.suffix == ".jpg" and image.read_bytes()[:2] == b"\xff\xd8" and not _opens(image)
+    elif problem == "huge_image":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(image) as img:
+                assert img.width * img.height > 89_478_485
+        assert image.stat().st_size < 200_000
+    elif problem == "image_mode":
+        assert _opens(image) and _mode(root, d) != "RGB"
+    elif problem.startswith("duplicate_"):
+        first, second = (".jpeg", ".jpg") if problem == "duplicate_image" else (".JSON", ".json")
+        assert (root / b / f"{p}{first}").read_bytes() == (root / b / f"{p}{second}").read_bytes()
+    else:
+        assert (image is None) == (root / b / f"{p}.json").exists() == (problem == "missing_image")
+
+
+def _check_page_defect(root: Path, d: dict, labels: dict, truth: dict) -> None:
+    """Assert that the listed page's JSON or label really has the listed defect."""
+    b, p, problem = d["book_id"], d["page_name"], d["problem"]
+    if problem == "invalid_json":
+        with pytest.raises(json.JSONDecodeError):
+            json.loads((root / b / f"{p}.json").read_text(encoding="utf-8"))
+    elif problem == "bad_json_shape":
+        panels = _doc(root, b, p)["panels"]
+        assert not isinstance(panels, list) or any("bbox" not in panel for panel in panels)
+    elif problem in ("no_panels", "too_many_panels"):
+        n = len(_doc(root, b, p)["panels"])
+        assert n == len(truth["books"][b]["pages"][p]["panels"]) == (0 if problem == "no_panels" else 12 + 3)
+    elif problem == "label_without_page":
+        assert p in labels[b] and not list((root / b).glob(f"{p}.*"))
+    else:
+        assert p not in labels[b] and _opens(_image(root, b, p))
+
+
+def _check_text_or_box_defect(root: Path, d: dict, truth: dict) -> None:
+    """Assert that the listed page's text or panel box really has the listed defect."""
+    b, p, problem = d["book_id"], d["page_name"], d["problem"]
+    if problem == "text_encoding":
+        raw = (root / b / f"{p}.json").read_bytes()
+        with pytest.raises(UnicodeDecodeError):
+            raw.decode("utf-8")
+        panels = json.loads(raw.decode("cp1252"))["panels"]
+        assert any(ord(ch) > 127 for panel in panels for ch in panel["text"])
+        for panel, true in zip(panels, truth["books"][b]["pages"][p]["panels"]):
+            assert panel["text"] == " ".join(line["text"] for line in true["lines"])
+        return
+    if problem == "text_unicode":
+        text = _doc(root, b, p)["panels"][d["panel"]]["text"]
+        assert any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+        assert not unicodedata.is_normalized("NFC", text)
+        repaired = "".join(ch for ch in unicodedata.normalize("NFC", text)
+                           if unicodedata.category(ch) not in ("Cc", "Cf"))
+        lines = truth["books"][b]["pages"][p]["panels"][d["panel"]]["lines"]
+        assert repaired == " ".join(line["text"] for line in lines)
+        return
+    x0, y0, x1, y1, w, h = _box(root, d)
+    inside = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
+    area = max(0, inside[2] - inside[0]) * max(0, inside[3] - inside[1])
+    expected = {"bbox_out_of_bounds": lambda: area > 0 and (x1 > w or y1 > h),
+                "bbox_outside_page": lambda: area == 0 and x1 > x0 and y1 > y0,
+                "bbox_negative": lambda: min(x0, y0) < 0 and area > 0,
+                "bbox_zero_area": lambda: x1 == x0 or y1 == y0}
+    assert expected[problem](), (problem, (x0, y0, x1, y1, w, h))
+
+
+def test_each_listed_defect_is_really_there(corpora):
+    root = corpora["dirty"]
+    truth, labels = _truth(root), json.loads((root / "pss_labels.json").read_text())
+    for d in truth["dirty"]:
+        if d["problem"] in FILE_PROBLEMS:
+            _check_file_defect(root, d)
+        elif d["problem"] in PAGE_PROBLEMS:
+            _check_page_defect(root, d, labels, truth)
+        else:
+            _check_text_or_box_defect(root, d, truth)
+        assert (d["panel"] is not None) == (d["action"] in ("repaired", "skipped_panel")
+                                            and d["problem"] != "text_encoding")
+
+
+def test_dirty_pages_outside_the_list_are_clean(corpora):
+    root = corpora["dirty"]
+    truth = _truth(root)
+    listed = {(d["book_id"], d["page_name"]) for d in truth["dirty"]}
+    for b, p, page in _pages(root):
+        if (b, p) not in listed:
+            assert _opens(_image(root, b, p)) and len(_doc(root, b, p)["panels"]) == len(page["panels"])
+
+
+def test_dirty_needs_enough_pages(tmp_path):
+    with pytest.raises(ValueError, match="narrative pages"):
+        synth.generate(tmp_path / "c", books=1, pages=4, dirty=True, page_size=SMALL)
+    assert not (tmp_path / "c").exists()
+
+
+def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
+    out = tmp_path / "c"
+    synth.generate(out, books=1, pages=2, page_size=SMALL)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        synth.generate(out, books=1, pages=2, page_size=SMALL)
+    synth.generate(out, books=2, pages=2, seed=9, page_size=SMALL, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert _truth(out)["seed"] == 9 and sorted(p.name for p in out.glob("book_*")) == ["book_000", "book_001"]
+
+
+def test_command_line_writes_and_summarises(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "c"), "--books", "1", "--pages", "3", "--seed", "2",
+                              "--bbox-format", "xyxy", "--ocr-noise", "0.1", "--page-size", "320", "480"])
+    assert synth.main(args) == 0
+    assert "3 pages" in capsys.readouterr().out
+    assert _truth(tmp_path / "c")["bbox_format"] == "xyxy"
+    assert synth.main(args) == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_summary_counts(tmp_path):
+    summary = synth.generate(tmp_path / "c", books=2, pages=4, page_size=SMALL)
+    truth = _truth(tmp_path / "c")
+    narrative = [page for _, _, page in _pages(tmp_path / "c") if page["label"] == "narrative"]
+    assert summary["books"] == 2 and summary["pages"] == 8 and summary["narrative_pages"] == len(narrative)
+    assert summary["panels"] == sum(len(page["panels"]) for page in narrative) and summary["dirty"] == 0
+    assert truth["dirty"] == []
