@@ -37,6 +37,9 @@ $(STAMP): $(BASE_ENV)/.complete pyproject.toml
 	$(PYTHON_BASE) -m venv --without-pip $(VENV)
 	$(BASE_ENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
 	  > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/comicnb-base-env.pth"
+	# Jupyter finds templates, kernels and server extensions under sys.prefix: share the base's.
+	ln -s $(BASE_ENV)/share $(VENV)/share
+	ln -s $(BASE_ENV)/etc $(VENV)/etc
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -1,0 +1,49 @@
+"""Figures and tables the notebooks show: pages with their boxes, per-panel statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from comicnb.data import to_rgb
+
+
+def panel_table(pages: pd.DataFrame) -> pd.DataFrame:
+    """One row per panel of the pages table: its page, split, text length, relative area and log2 aspect ratio."""
+    rows = []
+    for page in pages.itertuples(index=False):
+        page_area = page.image_width * page.image_height
+        for (x1, y1, x2, y2), text in zip(page.boxes, page.texts):
+            rows.append(dict(page_id=page.page_id, book_id=page.book_id, split=page.split, text_chars=len(text),
+                             has_text=bool(text), area=(x2 - x1) * (y2 - y1) / page_area,
+                             log2_aspect=float(np.log2((x2 - x1) / max(y2 - y1, 1e-9)))))
+    return pd.DataFrame(rows)
+
+
+def draw_page(ax: plt.Axes, image_path: str | Path, boxes: list, title: str = "") -> None:
+    """Show a page with its panel boxes and their reading-order numbers (the order of the list)."""
+    with Image.open(image_path) as img:
+        ax.imshow(np.asarray(to_rgb(img)))
+    for order, (x1, y1, x2, y2) in enumerate(boxes, start=1):
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="crimson", linewidth=1.5))
+        ax.text((x1 + x2) / 2, (y1 + y2) / 2, str(order), color="white", fontsize=12, ha="center", va="center",
+                bbox=dict(boxstyle="circle", facecolor="crimson", edgecolor="none"))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def page_grid(pages: pd.DataFrame, data_root: str | Path, n: int = 6, seed: int = 0, cols: int = 3) -> plt.Figure:
+    """A grid of ``n`` pages drawn at random (seeded), boxes and reading order drawn on each."""
+    sample = pages.sample(min(n, len(pages)), random_state=seed)
+    rows = max(1, -(-len(sample) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 5.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, page in zip(axes.flat, sample.itertuples(index=False)):
+        draw_page(ax, Path(data_root) / page.image_path, page.boxes, f"{page.page_id} ({page.split})")
+    fig.tight_layout()
+    return fig
