@@ -1,0 +1,214 @@
+"""Stage 3 panel encoder: vision, text and composition of each panel, fused into one L2-normalised embedding.
+
+Batches use the seed's keys: ``images`` ([0, 1] floats, see ``comicnb.backbones``), ``input_ids``,
+``attention_mask``, ``comp_feats``, ``modality_mask`` (vision, text, composition), either flat over panels (P, ...)
+or page-shaped (B, N, ...) with ``panel_mask`` (B, N). Each encoder only sees the panels that have its modality,
+so padding never reaches a backbone or a BatchNorm. Image-only and text-only queries go through the same fusion with
+the other modalities masked, so they live in the space of the stored fused embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from comicnb.encoders import CompositionEncoder, MultiBackboneVisualEncoder, TextEncoder
+from comicnb.fusion import MODALITIES, AdaptiveFusion
+
+INPUT_KEYS = {"vision": ("images",), "text": ("input_ids", "attention_mask"), "composition": ("comp_feats",)}
+# Outputs of the frozen pretrained encoders (see frozen_features); a batch may carry these instead of raw inputs.
+FEATURE_KEYS = {"vision": "vision_features", "text": "text_features"}
+BATCH_KEYS = ("images", "input_ids", "attention_mask", "comp_feats", "modality_mask", *FEATURE_KEYS.values())
+
+
+@dataclass
+class PanelEncoding:
+    """One encoder pass, shaped like the batch: (B, N, ...) for pages, (P, ...) for flat panels."""
+
+    fused: Tensor  # (..., D) L2-normalised; zero for padding panels
+    modalities: Tensor  # (..., 3, D) per-modality embeddings before fusion; zero where masked
+    modality_mask: Tensor  # (..., 3) bool; padding panels have none
+    gate_weights: Tensor  # (..., 3) fusion weight of each modality; zero where masked
+
+    @property
+    def panel_mask(self) -> Tensor:
+        """(...) bool: panels that have at least one modality."""
+        return self.modality_mask.any(dim=-1)
+
+
+def modality_only(name: str, count: int, device: torch.device) -> Tensor:
+    """(count, 3) mask with only one modality present."""
+    mask = torch.zeros(count, len(MODALITIES), dtype=torch.bool, device=device)
+    mask[:, MODALITIES.index(name)] = True
+    return mask
+
+
+def flatten_pages(batch: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], tuple[int, ...]]:
+    """Flatten a page-shaped batch to panels, masking padding panels out; return the leading shape to restore."""
+    if "panel_mask" not in batch:
+        return dict(batch), ()
+    pages, panels = batch["panel_mask"].shape
+    flat = {key: batch[key].flatten(0, 1) for key in BATCH_KEYS if key in batch}  # (B * N, ...)
+    valid = batch["panel_mask"].bool().flatten()  # (B * N,)
+    flat["modality_mask"] = resolve_modality_mask(flat) & valid[:, None]
+    return flat, (pages, panels)
+
+
+def resolve_modality_mask(flat: Mapping[str, Tensor]) -> Tensor:
+    """(P, 3) bool: the batch's modality_mask, or every modality whose inputs are present; inputs must exist."""
+    present = [all(key in flat for key in INPUT_KEYS[name]) or FEATURE_KEYS.get(name) in flat for name in MODALITIES]
+    if "modality_mask" not in flat:
+        first = next(flat[key] for key in BATCH_KEYS if key in flat)
+        return torch.tensor(present, device=first.device).expand(first.shape[0], -1)
+    mask = flat["modality_mask"].bool()
+    missing = [name for i, name in enumerate(MODALITIES) if not present[i] and mask[:, i].any()]
+    if missing:
+        keys = [INPUT_KEYS[name] for name in missing]
+        raise ValueError(f"modality_mask marks {missing} present but the batch lacks {keys}")
+    return mask
+
+
+class PanelFeatureExtractor(nn.Module):
+    """Multimodal panel encoder of the seed, with image/text query encoders landing in the fused space."""
+
+    def __init__(self, visual_backbone: str | Sequence[str] = "efficientnet_lite0", visual_fusion: str = "attention",
+                 feature_dim: int = 512, freeze_backbones: bool = True, text_model: str | None = None,
+                 comp_dim: int = 7, backbone_weights: Mapping[str, str] | None = None, tiny: bool = False,
+                 max_text_length: int = 64) -> None:
+        super().__init__()
+        text_model = "tiny" if tiny and text_model is None else text_model
+        self.config: dict[str, Any] = dict(
+            visual_backbone=visual_backbone if isinstance(visual_backbone, str) else list(visual_backbone),
+            visual_fusion=visual_fusion, feature_dim=feature_dim, freeze_backbones=freeze_backbones,
+            text_model=text_model, comp_dim=comp_dim, backbone_weights=dict(backbone_weights or {}), tiny=tiny,
+            max_text_length=max_text_length)
+        self.visual = MultiBackboneVisualEncoder(visual_backbone, feature_dim, visual_fusion, freeze_backbones,
+                                                 backbone_weights, tiny)
+        self.text = TextEncoder(text_model, feature_dim, freeze_backbones, max_text_length)
+        self.composition = CompositionEncoder(comp_dim, feature_dim)
+        self.fusion = AdaptiveFusion(feature_dim)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PanelFeatureExtractor:
+        """Rebuild a model from its `config` (then load a checkpoint's model_state_dict into it)."""
+        return cls(**config)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of every embedding this model returns."""
+        return self.config["feature_dim"]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text model's own tokenizer, for input_ids/attention_mask."""
+        return self.text.tokenizer
+
+    @property
+    def image_transform(self) -> Callable:
+        """PIL -> [0, 1] tensor at the common size; backbones normalise inside forward."""
+        return self.visual.transform
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return self.fusion.gate[0].weight.device
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Fused panel embeddings, (P, D) or (B, N, D) like the batch."""
+        return self.encode(batch).fused
+
+    def encode(self, batch: Mapping[str, Tensor]) -> PanelEncoding:
+        """Per-modality embeddings, their fusion and the gate weights, shaped like the batch."""
+        flat, pages = flatten_pages(batch)
+        mask = resolve_modality_mask(flat)  # (P, 3)
+        modalities = self.encode_rows(flat, mask)  # (P, 3, D)
+        fused, weights = self.fusion(modalities, mask)
+        parts = (fused, modalities, mask, weights)
+        return PanelEncoding(*(part.unflatten(0, pages) if pages else part for part in parts))
+
+    def encode_modalities(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(..., 3, D) per-modality embeddings (vision, text, composition), zero where masked: storable for `fuse`."""
+        return self.encode(batch).modalities
+
+    def fuse(self, modalities: Tensor, modality_mask: Tensor) -> Tensor:
+        """Fuse stored per-modality embeddings (..., 3, D) under any mask (..., 3): re-fuse image and text freely."""
+        lead = modalities.shape[:-2]
+        fused, _ = self.fusion(modalities.reshape(-1, *modalities.shape[-2:]), modality_mask.reshape(-1, 3))
+        return fused.view(*lead, fused.shape[-1])
+
+    def encode_rows(self, flat: Mapping[str, Tensor], mask: Tensor) -> Tensor:
+        """(P, 3, D): each modality encoded only on the panels that have it, zeros elsewhere.
+
+        Cached outputs of the pretrained encoders (``vision_features``, ``text_features``) skip those encoders.
+        """
+        def vision(rows: Tensor) -> Tensor:
+            if "vision_features" in flat:
+                return self.visual.adapt(flat["vision_features"][rows])
+            return self.visual(flat["images"][rows])
+
+        def text(rows: Tensor) -> Tensor:
+            if "text_features" in flat:
+                return self.text.adapter(flat["text_features"][rows])
+            return self.text(flat["input_ids"][rows], flat["attention_mask"][rows])
+
+        encoders = (vision, text, lambda rows: self.composition(flat["comp_feats"][rows]))
+        return torch.stack([self.scatter_rows(mask[:, i], encode, self.feature_dim)
+                            for i, encode in enumerate(encoders)], dim=1)
+
+    def scatter_rows(self, present: Tensor, encode: Callable[[Tensor], Tensor], width: int,
+                     dtype: torch.dtype | None = None) -> Tensor:
+        """(P, width): encode the selected rows, scatter them back among zeros."""
+        rows = present.nonzero().squeeze(1)  # (Q,)
+        dtype = dtype or self.fusion.gate[0].weight.dtype  # the model's dtype, whatever autocast made of the encoders
+        out = torch.zeros(present.shape[0], width, device=present.device, dtype=dtype)
+        if rows.numel() == 0:
+            return out
+        return out.index_copy(0, rows, encode(rows).to(out.dtype))  # (P, width)
+
+    @torch.no_grad()
+    def frozen_features(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Outputs of the frozen pretrained encoders, shaped like the batch, zero where a modality is absent.
+
+        A batch carrying these in place of ``images`` / ``input_ids`` encodes exactly as the raw batch would, so
+        training with frozen backbones runs them once per panel and reuses the features every epoch.
+        """
+        if not self.config["freeze_backbones"]:
+            raise ValueError("frozen_features needs freeze_backbones=True: trainable backbones cannot be cached")
+        flat, pages = flatten_pages(batch)
+        mask = resolve_modality_mask(flat)  # (P, 3)
+        vision = self.scatter_rows(mask[:, 0], lambda rows: self.visual.backbone_features(flat["images"][rows]),
+                                   sum(self.visual.feature_widths), torch.float32)
+        text = self.scatter_rows(mask[:, 1], lambda rows: self.text.sentence_features(
+            flat["input_ids"][rows], flat["attention_mask"][rows]), self.text.sentence_dim, torch.float32)
+        features = {"vision_features": vision, "text_features": text}
+        return {key: value.unflatten(0, pages) if pages else value for key, value in features.items()}
+
+    def query_embeddings(self, encoding: PanelEncoding) -> dict[str, Tensor]:
+        """Image-only and text-only queries of the encoded panels, in the fused space; zero where the modality is absent.
+
+        Equal to encode_image_only / encode_text_only of the same panels, without running the encoders again.
+        """
+        queries = {}
+        for name in ("vision", "text"):
+            only = torch.zeros_like(encoding.modality_mask)
+            only[..., MODALITIES.index(name)] = encoding.modality_mask[..., MODALITIES.index(name)]
+            queries[name] = self.fuse(encoding.modalities, only)
+        return queries
+
+    def encode_image_only(self, images: Tensor) -> Tensor:
+        """(P, 3, H, W) [0, 1] images -> (P, D) queries in the fused space (text and composition masked)."""
+        return self({"images": images, "modality_mask": modality_only("vision", images.shape[0], images.device)})
+
+    def encode_text_only(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(P, L) tokens -> (P, D) queries in the fused space (vision and composition masked)."""
+        mask = modality_only("text", input_ids.shape[0], input_ids.device)
+        return self({"input_ids": input_ids, "attention_mask": attention_mask, "modality_mask": mask})
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """Raw strings -> (P, D) text queries in the fused space."""
+        tokens = self.text.tokenize(texts)
+        return self.encode_text_only(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))

@@ -1,0 +1,265 @@
+"""PanelFeatureExtractor: shapes, exact masking, padding, query encoders in the fused space, freezing, checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+
+from comicnb.encoders import MultiBackboneVisualEncoder
+from comicnb.fusion import AdaptiveFusion
+from comicnb.model import PanelFeatureExtractor
+from comicnb.objectives import Stage3Objective
+
+DIM, LENGTH = 32, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def page_batch(pages: int = 2, panels: int = 4, counts: tuple[int, ...] = (4, 2), size: int = 32) -> dict:
+    """Random page-shaped batch; page b has counts[b] panels, the last panel of page 0 has no text."""
+    panel_mask = torch.arange(panels)[None, :] < torch.tensor(counts)[:, None]  # (B, N)
+    modality_mask = panel_mask[..., None].expand(-1, -1, 3).float().clone()
+    modality_mask[0, counts[0] - 1, 1] = 0
+    return dict(images=torch.rand(pages, panels, 3, size, size),
+                input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
+                attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
+                comp_feats=torch.rand(pages, panels, 7), modality_mask=modality_mask, panel_mask=panel_mask.float())
+
+
+def flat_batch(panels: int = 5) -> dict:
+    """Random flat batch of panels that have every modality."""
+    return dict(images=torch.rand(panels, 3, 32, 32), input_ids=torch.randint(1000, 3000, (panels, LENGTH)),
+                attention_mask=torch.ones(panels, LENGTH, dtype=torch.long), comp_feats=torch.rand(panels, 7),
+                modality_mask=torch.ones(panels, 3))
+
+
+@pytest.fixture(scope="module")
+def model() -> PanelFeatureExtractor:
+    """A tiny eval-mode model with a single backbone."""
+    torch.manual_seed(0)
+    return PanelFeatureExtractor(feature_dim=DIM, tiny=True).eval()
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet50", "siglip", "both", "test_vit"])
+@pytest.mark.parametrize("fusion", ["concat", "attention", "gate"])
+def test_every_backbone_and_fusion_gives_finite_features(backbone: str, fusion: str) -> None:
+    encoder = MultiBackboneVisualEncoder(backbone, feature_dim=DIM, fusion=fusion, tiny=True)
+    features = encoder(torch.rand(3, 3, 36, 36))
+    assert features.shape == (3, DIM) and torch.isfinite(features).all()
+
+
+def test_concat_fuses_backbones_of_different_widths() -> None:
+    model = PanelFeatureExtractor(["siglip", "resnet50", "efficientnet_lite0"], "concat", feature_dim=DIM, tiny=True)
+    assert len({backbone.out_dim for backbone in model.visual.backbones}) == 3
+    out = model(page_batch())
+    assert out.shape == (2, 4, DIM) and torch.isfinite(out).all()
+
+
+def test_page_batch_shapes_and_zero_padding(model: PanelFeatureExtractor) -> None:
+    batch = page_batch()
+    batch["images"][1, 2:] = float("nan")  # padding content must never be read
+    encoding = model.encode(batch)
+    assert encoding.fused.shape == (2, 4, DIM) and encoding.modalities.shape == (2, 4, 3, DIM)
+    assert torch.equal(encoding.fused[1, 2:], torch.zeros(2, DIM))
+    assert torch.equal(encoding.gate_weights[1, 2:], torch.zeros(2, 3))
+    valid = encoding.panel_mask
+    assert torch.allclose(encoding.fused[valid].norm(dim=-1), torch.ones(int(valid.sum())))
+    assert torch.allclose(encoding.gate_weights[valid].sum(-1), torch.ones(int(valid.sum())))
+
+
+def test_padding_and_masked_panels_never_reach_the_backbone(model: PanelFeatureExtractor) -> None:
+    rows = []
+    handle = model.visual.backbones[0].register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    batch = page_batch(counts=(3, 2))
+    batch["modality_mask"][0, 0, 0] = 0  # a panel whose image is missing
+    model(batch)
+    handle.remove()
+    assert rows == [4]
+
+
+def test_page_batch_matches_flat_batch_of_its_panels(model: PanelFeatureExtractor) -> None:
+    batch = page_batch()
+    valid = batch["panel_mask"].bool()
+    flat = {key: batch[key][valid] for key in ("images", "input_ids", "attention_mask", "comp_feats", "modality_mask")}
+    assert torch.allclose(model(batch)[valid], model(flat), atol=1e-6)
+
+
+def seeded_forward(model: PanelFeatureExtractor, batch: dict) -> torch.Tensor:
+    """Forward with a fixed seed, so dropout draws alike whenever the same rows are encoded."""
+    torch.manual_seed(0)
+    return model(batch)
+
+
+def test_masked_modalities_change_nothing_even_in_training_mode() -> None:
+    torch.manual_seed(0)
+    model = PanelFeatureExtractor(feature_dim=DIM, tiny=True, freeze_backbones=False).train()
+    batch = flat_batch(6)
+    batch["modality_mask"] = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0]]).float()
+    changed = {**batch, "images": torch.rand(6, 3, 32, 32), "input_ids": torch.randint(1000, 3000, (6, LENGTH)),
+               "comp_feats": torch.rand(6, 7)}
+    keep = batch["modality_mask"].bool()  # present inputs stay as they were; only masked ones change
+    changed["images"][keep[:, 0]] = batch["images"][keep[:, 0]]
+    changed["input_ids"][keep[:, 1]] = batch["input_ids"][keep[:, 1]]
+    changed["comp_feats"][keep[:, 2]] = batch["comp_feats"][keep[:, 2]]
+    out = seeded_forward(model, batch)
+    assert torch.equal(out, seeded_forward(model, changed))  # bit-identical, BatchNorm in training mode included
+    assert torch.equal(out[5], torch.zeros(DIM))
+
+
+def test_fusion_ignores_masked_inputs_bit_exactly_even_nan() -> None:
+    fusion = AdaptiveFusion(DIM)
+    embeddings, mask = torch.randn(4, 3, DIM), torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    poisoned = torch.where(mask.bool()[..., None], embeddings, torch.tensor(float("nan")))
+    fused, weights = fusion(embeddings, mask)
+    fused_poisoned, _ = fusion(poisoned.requires_grad_(), mask)
+    assert torch.equal(fused, fused_poisoned) and torch.equal(fused[3], torch.zeros(DIM))
+    assert torch.equal(weights[~mask.bool()], torch.zeros(int((mask == 0).sum())))
+    fused_poisoned.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
+
+
+def test_image_query_lands_in_the_fused_space(model: PanelFeatureExtractor) -> None:
+    torch.manual_seed(0)
+    batch = {**flat_batch(6), "images": torch.rand(6, 3, 1, 1).expand(-1, -1, 32, 32)}  # distinct flat colours
+    query = model.encode_image_only(batch["images"])
+    assert torch.equal(query, model({**batch, "modality_mask": torch.tensor([[1.0, 0, 0]]).expand(6, -1)}))
+    cosine = query @ model(batch).T  # (query panel, stored panel); untrained, so only on average
+    assert cosine.diag().mean() > cosine[~torch.eye(6, dtype=torch.bool)].mean() + 0.1
+
+
+def test_text_queries_from_strings_and_ids_agree(model: PanelFeatureExtractor) -> None:
+    texts = ["Look out, the ship is sinking!", "Meanwhile, at the lighthouse..."]
+    tokens = model.text.tokenize(texts)
+    from_ids = model.encode_text_only(tokens["input_ids"], tokens["attention_mask"])
+    assert torch.equal(model.encode_texts(texts), from_ids) and from_ids.shape == (2, DIM)
+
+
+def test_refusing_one_panels_image_with_anothers_text(model: PanelFeatureExtractor) -> None:
+    batch = flat_batch(2)
+    encoding = model.encode(batch)
+    assert torch.equal(model.fuse(encoding.modalities, encoding.modality_mask), encoding.fused)
+    swapped = encoding.modalities.clone()
+    swapped[0, 1] = encoding.modalities[1, 1]  # panel 0's image and layout, panel 1's text
+    text_swapped = {**batch, "input_ids": batch["input_ids"][[1, 1]]}
+    assert torch.allclose(model.fuse(swapped, encoding.modality_mask)[0], model(text_swapped)[0], atol=1e-6)
+
+
+def test_imagenet_normalised_images_are_undone_and_others_refused(model: PanelFeatureExtractor) -> None:
+    images = torch.rand(2, 3, 32, 32)
+    images[:, :, 0, 0], images[:, :, 0, 1] = 0.0, 1.0  # black and white somewhere, as on any comic page
+    imagenet_normalised = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(images)
+    with pytest.warns(UserWarning, match="ImageNet-normalised"):
+        restored = model.encode_image_only(imagenet_normalised)
+    assert torch.allclose(restored, model.encode_image_only(images), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.encode_image_only(images * 2 - 1)  # a [-1, 1] normalisation is ambiguous: refused
+
+
+def backbone_state(model: PanelFeatureExtractor) -> dict[str, torch.Tensor]:
+    """Copy of every backbone parameter and buffer (BatchNorm running statistics included)."""
+    return {k: v.clone() for k, v in model.visual.backbones.state_dict().items()}
+
+
+def train_step(model: PanelFeatureExtractor) -> None:
+    """One optimiser step on the Stage 3 objective, in training mode."""
+    objective = Stage3Objective(feature_dim=DIM)
+    params = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
+    optimiser = torch.optim.SGD(params, lr=0.1)
+    model.train()
+    objective(model, page_batch(size=48))["total"].backward()
+    optimiser.step()
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_means_frozen(frozen: bool) -> None:
+    torch.manual_seed(0)
+    model = PanelFeatureExtractor(feature_dim=DIM, tiny=True, freeze_backbones=frozen)
+    before, adapter = backbone_state(model), model.visual.adapters[0].mlp[0].weight.clone()
+    text_before = model.text.model[0].model.embeddings.word_embeddings.weight.clone()
+    train_step(model)
+    after = backbone_state(model)
+    running = [k for k in before if "running_mean" in k]
+    assert running and model.visual.backbones[0].model.training is not frozen
+    assert all(torch.equal(before[k], after[k]) for k in before) is frozen
+    assert all(torch.equal(before[k], after[k]) for k in running) is frozen  # BatchNorm statistics
+    assert torch.equal(text_before, model.text.model[0].model.embeddings.word_embeddings.weight) is frozen
+    assert not torch.equal(adapter, model.visual.adapters[0].mlp[0].weight)
+    assert model.visual.backbones[0](torch.rand(2, 3, 32, 32)).requires_grad is not frozen  # no graph when frozen
+
+
+def test_checkpoint_round_trip(model: PanelFeatureExtractor, tmp_path: Path) -> None:
+    torch.save({"model_state_dict": model.state_dict(), "config": model.config}, tmp_path / "best_model.pt")
+    checkpoint = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    restored = PanelFeatureExtractor.from_config(checkpoint["config"])
+    restored.load_state_dict(checkpoint["model_state_dict"])
+    batch = page_batch()
+    assert torch.equal(restored.eval()(batch), model(batch))
+
+
+def test_default_model_uses_packaged_pretrained_weights() -> None:
+    model = PanelFeatureExtractor(feature_dim=DIM).eval()
+    sentences = model.text.model.encode(["A dog runs in the park.", "A puppy is running on the grass.",
+                                         "Quarterly stock market report."], convert_to_tensor=True)
+    similar, unrelated = F.cosine_similarity(sentences[0], sentences[1], 0), F.cosine_similarity(sentences[0],
+                                                                                                  sentences[2], 0)
+    assert similar > unrelated + 0.2
+    with torch.no_grad():
+        out = model(page_batch(size=224))
+    assert out.shape == (2, 4, DIM) and torch.isfinite(out).all()
+
+
+def test_cached_frozen_features_encode_exactly_like_raw_inputs(model: PanelFeatureExtractor) -> None:
+    batch = page_batch()
+    cached = {**model.frozen_features(batch), **{k: batch[k] for k in ("comp_feats", "modality_mask", "panel_mask")}}
+    assert cached["vision_features"].shape == (2, 4, sum(model.visual.feature_widths))
+    assert torch.equal(cached["text_features"][0, 3], torch.zeros(model.text.sentence_dim))  # panel without text
+    assert torch.allclose(model(cached), model(batch), atol=1e-6)
+
+
+def test_trainable_backbones_refuse_a_feature_cache() -> None:
+    model = PanelFeatureExtractor(feature_dim=DIM, tiny=True, freeze_backbones=False)
+    with pytest.raises(ValueError, match="freeze_backbones"):
+        model.frozen_features(page_batch())
+
+
+def test_query_embeddings_equal_the_query_encoders(model: PanelFeatureExtractor) -> None:
+    batch = page_batch()
+    valid = batch["panel_mask"].bool()
+    queries = model.query_embeddings(model.encode(batch))
+    assert torch.allclose(queries["vision"][valid], model.encode_image_only(batch["images"][valid]), atol=1e-6)
+    text_only = model.encode_text_only(batch["input_ids"][valid], batch["attention_mask"][valid])
+    has_text = batch["modality_mask"][valid][:, 1].bool()
+    assert torch.allclose(queries["text"][valid][has_text], text_only[has_text], atol=1e-6)
+    assert torch.equal(queries["text"][0, 3], torch.zeros(DIM))  # no text, no text query
+
+
+def test_the_seeds_inference_example_runs_with_its_import_changed(tmp_path: Path) -> None:
+    trained = PanelFeatureExtractor(feature_dim=512)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"model_state_dict": trained.state_dict()}, tmp_path / "checkpoints" / "best_model.pt")
+    Image.new("RGB", (300, 200), (250, 240, 20)).save(tmp_path / "panel.jpg")
+    # From here on, the seed's README (its 'both' needs SigLIP and ResNet-50 weights; offline we use the default).
+    model = PanelFeatureExtractor(feature_dim=512)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best_model.pt")
+    model.load_state_dict(checkpoint["model_state_dict"])
+    model.eval()
+    transform = T.Compose([T.Resize((224, 224)), T.ToTensor(),
+                           T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    image = Image.open(tmp_path / "panel.jpg").convert("RGB")
+    image_tensor = transform(image).unsqueeze(0)
+    with torch.no_grad(), pytest.warns(UserWarning, match="ImageNet-normalised"):
+        embedding = model.encode_image_only(image_tensor)
+    assert embedding.shape == (1, 512) and torch.isfinite(embedding).all()
