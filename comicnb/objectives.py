@@ -1,0 +1,182 @@
+"""Stage 3 training objectives and collapse diagnostics.
+
+``Stage3Objective`` returns a dict of named loss terms plus their weighted ``total`` (open_clip's
+``ClipLoss(output_dict=True)`` pattern): the seed's page contrastive, masked-panel reconstruction and vision-text
+alignment terms, and an instance term. The seed's three alone pull every panel of a page onto one point; the instance
+term makes a panel's own augmented view its strongest positive, against every other panel including its page-mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from comicnb.fusion import MODALITIES
+from comicnb.model import PanelEncoding, PanelFeatureExtractor
+
+TERMS = ("contrastive", "reconstruction", "alignment", "instance")
+
+
+def zero_loss(like: Tensor) -> Tensor:
+    """A zero that stays in the graph, for batches where a term has nothing to compare."""
+    return like.sum() * 0.0
+
+
+def info_nce(first: Tensor, second: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE between row-paired (P, D) unit vectors; every other row is a negative."""
+    if first.shape[0] < 2:
+        return zero_loss(first) + zero_loss(second)
+    logits = first @ second.T / temperature  # (P, P)
+    labels = torch.arange(first.shape[0], device=first.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def page_index(panel_mask: Tensor) -> Tensor:
+    """(P,) page number of each valid panel of a (B, N) mask, in row-major order like `x[panel_mask]`."""
+    pages = torch.arange(panel_mask.shape[0], device=panel_mask.device)
+    return pages[:, None].expand_as(panel_mask)[panel_mask]
+
+
+def page_contrastive_loss(embeddings: Tensor, page_ids: Tensor, temperature: float) -> Tensor:
+    """Supervised InfoNCE: panels of the same page are positives, panels of other pages negatives."""
+    same = page_ids[:, None] == page_ids[None, :]  # (P, P)
+    self_pair = torch.eye(len(page_ids), dtype=torch.bool, device=page_ids.device)
+    positives = same & ~self_pair
+    anchors = positives.any(dim=1)  # single-panel pages have no positive
+    if not anchors.any():
+        return zero_loss(embeddings)
+    logits = (embeddings @ embeddings.T / temperature).masked_fill(self_pair, torch.finfo(embeddings.dtype).min)
+    log_prob = logits - logits.logsumexp(dim=1, keepdim=True)  # (P, P)
+    per_anchor = torch.where(positives, log_prob, 0.0).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
+    return -per_anchor[anchors].mean()
+
+
+class MaskedPanelHead(nn.Module):
+    """Predicts a masked panel's embedding from the other panels of its page with a small transformer."""
+
+    def __init__(self, feature_dim: int, max_panels: int = 64, num_heads: int = 4, num_layers: int = 1) -> None:
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(feature_dim))
+        self.position = nn.Embedding(max_panels, feature_dim)  # panels come in reading order
+        layer = nn.TransformerEncoderLayer(feature_dim, num_heads, 2 * feature_dim, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.out = nn.Linear(feature_dim, feature_dim)
+
+    def forward(self, embeddings: Tensor, panel_mask: Tensor, target: Tensor) -> Tensor:
+        """(B, N, D) panels, (B, N) mask, (B,) masked slot -> (B, D) unit-norm prediction for that slot."""
+        pages, panels, _ = embeddings.shape
+        if panels > self.position.num_embeddings:
+            raise ValueError(f"{panels} panels on a page; the head has positions for {self.position.num_embeddings}")
+        slot = F.one_hot(target, panels).bool()[..., None]  # (B, N, 1)
+        x = torch.where(slot, self.mask_token, embeddings) + self.position.weight[:panels]  # (B, N, D)
+        hidden = self.encoder(x, src_key_padding_mask=~panel_mask)  # (B, N, D)
+        return F.normalize(self.out(hidden[torch.arange(pages, device=target.device), target]), dim=-1)  # (B, D)
+
+    def loss(self, embeddings: Tensor, panel_mask: Tensor, temperature: float) -> Tensor:
+        """InfoNCE of each page's randomly masked panel against every panel of the batch (detached targets)."""
+        # Visible page-mates stay among the candidates: telling the missing panel from its neighbours only works
+        # while panels of a page remain distinguishable.
+        with_context = panel_mask.sum(dim=1) >= 2  # (B,) a page needs another panel to predict from
+        if not with_context.any():
+            return zero_loss(embeddings)
+        embeddings, panel_mask = embeddings[with_context], panel_mask[with_context]
+        target = torch.multinomial(panel_mask.float(), 1).squeeze(1)  # (B',) one valid panel per page
+        prediction = self(embeddings, panel_mask, target)  # (B', D)
+        candidates = embeddings[panel_mask].detach()  # (P', D) valid panels, row-major
+        flat_index = (panel_mask.flatten().cumsum(0) - 1).view_as(panel_mask)  # (B', N) position among candidates
+        labels = flat_index[torch.arange(len(target), device=target.device), target]  # (B',)
+        return F.cross_entropy(prediction @ candidates.T / temperature, labels)
+
+
+def augment_modalities(modalities: Tensor, mask: Tensor, noise: float, dropout: float,
+                       modality_drop: float) -> tuple[Tensor, Tensor]:
+    """Feature-level second view: dropout and scaled Gaussian noise per modality, random modality drop (never all)."""
+    scale = modalities.detach().std(dim=-1, keepdim=True)  # (..., 3, 1) noise relative to each embedding
+    views = F.dropout(modalities, dropout, training=True) + noise * scale * torch.randn_like(modalities)
+    keep = mask & (torch.rand(mask.shape, device=mask.device) >= modality_drop)  # (..., 3)
+    return views, torch.where(keep.any(dim=-1, keepdim=True), keep, mask)
+
+
+class Stage3Objective(nn.Module):
+    """The Stage 3 training losses; owns the reconstruction head so it is saved with the checkpoint."""
+
+    def __init__(self, feature_dim: int = 512, temperature: float = 0.07, contrastive_weight: float = 1.0,
+                 reconstruction_weight: float = 0.5, alignment_weight: float = 0.3, instance_weight: float = 1.0,
+                 max_panels: int = 64, feature_noise: float = 0.1, feature_dropout: float = 0.1,
+                 modality_drop: float = 0.3) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = dict(
+            feature_dim=feature_dim, temperature=temperature, contrastive_weight=contrastive_weight,
+            reconstruction_weight=reconstruction_weight, alignment_weight=alignment_weight,
+            instance_weight=instance_weight, max_panels=max_panels, feature_noise=feature_noise,
+            feature_dropout=feature_dropout, modality_drop=modality_drop)
+        self.temperature = temperature
+        weights = (contrastive_weight, reconstruction_weight, alignment_weight, instance_weight)
+        self.weights = dict(zip(TERMS, weights, strict=True))
+        self.reconstruction_head = MaskedPanelHead(feature_dim, max_panels)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Stage3Objective:
+        """Rebuild from `config`."""
+        return cls(**config)
+
+    def forward(self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor],
+                view2: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Named loss terms and their weighted `total` for a page-shaped batch; view2: same panels, other views."""
+        if "panel_mask" not in batch:
+            raise ValueError("Stage 3 objectives need page-shaped batches (B, N, ...) with panel_mask")
+        encoding = model.encode(batch)
+        valid = encoding.panel_mask  # (B, N)
+        page_ids, panels = page_index(valid), encoding.fused[valid]  # (P,), (P, D)
+        terms = {
+            "contrastive": page_contrastive_loss(panels, page_ids, self.temperature),
+            "reconstruction": self.reconstruction_head.loss(encoding.fused, valid, self.temperature),
+            "alignment": self.alignment(model, encoding),
+            "instance": info_nce(panels, self.second_view(model, encoding, view2)[valid], self.temperature),
+        }
+        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms
+
+    def alignment(self, model: PanelFeatureExtractor, encoding: PanelEncoding) -> Tensor:
+        """Symmetric InfoNCE between image-only and text-only queries of panels that have both."""
+        both = encoding.modality_mask[..., 0] & encoding.modality_mask[..., 1]  # (B, N)
+        modalities = encoding.modalities[both]  # (Q, 3, D)
+        only = torch.eye(len(MODALITIES), dtype=torch.bool, device=both.device)  # row i: modality i alone
+        vision = model.fuse(modalities, only[0].expand(len(modalities), -1))  # (Q, D)
+        text = model.fuse(modalities, only[1].expand(len(modalities), -1))  # (Q, D)
+        return info_nce(vision, text, self.temperature)
+
+    def second_view(self, model: PanelFeatureExtractor, encoding: PanelEncoding,
+                    view2: Mapping[str, Tensor] | None) -> Tensor:
+        """(B, N, D) fused embeddings of a second view: the caller's augmented batch, or feature-level augmentation."""
+        if view2 is not None:
+            return model(view2)
+        cfg = self.config
+        views, mask = augment_modalities(encoding.modalities, encoding.modality_mask, cfg["feature_noise"],
+                                         cfg["feature_dropout"], cfg["modality_drop"])
+        return model.fuse(views, mask)
+
+
+@torch.no_grad()
+def collapse_diagnostics(embeddings: Tensor, panel_mask: Tensor) -> dict[str, float]:
+    """Mean cosine between panels of one page, between panels of different pages, and the gap (NaN if no pairs)."""
+    valid = panel_mask.bool()  # (B, N)
+    panels = F.normalize(embeddings[valid].float(), dim=-1)  # (P, D)
+    page_ids = page_index(valid)  # (P,)
+    cosine = panels @ panels.T  # (P, P)
+    same = page_ids[:, None] == page_ids[None, :]
+    self_pair = torch.eye(len(page_ids), dtype=torch.bool, device=valid.device)
+    within, between = cosine[same & ~self_pair].mean().item(), cosine[~same].mean().item()
+    return {"within_page_cosine": within, "between_page_cosine": between, "gap": within - between}
+
+
+@torch.no_grad()
+def same_panel_retrieval(emb_view1: Tensor, emb_view2: Tensor) -> float:
+    """Recall@1 of each panel's first view finding its own second view among all second views."""
+    cosine = F.normalize(emb_view1.float(), dim=-1) @ F.normalize(emb_view2.float(), dim=-1).T  # (P, P)
+    return (cosine.argmax(dim=1) == torch.arange(len(cosine), device=cosine.device)).float().mean().item()

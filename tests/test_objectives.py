@@ -1,0 +1,147 @@
+"""Stage 3 objectives: finite terms that fall with training, an instance term against collapse, diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from comicnb.model import PanelFeatureExtractor
+from comicnb.objectives import (
+    TERMS,
+    Stage3Objective,
+    collapse_diagnostics,
+    info_nce,
+    page_contrastive_loss,
+    same_panel_retrieval,
+)
+
+DIM, LENGTH = 32, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def page_batch(counts: tuple[int, ...] = (4, 3, 2), panels: int = 4) -> dict:
+    """Random page-shaped batch; page b has counts[b] panels, the first page's last panel has no text."""
+    pages = len(counts)
+    panel_mask = torch.arange(panels)[None, :] < torch.tensor(counts)[:, None]  # (B, N)
+    modality_mask = panel_mask[..., None].expand(-1, -1, 3).float().clone()
+    modality_mask[0, counts[0] - 1, 1] = 0
+    return dict(images=torch.rand(pages, panels, 3, 32, 32),
+                input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
+                attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
+                comp_feats=torch.rand(pages, panels, 7), modality_mask=modality_mask, panel_mask=panel_mask.float())
+
+
+def tiny_model(seed: int = 0) -> PanelFeatureExtractor:
+    """A tiny model with frozen random backbones, reproducibly initialised."""
+    torch.manual_seed(seed)
+    return PanelFeatureExtractor(feature_dim=DIM, tiny=True)
+
+
+def evaluate(objective: Stage3Objective, model: PanelFeatureExtractor, batch: dict) -> dict[str, float]:
+    """Loss terms averaged over fixed draws of masked panels and augmentations, leaving training's RNG untouched."""
+    with torch.no_grad(), torch.random.fork_rng():
+        draws = [torch.manual_seed(seed) and objective(model, batch) for seed in range(4)]
+    return {name: sum(d[name].item() for d in draws) / len(draws) for name in draws[0]}
+
+
+def train(objective: Stage3Objective, model: PanelFeatureExtractor, batch: dict, steps: int) -> None:
+    """A few Adam steps on the objective's total, in training mode."""
+    params = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
+    optimiser = torch.optim.Adam(params, lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        objective(model, batch)["total"].backward()
+        optimiser.step()
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_each_term_is_finite_and_falls_when_trained(term: str) -> None:
+    model, batch = tiny_model(), page_batch()
+    objective = Stage3Objective(DIM, **{f"{name}_weight": float(name == term) for name in TERMS})
+    before = evaluate(objective, model, batch)
+    train(objective, model, batch, steps=15)
+    after = evaluate(objective, model, batch)
+    assert all(map(torch.isfinite, torch.tensor([*before.values(), *after.values()])))
+    assert after[term] < before[term] * 0.9
+
+
+def test_total_is_the_weighted_sum_and_the_head_is_checkpointed() -> None:
+    model, objective = tiny_model(), Stage3Objective(DIM, alignment_weight=2.0)
+    terms = objective(model, page_batch())
+    weights = dict(contrastive=1.0, reconstruction=0.5, alignment=2.0, instance=1.0)
+    assert torch.allclose(terms["total"], sum(weights[name] * terms[name] for name in TERMS))
+    assert any(key.startswith("reconstruction_head.") for key in objective.state_dict())
+    assert Stage3Objective.from_config(objective.config).config == objective.config
+
+
+def test_degenerate_batches_give_finite_zero_terms() -> None:
+    model = tiny_model()
+    batch = page_batch(counts=(1,), panels=2)
+    batch["modality_mask"][0, 0, 1] = 0  # one page, one panel, no text
+    terms = Stage3Objective(DIM)(model, batch)
+    assert all(terms[name].item() == 0 for name in ("contrastive", "reconstruction", "alignment", "instance"))
+    terms["total"].backward()
+
+
+def test_caller_supplied_second_view_is_the_instance_positive() -> None:
+    model, batch = tiny_model().eval(), page_batch()
+    terms = Stage3Objective(DIM)(model, batch, view2=batch)
+    valid = batch["panel_mask"].bool()
+    panels = model(batch)[valid]
+    assert torch.allclose(terms["instance"], info_nce(panels, panels, 0.07))
+
+
+def test_instance_term_keeps_panels_of_a_page_apart() -> None:
+    def fit(instance_weight: float) -> tuple[dict[str, float], float]:
+        torch.manual_seed(0)
+        points = torch.nn.Parameter(F.normalize(torch.randn(4, 5, 16), dim=-1))  # 4 pages of 5 panels
+        page_ids = torch.arange(4).repeat_interleave(5)
+        optimiser = torch.optim.Adam([points], lr=0.1)
+        for _ in range(60):
+            panels = F.normalize(points, dim=-1).flatten(0, 1)  # (20, 16)
+            view = F.normalize(panels + 0.075 * torch.randn_like(panels), dim=-1)  # feature-level augmentation
+            loss = page_contrastive_loss(panels, page_ids, 0.07) + instance_weight * info_nce(panels, view, 0.07)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            points.data = F.normalize(points.data, dim=-1)
+        panels = points.detach().flatten(0, 1)
+        held_out_view = F.normalize(panels + 0.125 * torch.randn_like(panels), dim=-1)
+        return collapse_diagnostics(points.detach(), torch.ones(4, 5)), same_panel_retrieval(panels, held_out_view)
+
+    (page_only, recall_page_only), (with_instance, recall_with_instance) = fit(0.0), fit(1.0)
+    assert page_only["within_page_cosine"] > 0.85  # the seed's objectives pull a page onto one point
+    assert with_instance["within_page_cosine"] < page_only["within_page_cosine"] - 0.3
+    assert with_instance["gap"] > 0.3  # pages still separate
+    assert recall_with_instance == 1.0 > recall_page_only
+
+
+def test_training_makes_image_queries_find_their_own_panel() -> None:
+    model, batch, objective = tiny_model(1), page_batch(), Stage3Objective(DIM)
+    train(objective, model, batch, steps=25)
+    model.eval()
+    valid = batch["panel_mask"].bool()
+    with torch.no_grad():
+        stored, query = model(batch), model.encode_image_only(batch["images"][valid])
+    assert same_panel_retrieval(query, stored[valid]) == 1.0
+    assert collapse_diagnostics(stored, batch["panel_mask"])["gap"] > 0
+
+
+def test_diagnostics_on_known_geometry() -> None:
+    axes = torch.eye(4)
+    collapsed = axes[:2, None, :].expand(2, 3, 4)  # every panel of a page on its page's axis
+    report = collapse_diagnostics(collapsed, torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert report == {"within_page_cosine": 1.0, "between_page_cosine": 0.0, "gap": 1.0}
+    assert same_panel_retrieval(axes, axes) == 1.0 and same_panel_retrieval(axes, axes.roll(1, 0)) == 0.0
