@@ -1,4 +1,4 @@
-"""The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus."""
+"""The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def _synth(args: argparse.Namespace) -> int:
     return synth.main(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Train a stage from a params file (the same keys as the stage's notebook)."""
+    import yaml
+
+    from comicnb.training import CHECKPOINT_NAME, train_stage3
+
+    settings = yaml.safe_load(open(args.params, encoding="utf-8")) or {}
+    run_dir = args.run_dir or settings.pop("run_dir", None)
+    settings.pop("run_dir", None)
+    if not run_dir:
+        print("comicnb train: give --run-dir (the run folder holding notebook 01's pages table)", file=sys.stderr)
+        return 2
+    trainer = train_stage3(run_dir, settings)
+    if trainer.accelerator.is_main_process:
+        print(f"[comicnb] stage3: {trainer.step} steps -> {run_dir}/{CHECKPOINT_NAME}")
+        print(trainer.history.frames()[1].to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per job."""
     from comicnb import synth
@@ -44,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth_parser = commands.add_parser("synth", help="draw a synthetic comics corpus with ground truth")
     synth.add_arguments(synth_parser)
     synth_parser.set_defaults(func=_synth)
+
+    train = commands.add_parser("train", help="train a stage headless (accelerate launch works too)")
+    train.add_argument("stage", choices=["stage3"], help="which stage to train")
+    train.add_argument("--params", required=True, help="YAML with the stage notebook's parameters")
+    train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: from params)")
+    train.set_defaults(func=_train)
     return parser
 
 

@@ -1,0 +1,96 @@
+"""Stage 3 training throughput, peak memory, and what the frozen-backbone feature cache saves, in one run.
+
+    python bench/bench_train.py [--data-root DIR] [--epochs 3] [--json PATH]
+
+Trains the default model (packaged EfficientNet-Lite0 and all-MiniLM-L6-v2, frozen) on the train split of the demo
+corpus (generated into a temporary folder without --data-root). The first epoch runs the frozen encoders once per
+panel and stores their outputs; later epochs train on the stored features. Goal: a later epoch takes at most 0.1 of
+the first. For scale, one epoch with the cache off (every page decoded and encoded again) is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from comicnb import data, training
+
+GOAL_RATIO = 0.1
+
+
+def peak_memory_mib() -> dict[str, float]:
+    """Peak resident memory of this process so far, and peak GPU memory where there is a GPU."""
+    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    if torch.cuda.is_available():
+        peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def epoch_times(run_dir: Path, settings: dict) -> tuple[list[float], int, str]:
+    """Train with settings; the wall seconds of each epoch, the number of training panels, the device."""
+    trainer = training.build_trainer(run_dir, settings)
+    trainer.train()
+    seconds = [e["train_seconds"] for e in trainer.history.epochs if e["epoch"] > 0]
+    return seconds, int(trainer.train_source.pages.num_panels.sum()), str(trainer.accelerator.device)
+
+
+def run(data_root: Path, scratch: Path, epochs: int) -> dict:
+    """Time cached training over several epochs and one uncached epoch; return the results as a dict."""
+    corpus = data.load_corpus(data_root, split=(0.7, 0.15, 0.15))
+    data.save_corpus(corpus, scratch / "run")
+    base = dict(epochs=epochs, batch_size=8, seed=0)
+    cached, panels, device = epoch_times(scratch / "run", base)
+    uncached, _, _ = epoch_times(scratch / "run", {**base, "epochs": 1, "cache_features": False})
+    later = statistics.median(cached[1:])
+    return dict(data_root=str(data_root), train_panels=panels, epochs=epochs, device=device,
+                first_epoch_s=cached[0], later_epoch_s=later, uncached_epoch_s=uncached[0],
+                later_over_first=later / cached[0], cached_panels_per_s=panels / later,
+                uncached_panels_per_s=panels / uncached[0], goal_ratio=GOAL_RATIO,
+                meets_goal=later / cached[0] <= GOAL_RATIO, **peak_memory_mib())
+
+
+def print_table(report: dict) -> None:
+    """Print the results as a few aligned lines."""
+    print(f"{report['train_panels']} training panels, {report['epochs']} epochs on {report['device']}")
+    print(f"{'first epoch (fills the feature cache)':<42}{report['first_epoch_s']:>8.2f} s")
+    print(f"{'later epoch (median, from the cache)':<42}{report['later_epoch_s']:>8.2f} s"
+          f"{report['cached_panels_per_s']:>10.0f} panels/s")
+    print(f"{'one epoch without the cache':<42}{report['uncached_epoch_s']:>8.2f} s"
+          f"{report['uncached_panels_per_s']:>10.0f} panels/s")
+    memory = ", ".join(f"{k} {v:.0f}" for k, v in report.items() if k.startswith("peak_"))
+    print(f"peak memory: {memory}")
+    print(f"later / first = {report['later_over_first']:.3f} <= {report['goal_ratio']}: "
+          f"{'yes' if report['meets_goal'] else 'NO'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, help="corpus folder (default: generate the demo corpus)")
+    parser.add_argument("--epochs", type=int, default=3, help="cached epochs to time (at least 2)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is compared with the later ones")
+    with tempfile.TemporaryDirectory() as scratch:
+        data_root = args.data_root
+        if data_root is None:
+            from comicnb import synth  # only needed for the default corpus
+
+            data_root = Path(scratch) / "demo"
+            synth.generate(data_root)
+        report = run(data_root, Path(scratch), args.epochs)
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

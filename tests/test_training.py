@@ -1,0 +1,145 @@
+"""Stage 3 training end to end on a synthetic corpus: losses fall, resume equals uninterrupted, checkpoints load."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from comicnb import cli, data, synth, training
+from comicnb.objectives import TERMS
+
+# A tiny model keeps the test in seconds; the pretrained default runs in notebook 02 under nbval.
+SETTINGS = dict(tiny=True, feature_dim=32, epochs=4, batch_size=4, lr=3e-3, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder holding notebook 01's artefacts for a small clean synthetic corpus (3 books of 6 pages)."""
+    root = tmp_path_factory.mktemp("corpus")
+    synth.generate(root / "data", books=3, pages=6, seed=3, page_size=(320, 480))
+    corpus = data.load_corpus(root / "data", split=(0.34, 0.33, 0.33), seed=0)
+    data.save_corpus(corpus, root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir: Path) -> training.Stage3Trainer:
+    """An uninterrupted run of SETTINGS."""
+    trainer = training.build_trainer(run_dir, SETTINGS)
+    trainer.train()
+    return trainer
+
+
+def test_a_short_run_lowers_every_loss_term(trained: training.Stage3Trainer) -> None:
+    steps = trained.history.frames()[0]
+    first, last = steps.head(3).mean(), steps.tail(3).mean()
+    assert all(last[term] < first[term] for term in TERMS), steps[list(TERMS)].to_string()
+    epochs = trained.history.frames()[1]
+    assert list(epochs.epoch) == [0, 1, 2, 3, 4]  # epoch 0 is the untrained baseline
+
+
+def test_validation_is_deterministic_and_on_other_books(trained: training.Stage3Trainer) -> None:
+    first, _ = trained.validate()
+    second, _ = trained.validate()
+    assert first == second
+    train_books = set(trained.train_source.pages.book_id)
+    assert train_books and not train_books & set(trained.val_source.pages.book_id)
+
+
+def test_validation_reports_collapse_and_retrieval_with_chance(trained: training.Stage3Trainer) -> None:
+    report = trained.history.epochs[-1]
+    for key in ("within_page_cosine", "between_page_cosine", "same_panel_recall@1", "image_to_text_recall@1"):
+        assert 0 <= abs(report[key]) <= 1, key
+    assert report["image_to_text_chance@1"] == 1 / report["image_to_text_panels"]
+
+
+def test_resume_reproduces_the_uninterrupted_run(trained: training.Stage3Trainer, run_dir: Path,
+                                                 tmp_path: Path) -> None:
+    first = training.build_trainer(run_dir, SETTINGS)
+    first.train(until_step=trained.steps_per_epoch + 1, checkpoint_path=tmp_path / "half.pt")  # mid-epoch
+    resumed = training.build_trainer(run_dir, SETTINGS)
+    resumed.resume(tmp_path / "half.pt")
+    resumed.train()
+    expected, got = trained.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert resumed.history.steps == trained.history.steps
+
+
+def test_checkpoint_loads_weights_only_and_rebuilds_the_model(trained: training.Stage3Trainer, run_dir: Path,
+                                                              tmp_path: Path) -> None:
+    path = trained.save(tmp_path / "stage3.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert {"model_state_dict", "objective_state_dict", "optimizer_state_dict", "scheduler_state_dict", "config",
+            "step", "rng"} <= set(checkpoint)
+    model = training.model_from_checkpoint(path)
+    batch = next(trained.val_source.iterate([[0, 1]]))
+    trained.model.eval()
+    assert torch.equal(model(batch), trained.model(batch))
+
+
+def test_feature_cache_trains_like_the_image_pipeline(run_dir: Path) -> None:
+    settings = {**SETTINGS, "epochs": 1}
+    cached, decoded = (training.build_trainer(run_dir, {**settings, "cache_features": flag}) for flag in (True, False))
+    cached.train(), decoded.train()
+    for key, value in cached.model.state_dict().items():
+        assert torch.allclose(value, decoded.model.state_dict()[key], atol=1e-5), key
+
+
+def test_unknown_setting_is_refused(run_dir: Path) -> None:
+    with pytest.raises(ValueError, match="epochz"):
+        training.build_trainer(run_dir, {**SETTINGS, "epochz": 3})
+
+
+def test_cli_trains_from_a_params_file(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "stage3.yaml"
+    params.write_text(yaml.safe_dump({**SETTINGS, "epochs": 1, "run_dir": str(run_dir)}))
+    assert cli.main(["train", "stage3", "--params", str(params)]) == 0
+    assert (run_dir / training.CHECKPOINT_NAME).is_file()
+    assert "steps ->" in capsys.readouterr().out
+
+
+def test_each_process_gets_its_own_batches_and_the_same_number_of_steps() -> None:
+    batches = training.epoch_batches(num_pages=10, batch_size=2, seed=0, epoch=0)  # 5 batches
+    assert training.shard_batches(batches, 0, 1) == batches
+    shards = [training.shard_batches(batches, rank, 2) for rank in (0, 1)]
+    assert [len(s) for s in shards] == [3, 3]
+    seen = [page for shard in shards for batch in shard for page in batch]
+    assert sorted(set(seen)) == list(range(10)) and len(seen) == 12  # the last round pads by wrap-around
+
+
+def test_accelerate_launch_spreads_training_over_two_processes(run_dir: Path, tmp_path: Path) -> None:
+    params = tmp_path / "stage3.yaml"
+    params.write_text(yaml.safe_dump({**SETTINGS, "epochs": 2, "batch_size": 2}))
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    # --multi_gpu starts one process each through torchrun; ACCELERATE_USE_CPU makes them a gloo group on the CPU.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "comicnb", "train",
+              "stage3", "--params", str(params), "--run-dir", str(out)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train_pages = len(data.load_pages(out / "pages.jsonl").query("split == 'train'"))
+    batches_per_epoch = math.ceil(train_pages / 2)
+    checkpoint = torch.load(out / training.CHECKPOINT_NAME, weights_only=True)
+    assert batches_per_epoch > 1
+    assert checkpoint["step"] == 2 * math.ceil(batches_per_epoch / 2)  # each step takes a batch on both processes
+    assert training.model_from_checkpoint(checkpoint).feature_dim == SETTINGS["feature_dim"]
