@@ -47,3 +47,32 @@ def page_grid(pages: pd.DataFrame, data_root: str | Path, n: int = 6, seed: int 
         draw_page(ax, Path(data_root) / page.image_path, page.boxes, f"{page.page_id} ({page.split})")
     fig.tight_layout()
     return fig
+
+
+def loss_curves(steps: pd.DataFrame, epochs: pd.DataFrame, terms: tuple[str, ...]) -> plt.Figure:
+    """One panel per loss term: training loss per step (raw and smoothed) and validation loss after each epoch."""
+    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
+    window = max(1, len(steps) // 10)
+    for ax, term in zip(axes.flat, terms):
+        ax.plot(steps.step, steps[term], color="tab:blue", alpha=0.25, linewidth=1)
+        ax.plot(steps.step, steps[term].rolling(window, min_periods=1).mean(), color="tab:blue", label="train")
+        if f"val_{term}" in epochs:
+            ax.plot(epochs.step, epochs[f"val_{term}"], "o-", color="tab:orange", label="validation")
+        ax.set(title=term, xlabel="step")
+    axes.flat[0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def gate_weights(weights: np.ndarray, modality_mask: np.ndarray, modalities: tuple[str, ...]) -> plt.Figure:
+    """Distribution of each modality's fusion weight over the panels that have that modality."""
+    import seaborn as sns
+
+    weights, present = np.asarray(weights), np.asarray(modality_mask).astype(bool)
+    table = pd.DataFrame([dict(modality=name, weight=w) for i, name in enumerate(modalities)
+                          for w in weights[present[:, i], i]])
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.violinplot(table, x="modality", y="weight", cut=0, ax=ax)
+    ax.set(ylim=(0, 1), ylabel="fusion weight", title="AdaptiveFusion weight per modality (validation panels)")
+    fig.tight_layout()
+    return fig

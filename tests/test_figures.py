@@ -29,3 +29,21 @@ def test_page_grid_draws_every_box_with_its_order(tmp_path):
     drawn = fig.axes[0]
     assert len(drawn.patches) == 2 and [t.get_text() for t in drawn.texts] == ["1", "2"]
     assert sum(ax.has_data() for ax in fig.axes) == 1
+
+
+def test_loss_curves_draw_train_and_validation_per_term():
+    steps = pd.DataFrame(dict(step=[1, 2, 3, 4], a=[4.0, 3.0, 2.0, 1.0], b=[1.0, 1.0, 0.5, 0.5]))
+    epochs = pd.DataFrame(dict(step=[0, 2, 4], val_a=[4.0, 2.5, 1.5]))
+    fig = figures.loss_curves(steps, epochs, ("a", "b"))
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].lines) == 2  # b has no validation column
+    assert list(fig.axes[0].lines[2].get_ydata()) == [4.0, 2.5, 1.5]
+
+
+def test_gate_weights_only_count_present_modalities():
+    import numpy as np
+
+    weights = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]])
+    mask = np.array([[1, 1, 0], [1, 0, 1]])
+    fig = figures.gate_weights(weights, mask, ("vision", "text", "composition"))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["vision", "text", "composition"]
