@@ -1,0 +1,217 @@
+"""Vector search: exact top-k against a brute-force reference, padding, the usearch index, and store look-up."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from comicnb import search
+from comicnb.search import ApproxIndex, PanelSearch, exact_topk, page_vectors, panel_location
+
+DIM = 32
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def random_vectors(rows: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    """(rows, dim) random unit vectors."""
+    return unit(np.random.default_rng(seed).standard_normal((rows, dim)))
+
+
+def clustered_vectors(rows: int, dim: int = 64, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    """(rows, dim) unit vectors from a mixture of gaussians, closer to real embeddings than uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    return unit(centres[rng.integers(clusters, size=rows)] + 0.5 * rng.standard_normal((rows, dim)))
+
+
+def brute_force(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference top-k by full sort of the cosine scores."""
+    scores = unit(queries) @ vectors.T  # (Q, M)
+    ids = np.argsort(-scores, axis=1)[:, :k]
+    return np.take_along_axis(scores, ids, axis=1), ids
+
+
+def assert_same_hits(found: tuple[np.ndarray, np.ndarray], expected: tuple[np.ndarray, np.ndarray]) -> None:
+    """Equal score lists and equal sets of ids per query."""
+    np.testing.assert_allclose(found[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert [set(row) for row in found[1].tolist()] == [set(row) for row in expected[1].tolist()]
+
+
+def zarr_array(path: Path, data: np.ndarray, chunk: int) -> zarr.Array:
+    """An uncompressed zarr v3 array of data, chunked along the first axis."""
+    array = zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype, chunks=(chunk, *data.shape[1:]),
+                              compressors=None)
+    array[:] = data
+    return array
+
+
+def page_store(rows: int = 40, panels: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(P, N, D) unit panel vectors, exactly zero in padding slots, and the (P, N) mask; page 3 has no panels."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, panels + 1, size=rows)
+    counts[3] = 0
+    mask = np.arange(panels) < counts[:, None]  # (P, N)
+    vectors = random_vectors(rows * panels, seed=seed).reshape(rows, panels, DIM) * mask[..., None]
+    return vectors.astype(np.float32), mask
+
+
+def write_store(folder: Path, vectors: np.ndarray, mask: np.ndarray) -> Path:
+    """A panel_embeddings.zarr store as Stage 3 writes it, with metadata.json beside it; returns the store path."""
+    store = folder / "panel_embeddings.zarr"
+    group = zarr.open_group(str(store), mode="w")
+    group.create_array("embeddings", data=vectors, chunks=(7, *vectors.shape[1:]), compressors=None)
+    group.create_array("panel_masks", data=mask.astype(np.uint8), chunks=(7, mask.shape[1]), compressors=None)
+    records = [dict(book_id=f"book_{p // 10}", page_name=f"page_{p % 10:02d}", num_panels=int(mask[p].sum()),
+                    embedding_indices=[], split="train") for p in range(len(vectors))]
+    (folder / "metadata.json").write_text(json.dumps(records))
+    return store
+
+
+def test_stored_vector_finds_itself_first() -> None:
+    vectors = random_vectors(500)
+    scores, ids = exact_topk(vectors[[3, 77, 499]], vectors, k=5, chunk_rows=64)
+    assert ids[:, 0].tolist() == [3, 77, 499]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 100, 333, 1000, 5000])
+def test_exact_matches_brute_force_in_memory(chunk_rows: int) -> None:
+    vectors, queries = random_vectors(1000), random_vectors(6, seed=1)
+    expected = brute_force(queries, vectors, 10)
+    assert_same_hits(exact_topk(queries, vectors, k=10, chunk_rows=chunk_rows), expected)
+    assert_same_hits(exact_topk(torch.from_numpy(queries), torch.from_numpy(vectors), k=10, chunk_rows=chunk_rows),
+                     expected)
+
+
+@pytest.mark.parametrize(("zarr_chunk", "chunk_rows"), [(64, 1), (64, 100), (70, 333), (1000, 65536), (333, 1000)])
+def test_exact_matches_brute_force_on_zarr(tmp_path: Path, zarr_chunk: int, chunk_rows: int) -> None:
+    vectors, queries = random_vectors(1000), random_vectors(6, seed=1)
+    found = exact_topk(queries, zarr_array(tmp_path / "v.zarr", vectors, zarr_chunk), k=10, chunk_rows=chunk_rows)
+    assert_same_hits(found, brute_force(queries, vectors, 10))
+
+
+def test_batch_equals_one_query_at_a_time() -> None:
+    vectors, queries = random_vectors(800), random_vectors(5, seed=2)
+    batch = exact_topk(queries, vectors, k=7, chunk_rows=128)
+    for i, query in enumerate(queries):
+        one = exact_topk(query, vectors, k=7, chunk_rows=128)
+        assert_same_hits(one, (batch[0][i:i + 1], batch[1][i:i + 1]))
+
+
+def test_many_queries_split_blocks_without_changing_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors, queries = random_vectors(600), random_vectors(40, seed=8)
+    monkeypatch.setattr(search, "SCORE_ELEMENTS", 40 * 7)  # 7 rows per matmul instead of whole blocks
+    assert_same_hits(exact_topk(queries, vectors, k=10, chunk_rows=256), brute_force(queries, vectors, 10))
+
+
+def test_unnormalised_store_scored_by_cosine() -> None:
+    vectors, queries = random_vectors(300), random_vectors(4, seed=3)
+    scales = np.random.default_rng(4).uniform(0.1, 10, size=(300, 1)).astype(np.float32)
+    found = exact_topk(queries * 3, vectors * scales, k=8, chunk_rows=50, normalized=False)
+    assert_same_hits(found, brute_force(queries, vectors, 8))
+
+
+def test_page_shaped_store_with_mask(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    vectors[~mask] = random_vectors(int((~mask).sum()), seed=9)  # masked slots that are not zero must still go
+    flat, flat_mask = vectors.reshape(-1, DIM), mask.reshape(-1)
+    queries = random_vectors(5, seed=5)
+    expected_scores, real_ids = brute_force(queries, flat[flat_mask], 10)
+    expected = expected_scores, np.flatnonzero(flat_mask)[real_ids]
+    store = zarr_array(tmp_path / "v.zarr", vectors, 7)
+    for source in (vectors, store):
+        assert_same_hits(exact_topk(queries, source, k=10, mask=mask, chunk_rows=50), expected)
+    pages, slots = panel_location(expected[1], mask.shape[1])
+    assert mask[pages, slots].all()
+
+
+def test_zero_padding_never_returned_even_without_mask() -> None:
+    vectors, mask = page_store()
+    vectors[mask, 0] = -np.abs(vectors[mask, 0]) - 0.5  # every real panel scores below the padding's exact 0
+    query = np.eye(DIM, dtype=np.float32)[0]
+    scores, ids = exact_topk(query, vectors, k=int(mask.sum()) + 5, chunk_rows=30)
+    real = ids[0][ids[0] >= 0]
+    assert sorted(real.tolist()) == np.flatnonzero(mask.reshape(-1)).tolist()
+    assert (scores[0][len(real):] == -np.inf).all() and (ids[0][len(real):] == -1).all()
+    assert (scores[0][:len(real)] < 0).all()
+
+
+def test_page_vectors_are_renormalised_masked_means() -> None:
+    vectors, mask = page_store()
+    pooled = page_vectors(vectors, mask, chunk_rows=25)
+    for page in (0, 1, 5):
+        mean = vectors[page][mask[page]].mean(axis=0)
+        np.testing.assert_allclose(pooled[page], mean / np.linalg.norm(mean), atol=1e-5)
+    assert not pooled[3].any()
+
+
+def test_approx_index_agrees_with_exact() -> None:
+    vectors, queries = clustered_vectors(4000), clustered_vectors(100, seed=1)
+    index = ApproxIndex.build(vectors, chunk_rows=1000, threads=1)
+    exact_ids = exact_topk(queries, vectors, k=10)[1]
+    scores, ids = index.search(queries, k=10, threads=1)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact_ids.tolist())])
+    assert recall >= 0.95
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", unit(queries), vectors[ids]), atol=2e-3)
+
+
+def test_approx_index_skips_padding_and_roundtrips(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    index = ApproxIndex.build(vectors, mask, expansion_search=200, threads=1)
+    assert len(index.index) == mask.sum()
+    queries = random_vectors(8, seed=6)
+    scores, ids = index.search(queries, k=300)  # more than there are panels: the tail is empty
+    found = ids[ids >= 0]
+    assert mask.reshape(-1)[found].all() and (scores[ids < 0] == -np.inf).all()
+    index.save(tmp_path / "index")
+    with pytest.raises(FileExistsError):
+        index.save(tmp_path / "index")
+    loaded = ApproxIndex.load(tmp_path / "index")
+    assert loaded.index.expansion_search == 200
+    for got, want in zip(loaded.search(queries, k=10), index.search(queries, k=10)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_panel_search_names_hits(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    finder = PanelSearch(write_store(tmp_path, vectors, mask))
+    hits = finder.query(vectors[12, 1], k=4)
+    first = hits.iloc[0]
+    assert (first.page_index, first.panel_index, first.book_id, first.page_name) == (12, 1, "book_1", "page_02")
+    assert first.score == pytest.approx(1.0, abs=1e-5) and hits["rank"].tolist() == [1, 2, 3, 4]
+    assert mask[hits.page_index, hits.panel_index].all()
+    own = finder.panel_id([12, 20], [1, 0])
+    near = finder.neighbours(own, k=3, exclude_self=True)
+    assert len(near) == 6 and not set(zip(near["query"], near.panel_id)) & {(0, own[0]), (1, own[1])}
+    with_self = finder.neighbours(own, k=3)
+    assert with_self.groupby("query").panel_id.first().tolist() == own.tolist()
+
+
+def test_panel_search_with_index_matches_exact(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    store = write_store(tmp_path, vectors, mask)
+    index = ApproxIndex.build(zarr.open_group(str(store), mode="r"), expansion_search=300, threads=1)
+    exact, approx = PanelSearch(store), PanelSearch(store, index=index)
+    query = random_vectors(3, seed=7)
+    assert exact.query(query, k=5).panel_id.tolist() == approx.query(query, k=5).panel_id.tolist()
+
+
+def test_similar_pages_ranks_the_page_first(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    finder = PanelSearch(write_store(tmp_path, vectors, mask))
+    pages = finder.similar_pages([0, 7, 39], k=5)
+    assert pages.groupby("query").page_index.first().tolist() == [0, 7, 39]
+    assert pages[pages["rank"] == 1].score.to_numpy() == pytest.approx(1.0, abs=1e-5)
+    assert 3 not in pages.page_index.tolist()  # the page without panels has no vector to match
+    others = finder.similar_pages(7, k=5, exclude_self=True)
+    assert len(others) == 5 and 7 not in others.page_index.tolist()
+    assert others.page_name.iloc[0] == finder.pages.page_name[others.page_index.iloc[0]]
