@@ -161,3 +161,20 @@ def test_cnn_backbones_run_channels_last_with_the_same_features(lite0: backbones
     finally:
         lite0.channels_last = True
     assert torch.allclose(nhwc, nchw, atol=1e-4)
+
+
+def test_large_eval_batches_split_on_the_cpu_without_changing_features() -> None:
+    backbone = build_backbone("efficientnet_lite0", tiny=True).eval()
+    calls = []
+    handle = backbone.model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    images = torch.rand(backbones.CPU_MICRO_BATCH * 2 + 3, 3, 32, 32)
+    split = backbone(images)
+    handle.remove()
+    assert calls == [backbones.CPU_MICRO_BATCH, backbones.CPU_MICRO_BATCH, 3]
+    whole = backbone.features(backbone.preprocess(images))
+    assert torch.allclose(split, whole, atol=1e-5)
+    trainable = build_backbone("efficientnet_lite0", tiny=True, frozen=False).train()
+    calls.clear()
+    trainable.model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    trainable(images)
+    assert calls == [len(images)]  # training BatchNorm sees the whole batch
