@@ -1,4 +1,4 @@
-"""The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage."""
+"""The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage, ``embed`` panels."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    """Generate (or resume) a run's panel embedding store."""
+    from comicnb.embeddings import EmbedConfig, StoreMismatchError, generate, parse_shard
+
+    cfg = EmbedConfig(pages_per_chunk=args.pages_per_chunk, num_workers=args.num_workers, precision=args.precision)
+    try:
+        summary = generate(args.run_dir, args.checkpoint, args.store, cfg=cfg,
+                           shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite)
+    except (StoreMismatchError, FileNotFoundError, ValueError) as exc:
+        print(f"comicnb embed: {exc}", file=sys.stderr)
+        return 1
+    print(f"[comicnb] embed shard {summary['shard']}: {summary['computed_chunks']} chunks encoded, "
+          f"{summary['skipped_chunks']} already done, {summary['encoded_panels']} panels in {summary['seconds']:.1f} s "
+          f"-> {summary['store']}" + ("" if summary["complete"] else " (other shards still to run)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per job."""
     from comicnb import synth
@@ -69,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--params", required=True, help="YAML with the stage notebook's parameters")
     train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: from params)")
     train.set_defaults(func=_train)
+
+    embed = commands.add_parser("embed", help="encode every panel of a run into its embedding store (resumable)")
+    embed.add_argument("--run-dir", required=True, help="run folder with the pages table and the Stage 3 checkpoint")
+    embed.add_argument("--checkpoint", default=None, help="Stage 3 checkpoint (default: RUN_DIR/stage3_checkpoint.pt)")
+    embed.add_argument("--store", default=None, help="store path (default: RUN_DIR/panel_embeddings.zarr)")
+    embed.add_argument("--shard", default=None, help="i/n: encode every n-th chunk from the i-th (0-based)")
+    embed.add_argument("--pages-per-chunk", type=int, default=16, help="pages per forward batch and zarr chunk")
+    embed.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding pages")
+    embed.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="inference precision")
+    embed.add_argument("--overwrite", action="store_true", help="replace a store made from something else")
+    embed.set_defaults(func=_embed)
     return parser
 
 

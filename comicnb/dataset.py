@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from comicnb.data import composition_features, crop_panels
@@ -104,3 +104,13 @@ def make_collate(tokenizer: Any = None, max_length: int = 64,
                  max_panels: int | None = None) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
     """collate_pages with its options bound; picklable, so it works with DataLoader(num_workers > 0)."""
     return functools.partial(collate_pages, tokenizer=tokenizer, max_length=max_length, max_panels=max_panels)
+
+
+def page_loader(pages: pd.DataFrame, data_root: str | Path, model: Any, batches: Sequence[Sequence[int]],
+                max_panels: int, num_workers: int = 0) -> DataLoader:
+    """Batches of whole pages for a PanelFeatureExtractor: each page decoded once, cropped with the model's transform,
+    tokenised with its tokenizer, padded to max_panels; ``batches`` lists the page rows of each batch."""
+    dataset = PanelPageDataset(pages, data_root, transform=model.image_transform,
+                               image_size=model.visual.image_size, max_panels=max_panels)
+    collate = make_collate(model.tokenizer, max_length=model.config["max_text_length"], max_panels=max_panels)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)

@@ -208,6 +208,21 @@ class PanelFeatureExtractor(nn.Module):
         mask = modality_only("text", input_ids.shape[0], input_ids.device)
         return self({"input_ids": input_ids, "attention_mask": attention_mask, "modality_mask": mask})
 
+    def encode_query(self, images: Tensor | None = None, texts: Sequence[str] | None = None) -> Tensor:
+        """(P, D) search queries in the fused space from images, texts, or both paired row by row (layout masked)."""
+        if images is None and texts is None:
+            raise ValueError("a query needs images, texts or both")
+        if images is not None and texts is not None and len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts: pair them row by row")
+        batch: dict[str, Tensor] = {}
+        if images is not None:
+            batch["images"] = images.to(self.device)
+        if texts is not None:
+            batch.update({key: value.to(self.device) for key, value in self.text.tokenize(texts).items()})
+        count = len(images) if images is not None else len(texts)
+        present = torch.tensor([images is not None, texts is not None, False], device=self.device)
+        return self({**batch, "modality_mask": present.expand(count, -1)})
+
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Raw strings -> (P, D) text queries in the fused space."""
         tokens = self.text.tokenize(texts)

@@ -34,6 +34,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from comicnb.story import CAST, COLOURS, SCENES, advert_panel, book_title, cover_panel, pick, plan_story, \
@@ -957,3 +958,24 @@ if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="python -m comicnb.synth", description=__doc__.splitlines()[0])
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))
+
+
+def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """The sidecar's truth for each stored panel (one row per panel id of the store's metadata records).
+
+    Columns: panel_id, page_index, book_id, page_name, characters (ids), character (the first one's name, or
+    "none"), scene, caption. Only a synthetic corpus has a sidecar; for others this raises FileNotFoundError.
+    """
+    truth = json.loads((Path(data_root) / "ground_truth.json").read_text(encoding="utf-8"))
+    names = {cid: c["name"] for cid, c in truth["characters"].items()}
+    records = metadata.to_dict("records") if isinstance(metadata, pd.DataFrame) else metadata
+    rows = []
+    for page in records:
+        panels = truth["books"][page["book_id"]]["pages"][page["page_name"]]["panels"]
+        for panel_id, index in zip(page["embedding_indices"], page["panel_index"], strict=True):
+            panel = panels[index]
+            rows.append(dict(panel_id=panel_id, page_index=page["page_index"], book_id=page["book_id"],
+                             page_name=page["page_name"], characters=panel["characters"],
+                             character=names[panel["characters"][0]] if panel["characters"] else "none",
+                             scene=panel["scene"], caption=panel["caption"]))
+    return pd.DataFrame(rows)

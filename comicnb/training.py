@@ -24,9 +24,8 @@ import pandas as pd
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from comicnb.dataset import PanelPageDataset, make_collate
+from comicnb.dataset import page_loader
 from comicnb.model import PanelFeatureExtractor
 from comicnb.objectives import TERMS, Stage3Objective, collapse_diagnostics, same_panel_retrieval
 from comicnb.seed import set_seed
@@ -126,15 +125,6 @@ class PageTensors:
         return {key: value[index].to(device) for key, value in self.tensors.items()}
 
 
-def page_loader(pages: pd.DataFrame, data_root: Path, model: PanelFeatureExtractor, batches: list[list[int]],
-                cfg: TrainConfig) -> DataLoader:
-    """A DataLoader decoding and cropping the pages of each batch (each page decoded once), tokenised for the model."""
-    dataset = PanelPageDataset(pages, data_root, transform=model.image_transform,
-                               image_size=model.visual.image_size, max_panels=cfg.max_panels)
-    collate = make_collate(model.tokenizer, max_length=model.config["max_text_length"], max_panels=cfg.max_panels)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
-
-
 BATCH_TENSOR_KEYS = ("images", "input_ids", "attention_mask", "comp_feats", "modality_mask", "panel_mask")
 
 
@@ -150,7 +140,7 @@ def build_feature_cache(model: PanelFeatureExtractor, pages: pd.DataFrame, data_
     chunks = [list(range(i, min(i + cfg.encode_batch_pages, len(pages))))
               for i in range(0, len(pages), cfg.encode_batch_pages)]
     parts: dict[str, list[Tensor]] = {}
-    for batch in page_loader(pages, data_root, model, chunks, cfg):
+    for batch in page_loader(pages, data_root, model, chunks, cfg.max_panels, cfg.num_workers):
         inputs = tensors_only(batch, device)
         cached = {**model.frozen_features(inputs), "comp_feats": inputs["comp_feats"],
                   "modality_mask": inputs["modality_mask"], "panel_mask": inputs["panel_mask"]}
@@ -178,7 +168,8 @@ class BatchSource:
                 self.cache = build_feature_cache(self.model, self.pages, self.data_root, self.cfg, self.device)
             yield from (self.cache.batch(indices, self.device) for indices in batches)
         elif batches:
-            loader = page_loader(self.pages, self.data_root, self.model, batches, self.cfg)
+            loader = page_loader(self.pages, self.data_root, self.model, batches, self.cfg.max_panels,
+                                 self.cfg.num_workers)
             yield from (tensors_only(batch, self.device) for batch in loader)
 
 

@@ -263,3 +263,23 @@ def test_the_seeds_inference_example_runs_with_its_import_changed(tmp_path: Path
     with torch.no_grad(), pytest.warns(UserWarning, match="ImageNet-normalised"):
         embedding = model.encode_image_only(image_tensor)
     assert embedding.shape == (1, 512) and torch.isfinite(embedding).all()
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_both_backbones_honour_the_freeze_flag(frozen: bool) -> None:
+    model = PanelFeatureExtractor("both", feature_dim=DIM, tiny=True, freeze_backbones=frozen).train()
+    assert [b.name for b in model.visual.backbones] == ["siglip", "resnet50"]
+    for backbone in model.visual.backbones:
+        assert all(p.requires_grad is not frozen for p in backbone.parameters())
+        assert backbone.model.training is not frozen
+
+
+def test_queries_by_image_text_or_both_land_in_the_fused_space(model: PanelFeatureExtractor) -> None:
+    images, texts = torch.rand(2, 3, 32, 32), ["The lamp flickers.", "Rain again!"]
+    assert torch.equal(model.encode_query(images=images), model.encode_image_only(images))
+    assert torch.equal(model.encode_query(texts=texts), model.encode_texts(texts))
+    tokens = model.text.tokenize(texts)
+    both = model({"images": images, **tokens, "modality_mask": torch.tensor([[1.0, 1.0, 0.0]]).expand(2, -1)})
+    assert torch.equal(model.encode_query(images, texts), both)
+    with pytest.raises(ValueError, match="pair them"):
+        model.encode_query(images, texts[:1])
