@@ -76,3 +76,59 @@ def gate_weights(weights: np.ndarray, modality_mask: np.ndarray, modalities: tup
     ax.set(ylim=(0, 1), ylabel="fusion weight", title="AdaptiveFusion weight per modality (validation panels)")
     fig.tight_layout()
     return fig
+
+
+def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """(M, 2) projection of (M, D) vectors: "pca" (linear, exact) or "tsne" (neighbourhoods, seeded)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(vectors)
+    if method == "tsne":
+        perplexity = min(30.0, max(2.0, (len(vectors) - 1) / 3))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(vectors)
+    raise ValueError(f"unknown projection {method!r}: use pca or tsne")
+
+
+def projection(points: np.ndarray, labels: pd.DataFrame, columns: tuple[str, ...]) -> plt.Figure:
+    """The same 2-D points once per label column, coloured by that column's values."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(6.5 * len(columns), 5.5), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels[column].to_numpy(), s=14, linewidth=0, ax=ax)
+        ax.set(title=f"panels coloured by {column}", xticks=[], yticks=[])
+        ax.legend(fontsize=7, markerscale=1.2, ncols=2, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def panel_crop(pages: pd.DataFrame, data_root: str | Path, page_index: int, slot: int) -> Image.Image:
+    """The crop of one stored panel (page row of the pages table, slot in its boxes)."""
+    from comicnb.data import crop_panels
+
+    page = pages.iloc[page_index]
+    with Image.open(Path(data_root) / page.image_path) as img:
+        return crop_panels(img, [page.boxes[slot]])[0]
+
+
+def gallery(queries: list[tuple[str, Image.Image | str]], hits: pd.DataFrame, pages: pd.DataFrame,
+            data_root: str | Path) -> plt.Figure:
+    """One row per query: the query (a panel crop or a text) and its hits' crops, best first, with their scores."""
+    k = int(hits["rank"].max())
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(2.2 * (k + 1), 2.6 * len(queries)), squeeze=False)
+    for row, (title, query) in enumerate(queries):
+        for ax in axes[row]:
+            ax.axis("off")
+        if isinstance(query, str):
+            axes[row, 0].text(0.5, 0.5, query, wrap=True, ha="center", va="center", fontsize=9)
+        else:
+            axes[row, 0].imshow(query)
+        axes[row, 0].set_title(title, fontsize=9, color="crimson")
+        for hit in hits[hits["query"] == row].itertuples(index=False):
+            ax = axes[row, hit.rank]
+            ax.imshow(panel_crop(pages, data_root, hit.page_index, hit.panel_index))
+            ax.set_title(f"{hit.rank}. {hit.score:.2f}\n{hit.book_id}/{hit.page_name}", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -47,3 +47,24 @@ def test_gate_weights_only_count_present_modalities():
     mask = np.array([[1, 1, 0], [1, 0, 1]])
     fig = figures.gate_weights(weights, mask, ("vision", "text", "composition"))
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["vision", "text", "composition"]
+
+
+def test_projection_keeps_one_point_per_vector_and_separates_clusters():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vectors = np.concatenate([rng.normal(0, 0.05, (10, 16)) + 1, rng.normal(0, 0.05, (10, 16)) - 1])
+    for method in ("pca", "tsne"):
+        points = figures.project_2d(vectors, method)
+        assert points.shape == (20, 2)
+        assert np.linalg.norm(points[:10].mean(0) - points[10:].mean(0)) > points[:10].std(0).max()
+
+
+def test_gallery_shows_the_query_and_each_hit(tmp_path):
+    pages = pages_table(tmp_path)
+    hits = pd.DataFrame(dict(query=[0, 0], rank=[1, 2], book_id="b", page_name="p", page_index=0,
+                             panel_index=[1, 0], score=[0.9, 0.5]))
+    fig = figures.gallery([("a text query", "Look out!")], hits, pages, tmp_path)
+    assert len(fig.axes) == 3 and fig.axes[0].texts[0].get_text() == "Look out!"
+    assert fig.axes[1].images[0].get_array().shape[:2] == (100, 100)  # the second panel's crop
+    assert fig.axes[2].get_title().startswith("2. 0.50")
