@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
+from corpus import measured_corpus  # bench/corpus.py, beside this script
 from comicnb.data import crop_panels, load_corpus, to_rgb
 
 GOAL_RATIO = 0.7
@@ -98,13 +98,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per mode; the median is reported")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        data_root = args.data_root
-        if data_root is None:
-            from comicnb import synth  # only needed for the default corpus
-
-            data_root = Path(scratch) / "demo"
-            synth.generate(data_root)
+    with measured_corpus(args.data_root) as (data_root, _):
         report = run(data_root, args.repeats)
     print_table(report)
     if args.json:

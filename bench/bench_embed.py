@@ -24,7 +24,6 @@ import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from corpus import measured_corpus  # bench/corpus.py, beside this script
 from comicnb import data, embeddings, training
 from comicnb.backbones import build_backbone
 from comicnb.dataset import page_loader
@@ -192,14 +192,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as scratch:
-        data_root = args.data_root
-        if data_root is None:
-            from comicnb import synth  # only needed for the default corpus
-
-            data_root = Path(scratch) / "demo"
-            synth.generate(data_root)
-        pipeline = bench_pipeline(data_root, Path(scratch), args.repeats)
+    with measured_corpus(args.data_root) as (data_root, scratch):
+        pipeline = bench_pipeline(data_root, scratch, args.repeats)
     peak = matmul_peak(device)
     report = dict(device=str(device), batch=args.batch, pipeline=pipeline, matmul_peak_gflops=peak / 1e9,
                   backbones=[bench_backbone(name, device, args.batch, args.repeats, peak)

@@ -15,11 +15,11 @@ import json
 import resource
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from corpus import measured_corpus  # bench/corpus.py, beside this script
 from comicnb import data, training
 
 GOAL_RATIO = 0.1
@@ -78,14 +78,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is compared with the later ones")
-    with tempfile.TemporaryDirectory() as scratch:
-        data_root = args.data_root
-        if data_root is None:
-            from comicnb import synth  # only needed for the default corpus
-
-            data_root = Path(scratch) / "demo"
-            synth.generate(data_root)
-        report = run(data_root, Path(scratch), args.epochs)
+    with measured_corpus(args.data_root) as (data_root, scratch):
+        report = run(data_root, scratch, args.epochs)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,14 +27,6 @@ from comicnb.encoders import MultiBackboneVisualEncoder, TextEncoder
 PALACE, DAISY = 698, 985  # ImageNet classes of scikit-learn's two sample photos
 IMAGENET_MEAN = timm.data.IMAGENET_DEFAULT_MEAN
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

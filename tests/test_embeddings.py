@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,6 @@ from comicnb.search import PanelSearch
 ARRAYS = ("embeddings", "panel_masks", "modalities", "modality_masks", "done")
 SEED_FIELDS = {"book_id", "page_name", "num_panels", "embedding_indices"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Small batches gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def save_checkpoint(model: PanelFeatureExtractor, path: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from comicnb.objectives import Stage3Objective
 
 DIM, LENGTH = 32, 6
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def page_batch(pages: int = 2, panels: int = 4, counts: tuple[int, ...] = (4, 2), size: int = 32) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,14 +19,6 @@ from comicnb.objectives import (
 
 DIM, LENGTH = 32, 6
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and on a shared CPU OpenMP spin-waits cost 20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def page_batch(counts: tuple[int, ...] = (4, 3, 2), panels: int = 4) -> dict:
