@@ -14,7 +14,7 @@ inner-product metric, which on our L2-normalised vectors is cosine similarity. V
 default: it halves memory and distance cost at no measurable recall loss, where int8 capped recall@10 near 0.9.
 
 ``PanelSearch`` opens a store folder and answers with pandas rows naming book, page and panel; it also ranks pages
-by their mean-pooled panel vectors.
+by their mean-pooled panel vectors, and strips (runs of consecutive panels on a page) by theirs.
 """
 
 from __future__ import annotations
@@ -164,6 +164,23 @@ def page_vectors(vectors: Vectors, mask: Array | None = None, chunk_rows: int = 
     return torch.cat(pages).numpy()
 
 
+def strip_vectors(vectors: Vectors, width: int, mask: Array | None = None,
+                  chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Every strip of ``width`` consecutive real panels of a (P, N, D) store: (S, D) re-normalised mean vectors and
+    (S, 2) (page, first slot); strips never cross a page, and pages with fewer panels have none."""
+    panels, dim = _resolve(vectors, mask)[0].shape[-2:]
+    found, where = [], []
+    for block in iter_blocks(vectors, mask, chunk_rows):
+        real = block.vectors.any(dim=1) if block.mask is None else block.mask & block.vectors.any(dim=1)  # (R,)
+        pages = block.vectors.view(-1, panels, dim)  # (pages, N, D)
+        windows = pages.unfold(1, width, 1).sum(dim=-1)  # (pages, N - width + 1, D) sums of consecutive slots
+        full = real.view(-1, panels).unfold(1, width, 1).all(dim=-1)  # (pages, N - width + 1) all slots real
+        page, start = full.nonzero(as_tuple=True)
+        found.append(torch.nn.functional.normalize(windows[page, start], dim=1))
+        where.append(torch.stack([page + block.offset // panels, start], dim=1))
+    return torch.cat(found).numpy(), torch.cat(where).numpy()
+
+
 def _matches(found: Any, queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """usearch matches as (Q, k) cosine scores and ids, -inf and -1 past each query's hits."""
     keys, distances = np.atleast_2d(found.keys), np.atleast_2d(found.distances)  # one query comes back 1-D
@@ -252,6 +269,7 @@ class PanelSearch:
         if len(self.pages) != self.embeddings.shape[0]:
             raise ValueError(f"{len(self.pages)} metadata records for {self.embeddings.shape[0]} pages in {store}")
         self.index, self.chunk_rows = index, chunk_rows
+        self._strips: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def max_panels(self) -> int:
@@ -294,6 +312,25 @@ class PanelSearch:
         query, rank = np.nonzero(ids >= 0)
         table = pd.DataFrame(dict(query=query, rank=rank + 1, page_index=ids[query, rank], score=scores[query, rank]))
         return table.join(self.pages[["book_id", "page_name"]], on="page_index")[PAGE_COLUMNS]
+
+    def strips(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(S, D) strip vectors and (S, 2) (page, first slot) of every strip of ``width`` panels, cached per width."""
+        if width not in self._strips:
+            self._strips[width] = strip_vectors(self.embeddings, width, self.masks, self.chunk_rows)
+        return self._strips[width]
+
+    def similar_strips(self, page_index: int, first_panel: int, width: int, k: int = 10) -> pd.DataFrame:
+        """The k strips of ``width`` consecutive panels nearest the strip starting at (page, first_panel), the strip
+        itself first: a sequence of panels matched by its mean vector, on its own page or any other."""
+        vectors, where = self.strips(width)
+        own = np.flatnonzero((where[:, 0] == page_index) & (where[:, 1] == first_panel))
+        if len(own) == 0:
+            raise ValueError(f"page {page_index} has no strip of {width} real panels starting at slot {first_panel}")
+        scores, ids = exact_topk(vectors[own], vectors, k)
+        hit = ids[0] >= 0
+        table = pd.DataFrame(dict(rank=np.arange(1, hit.sum() + 1), page_index=where[ids[0][hit], 0],
+                                  first_panel=where[ids[0][hit], 1], width=width, score=scores[0][hit]))
+        return table.join(self.pages[["book_id", "page_name"]], on="page_index")
 
     def _search(self, vectors: np.ndarray | Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) scores and flat ids, from the approximate index when there is one."""

@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from comicnb import search
-from comicnb.search import ApproxIndex, PanelSearch, exact_topk, page_vectors, panel_location
+from comicnb.search import ApproxIndex, PanelSearch, exact_topk, page_vectors, panel_location, strip_vectors
 
 DIM = 32
 
@@ -215,3 +215,24 @@ def test_similar_pages_ranks_the_page_first(tmp_path: Path) -> None:
     others = finder.similar_pages(7, k=5, exclude_self=True)
     assert len(others) == 5 and 7 not in others.page_index.tolist()
     assert others.page_name.iloc[0] == finder.pages.page_name[others.page_index.iloc[0]]
+
+
+def test_strips_are_every_run_of_consecutive_real_panels(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    strips, where = strip_vectors(vectors, 3, mask, chunk_rows=7 * 6)  # blocks of 7 pages: strips never cross them
+    expected = [(p, s) for p in range(len(mask)) for s in range(mask.shape[1] - 2) if mask[p, s:s + 3].all()]
+    assert [tuple(w) for w in where] == expected
+    page, start = expected[5]
+    mean = vectors[page, start:start + 3].sum(axis=0)
+    assert np.allclose(strips[5], mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_similar_strips_find_the_strip_itself_first(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    finder = PanelSearch(write_store(tmp_path, vectors, mask))
+    page = int(np.flatnonzero(mask.sum(axis=1) >= 4)[0])
+    hits = finder.similar_strips(page, 1, width=3, k=4)
+    assert (hits.page_index.iloc[0], hits.first_panel.iloc[0]) == (page, 1) and hits.score.iloc[0] == pytest.approx(1)
+    assert len(hits) == 4 and hits.score.is_monotonic_decreasing
+    with pytest.raises(ValueError, match="no strip"):
+        finder.similar_strips(3, 0, width=2)  # page 3 has no panels
