@@ -9,7 +9,7 @@ sees another's mean/std. ``transform`` is the model's own PIL pipeline minus the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms as T
 from transformers import AutoImageProcessor, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+from transformers.utils import logging as hf_logging
 
 SIGLIP_HUB_ID = "google/siglip-base-patch16-224"
 # Names of classifier tensors in the two layouts of EfficientNet-Lite0 weights (lukemelas-style .pth, timm);
@@ -33,6 +34,18 @@ CNN_FAMILIES = (timm.models.EfficientNet, timm.models.ResNet)
 TINY_IMAGE_SIZE = 32
 TINY_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                    image_size=TINY_IMAGE_SIZE, patch_size=8)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No per-tensor "Loading weights" progress bars from transformers (noise in every rendered report)."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 class MissingWeightsError(RuntimeError):
@@ -214,8 +227,9 @@ def siglip(weights: str | None, frozen: bool) -> SiglipBackbone:
     """SigLIP vision tower from a hub id or a local folder (config, weights and preprocessor_config.json)."""
     source = weights or SIGLIP_HUB_ID
     try:
-        model = SiglipVisionModel.from_pretrained(source)
-        processor = AutoImageProcessor.from_pretrained(source)
+        with quiet_loading():
+            model = SiglipVisionModel.from_pretrained(source)
+            processor = AutoImageProcessor.from_pretrained(source)
     except OSError as err:
         how = ("backbone_weights={'siglip': '/path/to/folder'} holding config.json, model.safetensors and "
                "preprocessor_config.json, " + hub_hint(SIGLIP_HUB_ID))

