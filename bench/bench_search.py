@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import zarr
 
-from comicnb.search import ApproxIndex, exact_topk, iter_blocks
+from comicnb.search import ApproxIndex, exact_topk, iter_blocks, overlap_recall
 
 BLOCK = 65536  # rows generated at a time, so generating the data never holds more than one block of temporaries
 ZARR_CHUNK = 4096  # rows per zarr chunk: 8 MiB at dim 512, light enough for the allocator to recycle
@@ -112,7 +112,7 @@ def latency_and_recall(index: ApproxIndex, queries: np.ndarray, truth: np.ndarra
         start = time.perf_counter()
         ids = index.search(query, K, threads=1)[1][0]
         times.append(time.perf_counter() - start)
-        recall.append(len(set(ids.tolist()) & set(expected.tolist())) / K)
+        recall.append(overlap_recall(ids, expected))
     return statistics.median(times) * 1e3, float(np.mean(recall))
 
 

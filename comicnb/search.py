@@ -240,6 +240,12 @@ class ApproxIndex:
         return cls(index)
 
 
+def overlap_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of true ids (Q, k) that the found ids (Q, k) contain: an index against exact search."""
+    found, truth = np.atleast_2d(found), np.atleast_2d(truth)
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / t.shape[0] for f, t in zip(found, truth)]))
+
+
 def _drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(Q, k + 1) hits less each query's own id, or less the last hit where its own id did not come back."""
     keep = ids != own[:, None]  # (Q, k + 1)

@@ -236,3 +236,9 @@ def test_similar_strips_find_the_strip_itself_first(tmp_path: Path) -> None:
     assert len(hits) == 4 and hits.score.is_monotonic_decreasing
     with pytest.raises(ValueError, match="no strip"):
         finder.similar_strips(3, 0, width=2)  # page 3 has no panels
+
+
+def test_overlap_recall_counts_shared_ids_per_row() -> None:
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert search.overlap_recall(truth, truth) == 1.0
+    assert search.overlap_recall(np.array([[4, 3, 9, 9], [0, 0, 0, 0]]), truth) == 0.25
