@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     if not run_dir:
         print("comicnb train: give --run-dir (the run folder holding notebook 01's pages table)", file=sys.stderr)
         return 2
-    trainer = train_stage3(run_dir, settings)
+    trainer = train_stage3(run_dir, settings, resume=args.resume)
     if trainer.accelerator.is_main_process:
         print(f"[comicnb] stage3: {trainer.step} steps -> {run_dir}/{CHECKPOINT_NAME}")
         print(trainer.history.frames()[1].to_string(index=False))
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("stage", choices=["stage3"], help="which stage to train")
     train.add_argument("--params", required=True, help="YAML with the stage notebook's parameters")
     train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: from params)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when there is one")
     train.set_defaults(func=_train)
 
     embed = commands.add_parser("embed", help="encode every panel of a run into its embedding store (resumable)")

@@ -12,6 +12,7 @@ and every epoch trains on their stored outputs.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,7 @@ from comicnb.objectives import TERMS, Stage3Objective, collapse_diagnostics, sam
 from comicnb.seed import set_seed
 
 VAL_SEED = 1234  # fixed draws for validation, whatever the training seed
+RESUMABLE_CHANGES = frozenset({"num_workers", "encode_batch_pages"})  # settings that cannot change the result
 
 
 @dataclass
@@ -274,7 +276,11 @@ class Stage3Trainer:
         return self.cfg.epochs * self.steps_per_epoch
 
     def train(self, until_step: int | None = None, checkpoint_path: str | Path | None = None) -> History:
-        """Train to the end (or to ``until_step``), validating after each epoch and checkpointing if asked."""
+        """Train to the end (or to ``until_step``), validating after each epoch.
+
+        With ``checkpoint_path`` a checkpoint is written after every epoch and at the end, so an interrupted run
+        resumes (``resume``) from its last epoch and still ends exactly where the uninterrupted run would.
+        """
         stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
         if self.step == 0 and not self.history.epochs:  # the untrained model: the no-learning baseline
             scalars, self.last_validation = self.validate()
@@ -290,6 +296,8 @@ class Stage3Trainer:
             if self.step % self.steps_per_epoch == 0:
                 scalars, self.last_validation = self.validate()
                 self.history.epochs.append({"epoch": epoch + 1, "step": self.step, "train_seconds": seconds, **scalars})
+                if checkpoint_path is not None and self.step < stop:
+                    self.save(checkpoint_path)
         if checkpoint_path is not None:
             self.save(checkpoint_path)
         return self.history
@@ -354,12 +362,20 @@ class Stage3Trainer:
             history=dict(steps=self.history.steps, epochs=self.history.epochs))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            torch.save(checkpoint, path)
+            partial = path.with_name(path.name + ".partial")
+            torch.save(checkpoint, partial)
+            os.replace(partial, path)  # a run killed while saving keeps the previous checkpoint whole
         return path
 
     def resume(self, checkpoint: Mapping[str, Any] | str | Path) -> None:
         """Continue from a checkpoint of the same run (same pages, same configs)."""
         checkpoint = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+        mine = dict(model=self.model.config, objective=self.trainable.objective.config, train=asdict(self.cfg))
+        differ = sorted(f"{part}.{key}" for part, config in mine.items() for key in config
+                        if key not in RESUMABLE_CHANGES and checkpoint["config"][part].get(key) != config[key])
+        if differ:
+            raise ValueError(f"the checkpoint is from another configuration ({', '.join(differ)}); resume with "
+                             f"the settings it was trained with, or start a new run")
         self.model.load_state_dict(checkpoint["model_state_dict"])
         self.trainable.objective.load_state_dict(checkpoint["objective_state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
@@ -443,8 +459,12 @@ def build_trainer(run_dir: str | Path, settings: Mapping[str, Any]) -> Stage3Tra
     return Stage3Trainer(model, objective, cfg, pages[pages.split == "train"], pages[pages.split == "val"], data_root)
 
 
-def train_stage3(run_dir: str | Path, settings: Mapping[str, Any]) -> Stage3Trainer:
-    """Train Stage 3 on ``run_dir``'s pages table and write ``run_dir/stage3_checkpoint.pt``."""
+def train_stage3(run_dir: str | Path, settings: Mapping[str, Any], resume: bool = False) -> Stage3Trainer:
+    """Train Stage 3 on ``run_dir``'s pages table into ``run_dir/stage3_checkpoint.pt`` (written every epoch);
+    with ``resume``, continue from that checkpoint when there is one."""
     trainer = build_trainer(run_dir, settings)
-    trainer.train(checkpoint_path=Path(run_dir) / CHECKPOINT_NAME)
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if resume and path.is_file():
+        trainer.resume(path)
+    trainer.train(checkpoint_path=path)
     return trainer

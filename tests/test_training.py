@@ -134,3 +134,28 @@ def test_accelerate_launch_spreads_training_over_two_processes(run_dir: Path, tm
     assert batches_per_epoch > 1
     assert checkpoint["step"] == 2 * math.ceil(batches_per_epoch / 2)  # each step takes a batch on both processes
     assert training.model_from_checkpoint(checkpoint).feature_dim == SETTINGS["feature_dim"]
+
+
+def test_checkpoints_every_epoch_and_resumes_a_killed_run_from_the_last(trained: training.Stage3Trainer,
+                                                                       run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns(training.CHECKPOINT_NAME))
+    interrupted = training.build_trainer(run, SETTINGS)
+    saved_at = []
+    original_save = interrupted.save
+    interrupted.save = lambda path: saved_at.append(interrupted.step) or original_save(path)
+    interrupted.train(until_step=2 * trained.steps_per_epoch + 1, checkpoint_path=run / training.CHECKPOINT_NAME)
+    assert saved_at == [trained.steps_per_epoch, 2 * trained.steps_per_epoch, 2 * trained.steps_per_epoch + 1]
+    resumed = training.train_stage3(run, SETTINGS, resume=True)
+    expected = trained.model.state_dict()
+    assert all(torch.equal(expected[key], value) for key, value in resumed.model.state_dict().items())
+    assert not list(run.glob("*.partial"))
+
+
+def test_resuming_with_other_settings_is_refused(trained: training.Stage3Trainer, run_dir: Path,
+                                                 tmp_path: Path) -> None:
+    path = trained.save(tmp_path / "stage3.pt")
+    other = training.build_trainer(run_dir, {**SETTINGS, "lr": 1e-2, "num_workers": 1})
+    with pytest.raises(ValueError, match=r"train\.lr") as refused:
+        other.resume(path)
+    assert "num_workers" not in str(refused.value)  # loader workers cannot change the result
