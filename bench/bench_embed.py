@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from corpus import measured_corpus  # bench/corpus.py, beside this script
 from comicnb import data, embeddings, training
 from comicnb.backbones import build_backbone
-from comicnb.dataset import page_loader
+from comicnb.dataset import page_chunks, page_loader
 from comicnb.model import PanelFeatureExtractor
 
 PIPELINE_GOAL, RESNET_GOAL = 0.8, 0.5
@@ -130,7 +130,7 @@ def bench_pipeline(data_root: Path, scratch: Path, repeats: int) -> dict:
                scratch / "run" / training.CHECKPOINT_NAME)
     model = training.model_from_checkpoint(scratch / "run" / training.CHECKPOINT_NAME)
     pages, root = data.load_run_pages(scratch / "run")
-    chunks = embeddings.page_chunks(len(pages), embeddings.EmbedConfig().pages_per_chunk)
+    chunks = page_chunks(len(pages), embeddings.EmbedConfig().pages_per_chunk)
     inputs = []
     for batch in page_loader(pages, root, model, chunks, 12):
         text = batch["modality_mask"][..., 1].bool()

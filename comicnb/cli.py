@@ -34,8 +34,8 @@ def _train(args: argparse.Namespace) -> int:
     from comicnb.training import CHECKPOINT_NAME, train_stage3
 
     settings = yaml.safe_load(open(args.params, encoding="utf-8")) or {}
-    run_dir = args.run_dir or settings.pop("run_dir", None)
-    settings.pop("run_dir", None)
+    params_run_dir = settings.pop("run_dir", None)  # the trainer takes no run_dir setting
+    run_dir = args.run_dir or params_run_dir
     if not run_dir:
         print("comicnb train: give --run-dir (the run folder holding notebook 01's pages table)", file=sys.stderr)
         return 2

@@ -106,6 +106,12 @@ def make_collate(tokenizer: Any = None, max_length: int = 64,
     return functools.partial(collate_pages, tokenizer=tokenizer, max_length=max_length, max_panels=max_panels)
 
 
+def page_chunks(num_pages: int, pages_per_chunk: int) -> list[list[int]]:
+    """Page rows in consecutive runs of pages_per_chunk (the last may be shorter)."""
+    return [list(range(start, min(start + pages_per_chunk, num_pages)))
+            for start in range(0, num_pages, pages_per_chunk)]
+
+
 def page_loader(pages: pd.DataFrame, data_root: str | Path, model: Any, batches: Sequence[Sequence[int]],
                 max_panels: int, num_workers: int = 0) -> DataLoader:
     """Batches of whole pages for a PanelFeatureExtractor: each page decoded once, cropped with the model's transform,

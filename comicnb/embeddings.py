@@ -45,12 +45,12 @@ from accelerate import PartialState
 
 from comicnb import __version__
 from comicnb.data import load_run_pages
-from comicnb.dataset import page_loader
+from comicnb.dataset import page_chunks, page_loader
 from comicnb.fusion import MODALITIES
 from comicnb.model import PanelFeatureExtractor
 from comicnb.paths import git_revision
-from comicnb.search import EMBEDDINGS, MASKS, METADATA
-from comicnb.training import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
+from comicnb.search import EMBEDDINGS, MASKS, METADATA, exact_topk
+from comicnb.training import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, tensors_only
 
 STORE_NAME = "panel_embeddings.zarr"
 # Attributes that define the store's content: a store is resumed only when all of them match.
@@ -96,12 +96,6 @@ def store_metadata(pages: pd.DataFrame, max_panels: int) -> list[dict[str, Any]]
                             page_index=index, page_id=page.page_id, part=int(page.part), split=page.split,
                             image_path=page.image_path, panel_index=[int(i) for i in page.panel_index]))
     return records
-
-
-def page_chunks(num_pages: int, pages_per_chunk: int) -> list[list[int]]:
-    """The page indices of each chunk: consecutive runs of pages_per_chunk pages."""
-    return [list(range(start, min(start + pages_per_chunk, num_pages)))
-            for start in range(0, num_pages, pages_per_chunk)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -180,7 +174,7 @@ def store_attrs(checkpoint: Mapping[str, Any], checkpoint_path: Path, metadata: 
 def encode_chunk(model: PanelFeatureExtractor, batch: Mapping[str, Any], device: torch.device,
                  precision: str) -> dict[str, np.ndarray]:
     """The arrays of one chunk of pages, from one forward pass over all their panels."""
-    inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items() if torch.is_tensor(value)}
+    inputs = tensors_only(batch, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
         encoding = model.encode(inputs)
@@ -241,21 +235,18 @@ def generate(run_dir: str | Path, checkpoint: str | Path | None = None, store: s
     todo = [chunk for chunk in chunks if not done[chunk].all()]
     start, panels = time.perf_counter(), 0
     loader = iter(page_loader(pages, data_root, model, todo, max_panels, cfg.num_workers))
-    # On a GPU, threads decode the next chunk and write the last one while the model runs (PIL and zarr's I/O release
-    # the GIL; one writer keeps the chunks' order). On the CPU they would steal cycles from the model's own threads
-    # and stall them: measured on 2 cores, a decoding thread made generation slower, not faster.
-    overlap = state.device.type != "cpu"
+    # One writer thread keeps the chunks' order while the model runs (zarr's I/O releases the GIL). On a GPU another
+    # thread decodes the next chunk meanwhile; on the CPU it would steal cycles from the model's own threads and stall
+    # them: measured on 2 cores, a decoding thread made generation slower, not faster.
+    batches = prefetch(loader) if state.device.type != "cpu" else loader
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = []
-        for chunk, batch in zip(todo, prefetch(loader) if overlap else loader, strict=True):
+        writes = []
+        for chunk, batch in zip(todo, batches, strict=True):
             arrays = encode_chunk(model, batch, state.device, precision)
-            region = slice(chunk[0], chunk[-1] + 1)
-            pending.append(writer.submit(write_chunk, group, region, arrays) if overlap else
-                           write_chunk(group, region, arrays))
+            writes.append(writer.submit(write_chunk, group, slice(chunk[0], chunk[-1] + 1), arrays))
             panels += int(arrays[MASKS].sum())
-        for job in pending:
-            if job is not None:
-                job.result()  # re-raise a failed write
+        for write in writes:
+            write.result()  # re-raise a failed write
     seconds = time.perf_counter() - start
     return dict(store=str(store_path), shard=f"{shard[0]}/{shard[1]}", pages=len(pages),
                 panels=int(pages.num_panels.sum()), chunks=len(chunks), computed_chunks=len(todo),
@@ -279,17 +270,27 @@ def verify_store(store: str | Path, pages: pd.DataFrame) -> dict[str, Any]:
     group = open_embeddings(store)
     masks = np.asarray(group[MASKS][:])  # (P, N)
     counts_match = len(masks) == len(pages) and masks.sum(axis=1).tolist() == pages.num_panels.tolist()
-    padding_nonzero = norm_min = norm_max = 0
+    padding_nonzero, norm_min, norm_max = 0, np.inf, 0.0
     for start in range(0, len(masks), group[EMBEDDINGS].chunks[0]):  # one chunk at a time: memory stays flat
         block = np.asarray(group[EMBEDDINGS][start:start + group[EMBEDDINGS].chunks[0]])
         real = masks[start:start + len(block)]
         padding_nonzero += int(np.count_nonzero(block[~real]))
         norms = np.linalg.norm(block[real], axis=1)
-        norm_min = min(norm_min or np.inf, float(norms.min(initial=np.inf)))
+        norm_min = min(norm_min, float(norms.min(initial=np.inf)))
         norm_max = max(norm_max, float(norms.max(initial=0)))
     return dict(pages=len(masks), panels=int(masks.sum()), expected_panels=int(pages.num_panels.sum()),
                 counts_match=counts_match, padding_slots=int((~masks).sum()), padding_nonzero_values=padding_nonzero,
                 norm_min=norm_min, norm_max=norm_max)
+
+
+def panel_labels(metadata: pd.DataFrame, data_root: str | Path) -> pd.DataFrame:
+    """Labels of each stored panel, in store order: book, and the ground truth's first character and scene where the
+    corpus has a sidecar (the synthetic corpus); real data has only the book."""
+    if (Path(data_root) / "ground_truth.json").is_file():
+        from comicnb.synth import panel_truth  # the synthetic corpus's reader, only needed where there is one
+
+        return panel_truth(data_root, metadata)[["book_id", "character", "scene"]]
+    return pd.DataFrame({"book_id": np.repeat(metadata.book_id.to_numpy(), metadata.num_panels.to_numpy())})
 
 
 def neighbour_agreement(vectors: np.ndarray, page: np.ndarray, labels: pd.DataFrame, k: int = 5) -> pd.DataFrame:
@@ -297,8 +298,6 @@ def neighbour_agreement(vectors: np.ndarray, page: np.ndarray, labels: pd.DataFr
 
     Chance is the probability that a random panel of another page shares the label (from the label frequencies).
     """
-    from comicnb.search import exact_topk
-
     extra = int(np.bincount(page).max())  # enough hits to still have k after dropping the panel's own page
     _, ids = exact_topk(vectors, vectors, k + extra)
     other = page[ids] != page[:, None]  # (M, k + extra)

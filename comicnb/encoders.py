@@ -6,6 +6,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 
+import timm
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
@@ -30,8 +31,8 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, int
 # Images reach the model as [0, 1] tensors and each backbone applies its own statistics. The seed's examples
 # normalised with ImageNet mean/std first (which fed SigLIP the wrong statistics); such input is recognised and undone.
 UNIT_RANGE_TOLERANCE = 0.05
-IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+IMAGENET_MEAN = torch.tensor(timm.data.IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor(timm.data.IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
 
 
 def _within(images: Tensor, low: float, high: float) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from comicnb.data import to_rgb
+from comicnb.data import crop_panels, to_rgb
 
 
 def panel_table(pages: pd.DataFrame) -> pd.DataFrame:
@@ -106,8 +106,6 @@ def projection(points: np.ndarray, labels: pd.DataFrame, columns: tuple[str, ...
 
 def panel_crop(pages: pd.DataFrame, data_root: str | Path, page_index: int, slot: int) -> Image.Image:
     """The crop of one stored panel (page row of the pages table, slot in its boxes)."""
-    from comicnb.data import crop_panels
-
     page = pages.iloc[page_index]
     with Image.open(Path(data_root) / page.image_path) as img:
         return crop_panels(img, [page.boxes[slot]])[0]

@@ -225,5 +225,4 @@ class PanelFeatureExtractor(nn.Module):
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Raw strings -> (P, D) text queries in the fused space."""
-        tokens = self.text.tokenize(texts)
-        return self.encode_text_only(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+        return self.encode_query(texts=texts)

@@ -277,6 +277,11 @@ class PanelSearch:
         self.index, self.chunk_rows = index, chunk_rows
         self._strips: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
+    @cached_property
+    def panel_ids(self) -> np.ndarray:
+        """Flat ids of every real panel, in store order."""
+        return np.flatnonzero(self.masks.reshape(-1))
+
     @property
     def max_panels(self) -> int:
         """Panel slots per page."""

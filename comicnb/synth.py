@@ -954,12 +954,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m comicnb.synth", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    sys.exit(main(_parser.parse_args()))
-
-
 def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> pd.DataFrame:
     """The sidecar's truth for each stored panel (one row per panel id of the store's metadata records).
 
@@ -979,3 +973,10 @@ def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> p
                              character=names[panel["characters"][0]] if panel["characters"] else "none",
                              scene=panel["scene"], caption=panel["caption"]))
     return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m comicnb.synth", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))
+

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 
-from comicnb.dataset import page_loader
+from comicnb.dataset import page_chunks, page_loader
 from comicnb.model import PanelFeatureExtractor
 from comicnb.objectives import TERMS, Stage3Objective, collapse_diagnostics, same_panel_retrieval
 from comicnb.seed import set_seed
@@ -139,8 +139,7 @@ def tensors_only(batch: Mapping[str, Any], device: torch.device) -> dict[str, Te
 def build_feature_cache(model: PanelFeatureExtractor, pages: pd.DataFrame, data_root: Path,
                         cfg: TrainConfig, device: torch.device) -> PageTensors:
     """Run the frozen encoders once over every panel of ``pages``; keep their outputs with the other inputs."""
-    chunks = [list(range(i, min(i + cfg.encode_batch_pages, len(pages))))
-              for i in range(0, len(pages), cfg.encode_batch_pages)]
+    chunks = page_chunks(len(pages), cfg.encode_batch_pages)
     parts: dict[str, list[Tensor]] = {}
     for batch in page_loader(pages, data_root, model, chunks, cfg.max_panels, cfg.num_workers):
         inputs = tensors_only(batch, device)
@@ -328,8 +327,7 @@ class Stage3Trainer:
         state = torch.get_rng_state()
         torch.manual_seed(VAL_SEED)
         self.trainable.eval()
-        batches = [list(range(i, min(i + self.cfg.batch_size, len(self.val_source))))
-                   for i in range(0, len(self.val_source), self.cfg.batch_size)]
+        batches = page_chunks(len(self.val_source), self.cfg.batch_size)
         outputs = [self.validate_batch(batch) for batch in self.val_source.iterate(batches)]
         torch.set_rng_state(state)
         return summarise_validation(outputs)

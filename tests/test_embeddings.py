@@ -194,3 +194,14 @@ def test_neighbour_agreement_against_chance() -> None:
     table = embeddings.neighbour_agreement(vectors, page, labels, k=3)
     assert table.loc["group", "agreement"] == 1.0 and np.isclose(table.loc["group", "chance"], 1 / 3)
     assert np.isclose(table.loc["noise", "chance"], 0.5)
+
+
+def test_panel_ids_and_labels_follow_the_store_order(store: Path, run_dir: Path, tmp_path: Path) -> None:
+    search = PanelSearch(store)
+    metadata = search.pages
+    assert search.panel_ids.tolist() == [i for indices in metadata.embedding_indices for i in indices]
+    labels = embeddings.panel_labels(metadata, run_dir.parent / "data")
+    assert list(labels.columns) == ["book_id", "character", "scene"] and len(labels) == len(search.panel_ids)
+    without_truth = embeddings.panel_labels(metadata, tmp_path)  # real data: no sidecar, only the book
+    assert list(without_truth.columns) == ["book_id"]
+    assert without_truth.book_id.tolist() == labels.book_id.tolist()
