@@ -17,9 +17,12 @@ STAMP := $(VENV)/.built-$(LOCK_HASH)
 PROFILE ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: env demo test bench lab lock clean-env
+.PHONY: help env demo test lint bench lab lock clean-env
 
-env: $(STAMP)
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+env: $(STAMP)  ## build the environment if missing (base keyed by the lock's hash, then .venv)
 
 $(BASE_ENV)/.complete: $(LOCK)
 	@$(PYTHON_BASE) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "comicnb needs Python 3.11 (requirements.lock is resolved for it); set PYTHON_BASE=/path/to/python3.11")'
@@ -43,20 +46,29 @@ $(STAMP): $(BASE_ENV)/.complete pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: env
+demo: env  ## run every notebook of PROFILE (default demo) and render the reports into outputs/
 	HF_HUB_OFFLINE=1 $(PY) -m comicnb run --profile $(PROFILE)
 
-test: env
+test: env lint  ## lint, then every test, the notebooks included (pytest; PYTEST_ARGS passes options)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: env
+lint: env  ## ruff check and ruff format --check (settings in pyproject.toml)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: env  ## run the benchmarks in bench/ (ratios measured in one run)
 	@for script in bench/bench_*.py; do echo "== $$script"; HF_HUB_OFFLINE=1 $(PY) $$script || exit 1; done
 
-lab: env
-	HF_HUB_OFFLINE=1 $(PY) -m jupyter lab notebooks/
+# `-m jupyterlab`, not `-m jupyter lab`: the latter execs a `jupyter-lab` script that the pip-less .venv lacks (or a
+# stranger's on PATH); run as a module, the server is .venv's python, and so is the kernel it starts for notebooks.
+# --allow-root: containers often run as root, where the server otherwise refuses to start; as any other user it is a
+# no-op. LAB_ARGS adds server options (tests/test_lab.py passes a port, a token and no browser), so the test runs
+# this very line.
+lab: env  ## start JupyterLab on notebooks/ with the project's kernel
+	HF_HUB_OFFLINE=1 $(PY) -m jupyterlab --notebook-dir=notebooks --allow-root $(LAB_ARGS)
 
 # Re-resolve requirements.in into requirements.lock in a scratch environment.
-lock:
+lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf $(COMICNB_ENV_HOME)/lock-scratch
 	$(PYTHON_BASE) -m venv $(COMICNB_ENV_HOME)/lock-scratch
 	$(COMICNB_ENV_HOME)/lock-scratch/bin/python -m pip install --quiet -r requirements.in
@@ -64,5 +76,5 @@ lock:
 	  echo "# The environment is keyed by this file's hash: any change builds a new environment from nothing."; \
 	  $(COMICNB_ENV_HOME)/lock-scratch/bin/python -m pip freeze; } > $(LOCK)
 
-clean-env:
+clean-env:  ## remove .venv (the shared base environment stays)
 	rm -rf $(VENV)

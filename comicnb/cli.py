@@ -22,33 +22,48 @@ def _run(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     """Draw a synthetic corpus."""
-    from comicnb import synth
+    from comicnb.corpus import synth
 
     return synth.main(args)
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train a stage from a params file (the same keys as the stage's notebook)."""
+    """Train a stage from a params file (the keys of the stage's notebook) and/or the seed's flags."""
     import yaml
 
-    from comicnb.training import CHECKPOINT_NAME, train_stage3
+    from comicnb.stage3 import checkpoints
+    from comicnb.stage3.config import UnknownSettingError, split_settings
+    from comicnb.stage3.seed_cli import WANDB_MESSAGE, prepare_run, seed_overrides
+    from comicnb.stage3.trainer import train_stage3
 
-    settings = yaml.safe_load(open(args.params, encoding="utf-8")) or {}
+    settings = (yaml.safe_load(open(args.params, encoding="utf-8")) or {}) if args.params else {}
     params_run_dir = settings.pop("run_dir", None)  # the trainer takes no run_dir setting
-    run_dir = args.run_dir or params_run_dir
-    if not run_dir:
-        print("comicnb train: give --run-dir (the run folder holding notebook 01's pages table)", file=sys.stderr)
+    settings.update(seed_overrides(args))
+    if args.use_wandb:
+        print(f"comicnb train: {WANDB_MESSAGE}", file=sys.stderr)
+    try:
+        split_settings(settings)  # a misnamed key fails before any run folder is made
+        run_dir = prepare_run(args, settings) if args.data_root else (args.run_dir or params_run_dir)
+        if not run_dir:
+            print("comicnb train: give --run-dir (a run folder holding notebook 01's pages table) or --data_root "
+                  "(a corpus folder to read first)", file=sys.stderr)
+            return 2
+        trainer = train_stage3(run_dir, settings, resume=args.resume)
+    except (UnknownSettingError, FileNotFoundError, ValueError) as exc:
+        print(f"comicnb train: {exc}", file=sys.stderr)
         return 2
-    trainer = train_stage3(run_dir, settings, resume=args.resume)
     if trainer.accelerator.is_main_process:
-        print(f"[comicnb] stage3: {trainer.step} steps -> {run_dir}/{CHECKPOINT_NAME}")
+        files = checkpoints(run_dir)
+        best = trainer.best
+        print(f"[comicnb] stage3: {trainer.step} steps -> {files.last}; best {best.get('metric')} "
+              f"{best.get('value', float('nan')):.3f} at epoch {best.get('epoch')} -> {files.best}")
         print(trainer.history.frames()[1].to_string(index=False))
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
     """Generate (or resume) a run's panel embedding store."""
-    from comicnb.embeddings import EmbedConfig, StoreMismatchError, generate, parse_shard
+    from comicnb.store import EmbedConfig, StoreMismatchError, generate, parse_shard
 
     cfg = EmbedConfig(pages_per_chunk=args.pages_per_chunk, num_workers=args.num_workers, precision=args.precision)
     try:
@@ -63,39 +78,62 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has a meaningful one (not for flags, nor options whose help says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per job."""
-    from comicnb import synth
+    from comicnb.corpus import synth
+    from comicnb.precision import PRECISIONS
+    from comicnb.stage3.seed_cli import add_seed_arguments
 
     parser = argparse.ArgumentParser(prog="comicnb", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the numbered notebooks with papermill into outputs/<run>/")
+    run = commands.add_parser("run", help="run the numbered notebooks with papermill into outputs/<run>/",
+                              description="Run the numbered notebooks of a profile with papermill and render them.",
+                              formatter_class=HelpFormatter)
     run.add_argument("--profile", default="demo", help="parameter set: a folder of params/ (default: demo)")
     run.add_argument("--run", default=None, help="name of the run folder under outputs/ (default: profile-time)")
     run.add_argument("--only", nargs="+", default=None, help="notebooks to run, by number or name (e.g. 01 02)")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
     run.set_defaults(func=_run)
 
-    synth_parser = commands.add_parser("synth", help="draw a synthetic comics corpus with ground truth")
+    synth_parser = commands.add_parser("synth", help="draw a synthetic comics corpus with ground truth",
+                                       description="Draw the embedded synthetic corpus: same seed, same bytes.",
+                                       formatter_class=HelpFormatter)
     synth.add_arguments(synth_parser)
     synth_parser.set_defaults(func=_synth)
 
-    train = commands.add_parser("train", help="train a stage headless (accelerate launch works too)")
+    train = commands.add_parser("train", help="train a stage headless (accelerate launch works too)",
+                                description="Train a stage headless: the same training as its notebook.",
+                                formatter_class=HelpFormatter)
     train.add_argument("stage", choices=["stage3"], help="which stage to train")
-    train.add_argument("--params", required=True, help="YAML with the stage notebook's parameters")
-    train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: from params)")
-    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when there is one")
+    train.add_argument("--params", default=None, help="YAML with the stage notebook's parameters")
+    train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: params)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")
+    add_seed_arguments(train)
     train.set_defaults(func=_train)
 
-    embed = commands.add_parser("embed", help="encode every panel of a run into its embedding store (resumable)")
+    embed = commands.add_parser("embed", help="encode every panel of a run into its embedding store (resumable)",
+                                description="Encode every panel of a run with its Stage 3 checkpoint into the run's "
+                                            "embedding store; run again to resume, --shard to split the work.",
+                                formatter_class=HelpFormatter)
     embed.add_argument("--run-dir", required=True, help="run folder with the pages table and the Stage 3 checkpoint")
-    embed.add_argument("--checkpoint", default=None, help="Stage 3 checkpoint (default: RUN_DIR/stage3_checkpoint.pt)")
+    embed.add_argument("--checkpoint", default=None,
+                       help="Stage 3 checkpoint (default: RUN_DIR/stage3/best_model.pt, else stage3/checkpoint.pt)")
     embed.add_argument("--store", default=None, help="store path (default: RUN_DIR/panel_embeddings.zarr)")
     embed.add_argument("--shard", default=None, help="i/n: encode every n-th chunk from the i-th (0-based)")
     embed.add_argument("--pages-per-chunk", type=int, default=16, help="pages per forward batch and zarr chunk")
     embed.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding pages")
-    embed.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="inference precision")
+    embed.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="inference precision")
     embed.add_argument("--overwrite", action="store_true", help="replace a store made from something else")
     embed.set_defaults(func=_embed)
     return parser

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from comicnb.data import crop_panels, to_rgb
+from comicnb.corpus.crops import crop_panels, to_rgb
 
 
 def panel_table(pages: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +126,7 @@ def gallery(queries: list[tuple[str, Image.Image | str]], hits: pd.DataFrame, pa
         axes[row, 0].set_title(title, fontsize=9, color="crimson")
         for hit in hits[hits["query"] == row].itertuples(index=False):
             ax = axes[row, hit.rank]
-            ax.imshow(panel_crop(pages, data_root, hit.page_index, hit.panel_index))
+            ax.imshow(panel_crop(pages, data_root, hit.page_index, hit.slot))
             ax.set_title(f"{hit.rank}. {hit.score:.2f}\n{hit.book_id}/{hit.page_name}", fontsize=7)
     fig.tight_layout()
     return fig

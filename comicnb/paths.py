@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def project_root(start: str | Path | None = None) -> Path:
-    """The nearest folder at or above ``start`` (default: the working directory) holding ``pyproject.toml`` and ``notebooks/``."""
+    """The nearest folder at or above ``start`` (default: the working directory) with pyproject.toml and notebooks/."""
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():

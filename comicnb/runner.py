@@ -11,7 +11,7 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -92,7 +92,8 @@ def check_params(notebooks: list[Path], params_dir: Path, profile: str) -> dict[
         params = load_params(params_dir, profile, nb)
         unknown = unknown_parameters(nb, params)
         if unknown:
-            raise RunError(f"{nb.name} does not declare {unknown} (set by params/{profile}/{nb.stem}.yaml or the runner)")
+            source = f"params/{profile}/{nb.stem}.yaml or the runner"
+            raise RunError(f"{nb.name} does not declare {unknown} (set by {source})")
         resolved[nb.stem] = params
     return resolved
 
@@ -155,7 +156,7 @@ def run(profile: str = "demo", run: str | None = None, *, only: list[str] | None
     resolved = {stem: {**params, "run_dir": rel_run_dir} for stem, params in all_params.items()}
     (run_dir / "params.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     summary = RunSummary(run_dir.name, profile, rel_run_dir, git_revision(root),
-                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                         datetime.now(UTC).isoformat(timespec="seconds"))
     for nb in notebooks:
         if not summary.ok:
             summary.notebooks.append(NotebookResult(nb.stem, "not run"))
@@ -168,5 +169,6 @@ def run(profile: str = "demo", run: str | None = None, *, only: list[str] | None
     summary.write(run_dir / "summary.json")
     if not summary.ok:
         failed = next(n for n in summary.notebooks if n.status == "failed")
-        raise RunError(f"run {summary.run} stopped: {failed.error} (executed copy: {run_dir / (failed.notebook + '.ipynb')})")
+        executed = run_dir / f"{failed.notebook}.ipynb"
+        raise RunError(f"run {summary.run} stopped: {failed.error} (executed copy: {executed})")
     return summary

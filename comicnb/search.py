@@ -34,10 +34,13 @@ from torch import Tensor
 from usearch.index import BatchMatches, Index
 from zarr.buffer.cpu import NDBuffer
 
-EMBEDDINGS, MASKS, METADATA = "embeddings", "panel_masks", "metadata.json"
+from comicnb.store.reader import load_metadata
+from comicnb.store.schema import EMBEDDINGS, MASKS
+
 Array = np.ndarray | Tensor | zarr.Array
 Vectors = Array | zarr.Group  # a group means its embeddings array, masked by its panel_masks
-PANEL_COLUMNS = ["query", "rank", "book_id", "page_name", "page_index", "panel_index", "panel_id", "score"]
+# slot: the panel's position in the store's page row; panel_index: its position in the page JSON (comicnb.store.schema)
+PANEL_COLUMNS = ["query", "rank", "book_id", "page_name", "page_index", "slot", "panel_index", "panel_id", "score"]
 PAGE_COLUMNS = ["query", "rank", "book_id", "page_name", "page_index", "score"]
 SCORE_ELEMENTS = 2**24  # (queries x rows) scores computed at once: 64 MiB, so many queries cannot blow up memory
 
@@ -240,27 +243,12 @@ class ApproxIndex:
         return cls(index)
 
 
-def overlap_recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each row of true ids (Q, k) that the found ids (Q, k) contain: an index against exact search."""
-    found, truth = np.atleast_2d(found), np.atleast_2d(truth)
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / t.shape[0] for f, t in zip(found, truth)]))
-
-
 def _drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(Q, k + 1) hits less each query's own id, or less the last hit where its own id did not come back."""
     keep = ids != own[:, None]  # (Q, k + 1)
     keep[keep.all(axis=1), -1] = False
     k = ids.shape[1] - 1
     return scores[keep].reshape(-1, k), ids[keep].reshape(-1, k)
-
-
-def load_metadata(store: str | Path) -> pd.DataFrame:
-    """The page table of a store: metadata.json inside the store folder, or beside it, one row per page."""
-    store = Path(store)
-    path = next((p for p in (store / METADATA, store.parent / METADATA) if p.is_file()), None)
-    if path is None:
-        raise FileNotFoundError(f"no {METADATA} in or beside {store}")
-    return pd.DataFrame(json.loads(path.read_text()))
 
 
 class PanelSearch:
@@ -287,9 +275,9 @@ class PanelSearch:
         """Panel slots per page."""
         return self.embeddings.shape[1]
 
-    def panel_id(self, page_index: int | np.ndarray, panel_index: int | np.ndarray) -> np.ndarray:
-        """Flat panel ids of (page, panel) positions."""
-        return np.asarray(page_index) * self.max_panels + np.asarray(panel_index)
+    def panel_id(self, page_index: int | np.ndarray, slot: int | np.ndarray) -> np.ndarray:
+        """Flat panel ids of (page, slot) positions."""
+        return np.asarray(page_index) * self.max_panels + np.asarray(slot)
 
     def vectors(self, panel_ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
         """(len(ids), D) stored vectors, reading each page needed once."""
@@ -330,17 +318,17 @@ class PanelSearch:
             self._strips[width] = strip_vectors(self.embeddings, width, self.masks, self.chunk_rows)
         return self._strips[width]
 
-    def similar_strips(self, page_index: int, first_panel: int, width: int, k: int = 10) -> pd.DataFrame:
-        """The k strips of ``width`` consecutive panels nearest the strip starting at (page, first_panel), the strip
+    def similar_strips(self, page_index: int, first_slot: int, width: int, k: int = 10) -> pd.DataFrame:
+        """The k strips of ``width`` consecutive panels nearest the strip starting at (page, first_slot), the strip
         itself first: a sequence of panels matched by its mean vector, on its own page or any other."""
         vectors, where = self.strips(width)
-        own = np.flatnonzero((where[:, 0] == page_index) & (where[:, 1] == first_panel))
+        own = np.flatnonzero((where[:, 0] == page_index) & (where[:, 1] == first_slot))
         if len(own) == 0:
-            raise ValueError(f"page {page_index} has no strip of {width} real panels starting at slot {first_panel}")
+            raise ValueError(f"page {page_index} has no strip of {width} real panels starting at slot {first_slot}")
         scores, ids = exact_topk(vectors[own], vectors, k)
         hit = ids[0] >= 0
         table = pd.DataFrame(dict(rank=np.arange(1, hit.sum() + 1), page_index=where[ids[0][hit], 0],
-                                  first_panel=where[ids[0][hit], 1], width=width, score=scores[0][hit]))
+                                  first_slot=where[ids[0][hit], 1], width=width, score=scores[0][hit]))
         return table.join(self.pages[["book_id", "page_name"]], on="page_index")
 
     def _search(self, vectors: np.ndarray | Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -354,5 +342,12 @@ class PanelSearch:
         query, rank = np.nonzero(ids >= 0)
         pages, slots = panel_location(ids[query, rank], self.max_panels)
         table = pd.DataFrame(dict(query=query, rank=rank + 1, panel_id=ids[query, rank], page_index=pages,
-                                  panel_index=slots, score=scores[query, rank]))
+                                  slot=slots, score=scores[query, rank]))
+        table["panel_index"] = self.json_panel_index(pages, slots)
         return table.join(self.pages[["book_id", "page_name"]], on="page_index")[PANEL_COLUMNS]
+
+    def json_panel_index(self, pages: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The page-JSON index of the panel in each (page, slot); the slot itself where metadata has no such list."""
+        if "panel_index" not in self.pages:
+            return np.asarray(slots)
+        return np.array([self.pages.panel_index.iat[p][s] for p, s in zip(pages, slots)], dtype=np.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -13,3 +14,9 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def isolated_rng() -> contextlib.AbstractContextManager:
+    """A block whose random draws (CPU and every GPU) leave the generators as they were: loading and validation
+    must not shift a training run's stream."""
+    return torch.random.fork_rng(devices=range(torch.cuda.device_count()))

@@ -11,10 +11,11 @@ import torch
 import transformers
 from PIL import Image
 from safetensors.torch import save_file
+from sklearn import datasets
 from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-from comicnb import backbones, encoders
-from comicnb.backbones import (
+from comicnb.stage3 import backbones, encoders
+from comicnb.stage3.backbones import (
     BACKBONES,
     TINY_SIGLIP,
     MissingWeightsError,
@@ -22,11 +23,10 @@ from comicnb.backbones import (
     packaged_efficientnet_lite0,
     resolve_backbone_names,
 )
-from comicnb.encoders import MultiBackboneVisualEncoder, TextEncoder
+from comicnb.stage3.encoders import DomainAdaptedResNet, DomainAdaptedSigLIP, MultiBackboneVisualEncoder, TextEncoder
 
 PALACE, DAISY = 698, 985  # ImageNet classes of scikit-learn's two sample photos
 IMAGENET_MEAN = timm.data.IMAGENET_DEFAULT_MEAN
-
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,6 @@ def test_efficientnet_lite0_loads_every_packaged_tensor(lite0: backbones.Backbon
 
 
 def test_efficientnet_lite0_classifies_sample_photos(lite0: backbones.Backbone) -> None:
-    datasets = pytest.importorskip("sklearn.datasets")
     folder = Path(datasets.__file__).parent / "images"
     photos = torch.stack([lite0.transform(Image.open(folder / name).convert("RGB"))
                           for name in ("china.jpg", "flower.jpg")])  # (2, 3, 224, 224) in [0, 1]
@@ -65,7 +64,25 @@ def test_tiny_backbone_shapes_and_own_transform(name: str) -> None:
     features = backbone(torch.rand(2, 3, 40, 40))
     assert features.shape == (2, backbone.out_dim) and torch.isfinite(features).all()
     pixels = backbone.transform(Image.new("RGB", (50, 70), (255, 128, 0)))
-    assert pixels.shape == (3, *backbone.input_size) and 0 <= pixels.min() <= pixels.max() <= 1
+    assert pixels.shape == (3, *backbone.input_size)
+    # The model's own pipeline minus its normalisation (forward applies that): the colour comes out as RGB / 255.
+    centre = pixels[:, backbone.input_size[0] // 2, backbone.input_size[1] // 2]
+    torch.testing.assert_close(centre, torch.tensor([1.0, 128 / 255, 0.0]), atol=2 / 255, rtol=0)
+
+
+@pytest.mark.parametrize(("seed_class", "backbone"), [(DomainAdaptedSigLIP, "siglip"),
+                                                      (DomainAdaptedResNet, "resnet50")])
+def test_the_seeds_visual_encoder_names(seed_class: type, backbone: str) -> None:
+    torch.manual_seed(0)
+    encoder = seed_class(feature_dim=16, tiny=True).eval()
+    assert isinstance(encoder, MultiBackboneVisualEncoder) and [b.name for b in encoder.backbones] == [backbone]
+    images = torch.rand(3, 3, 40, 40)  # (B, 3, H, W) in [0, 1], any size: the backbone resizes
+    features = encoder(images)
+    assert features.shape == (3, 16) and torch.isfinite(features).all()
+    assert not torch.allclose(features[0], features[1], atol=1e-4)  # each image its own feature
+    assert all(not p.requires_grad for p in encoder.backbones.parameters())  # frozen, as the seed's default
+    trainable = seed_class(feature_dim=16, tiny=True, freeze_backbone=False)
+    assert all(p.requires_grad for p in trainable.backbones.parameters())
 
 
 def test_aliases_follow_the_seed() -> None:

@@ -1,4 +1,4 @@
-"""comicnb.data on small corpora drawn here by hand: formats, every problem class, features, crops, splits."""
+"""comicnb.corpus on small corpora drawn here by hand: formats, every problem class, features, crops, splits."""
 
 from __future__ import annotations
 
@@ -13,19 +13,25 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from comicnb import data, synth
-from comicnb.data import (
+from comicnb.corpus import (
     COMPOSITION_FEATURES,
+    PAGE_COLUMNS,
+    SPLITS,
+    Corpus,
     bbox_fit,
     clean_text,
     composition_features,
+    composition_table,
     crop_panels,
     load_corpus,
     load_pages,
+    load_run_pages,
     repair_box,
+    save_corpus,
     save_pages,
     split_books,
     split_counts,
+    synth,
     to_rgb,
 )
 
@@ -92,7 +98,7 @@ def labels_of(root: Path) -> dict:
     return json.loads((root / "pss_labels.json").read_text())
 
 
-def problems_of(corpus: data.Corpus, problem: str) -> pd.DataFrame:
+def problems_of(corpus: Corpus, problem: str) -> pd.DataFrame:
     """Rows of one problem class."""
     return corpus.problems[corpus.problems["problem"] == problem]
 
@@ -106,7 +112,7 @@ def test_clean_corpus_has_every_narrative_page_and_panel(corpus_root: Path) -> N
     corpus = load_corpus(corpus_root)
     pages = corpus.pages
     assert corpus.problems.empty
-    assert set(data.PAGE_COLUMNS) <= set(pages.columns)
+    assert set(PAGE_COLUMNS) <= set(pages.columns)
     assert len(pages) == 3 * 2 and pages["page_id"].is_unique
     assert (pages["page_name"] != "page_000").all()  # covers are not narrative
     row = pages.set_index("page_id").loc["book_001/page_002"]
@@ -224,14 +230,14 @@ def test_repair_box(bbox: list[float], expected: tuple) -> None:
     assert (box, problem, action) == expected
 
 
-def bad_page_corpus(root: Path, damage: Callable[[Path], None]) -> data.Corpus:
+def bad_page_corpus(root: Path, damage: Callable[[Path], None]) -> Corpus:
     """A 3-book corpus where damage(book_000 folder) breaks something; returns the loaded corpus."""
     make_corpus(root, pages=1)
     damage(root / "book_000")
     return load_corpus(root)
 
 
-def assert_one_problem(corpus: data.Corpus, problem: str, action: str, page: str = "page_001") -> pd.Series:
+def assert_one_problem(corpus: Corpus, problem: str, action: str, page: str = "page_001") -> pd.Series:
     """Exactly one row of problem, on book_000/page, with action; returns it."""
     rows = problems_of(corpus, problem)
     assert len(rows) == 1, corpus.problems
@@ -421,11 +427,11 @@ def test_split_is_by_book_and_deterministic(tmp_path: Path) -> None:
     books = [f"book_{i:03d}" for i in range(20)]
     first, again, other = split_books(books, seed=3), split_books(reversed(books), seed=3), split_books(books, seed=4)
     assert first == again and first != other
-    assert [list(first.values()).count(s) for s in data.SPLITS] == [16, 2, 2]
+    assert [list(first.values()).count(s) for s in SPLITS] == [16, 2, 2]
     assert split_counts(1) == [1, 0, 0] and split_counts(2) == [1, 1, 0] and split_counts(3) == [1, 1, 1]
     assert split_counts(4, (0.1, 0.45, 0.45)) == [1, 1, 2] and split_counts(10, (0.8, 0.2, 0)) == [8, 2, 0]
     pages = load_corpus(make_corpus(tmp_path, books=5, pages=2), seed=1).pages
-    assert (pages.groupby("book_id")["split"].nunique() == 1).all() and set(pages["split"]) == set(data.SPLITS)
+    assert (pages.groupby("book_id")["split"].nunique() == 1).all() and set(pages["split"]) == set(SPLITS)
 
 
 def test_pages_table_round_trip(tmp_path: Path) -> None:
@@ -439,31 +445,43 @@ def test_pages_table_round_trip(tmp_path: Path) -> None:
 
 def test_run_artefacts_round_trip_with_their_data_root(corpus_root: Path, tmp_path: Path) -> None:
     corpus = load_corpus(corpus_root)
-    data.save_corpus(corpus, tmp_path / "run")
-    pages, root = data.load_run_pages(tmp_path / "run")
+    save_corpus(corpus, tmp_path / "run")
+    pages, root = load_run_pages(tmp_path / "run")
     pd.testing.assert_frame_equal(pages, corpus.pages)
     assert root == corpus_root.resolve() and (root / pages.image_path[0]).is_file()
     assert len(pd.read_csv(tmp_path / "run" / "problems.csv")) == len(corpus.problems)
     with pytest.raises(FileNotFoundError, match="run notebook 01"):
-        data.load_run_pages(tmp_path / "elsewhere")
+        load_run_pages(tmp_path / "elsewhere")
 
 
-def test_composition_table_has_a_row_per_panel(corpus_root: Path) -> None:
-    pages = load_corpus(corpus_root).pages
-    table = data.composition_table(pages)
-    assert list(table.columns) == list(data.COMPOSITION_FEATURES) and len(table) == pages.num_panels.sum()
-    first = composition_features(pages.boxes[0], pages.image_width[0], pages.image_height[0])
-    np.testing.assert_array_equal(table.to_numpy()[: len(first)], first)
+def test_composition_table_known_values_and_position_independence() -> None:
+    # Page 0 (100 x 200): a 40 x 80 box 10 px from the left edge, then the whole page; page 1 (200 x 100): its right
+    # half. Expected rows are worked out by hand from the feature definitions.
+    pages = pd.DataFrame([dict(boxes=[[10, 20, 50, 100], [0, 0, 100, 200]], image_width=100, image_height=200),
+                          dict(boxes=[[100, 0, 200, 100]], image_width=200, image_height=100)])
+    table = composition_table(pages)
+    assert list(table.columns) == list(COMPOSITION_FEATURES) and len(table) == 3
+    expected = [  # centre x, centre y, width, height, log aspect, area, edge distance
+        [0.3, 0.3, 0.4, 0.4, np.log(0.5), 0.16, 0.1],
+        [0.5, 0.5, 1.0, 1.0, np.log(0.5), 1.0, 0.0],
+        [0.75, 0.5, 0.5, 1.0, 0.0, 0.5, 0.0],
+    ]
+    np.testing.assert_allclose(table.to_numpy(), expected, rtol=1e-6, atol=1e-7)
+    # A panel's row depends on its own box and page only, not on where the panel or its page sits in the table.
+    reordered = pd.DataFrame([dict(boxes=[[100, 0, 200, 100]], image_width=200, image_height=100),
+                              dict(boxes=[[0, 0, 100, 200], [10, 20, 50, 100]], image_width=100, image_height=200)])
+    np.testing.assert_array_equal(composition_table(reordered).to_numpy(), table.to_numpy()[[2, 1, 0]])
+    assert composition_table(pages.head(0)).shape == (0, len(COMPOSITION_FEATURES))
 
 
 def test_empty_corpus(tmp_path: Path) -> None:
     write_json(tmp_path / "pss_labels.json", {})
     corpus = load_corpus(tmp_path)
-    assert corpus.pages.empty and corpus.problems.empty and list(corpus.pages.columns) == list(data.PAGE_COLUMNS)
+    assert corpus.pages.empty and corpus.problems.empty and list(corpus.pages.columns) == list(PAGE_COLUMNS)
     assert load_pages(save_pages(corpus.pages, tmp_path / "p.jsonl")).empty
 
 
-# ------------------------------------------------------------------ on corpora written by comicnb.synth
+# ------------------------------------------------------------------ on corpora written by comicnb.corpus.synth
 
 
 @pytest.fixture(scope="module")
@@ -490,7 +508,7 @@ def narrative_truth(truth: dict) -> dict[tuple[str, str], dict]:
 def test_generated_clean_corpus_matches_its_truth(generated: Path) -> None:
     corpus = load_corpus(generated / "clean")
     truth = narrative_truth(truth_of(generated / "clean"))
-    assert corpus.problems.empty and set(corpus.summary().index) == set(data.SPLITS)
+    assert corpus.problems.empty and set(corpus.summary().index) == set(SPLITS)
     assert set(zip(corpus.pages["book_id"], corpus.pages["page_name"])) == set(truth)
     for row in corpus.pages.itertuples():
         panels = truth[(row.book_id, row.page_name)]["panels"]

@@ -1,7 +1,8 @@
-"""comicnb.dataset: page items cropped from one decode, padded batches, masks and the tokenizer path."""
+"""comicnb.stage3.batches: page items cropped from one decode, padded batches, masks and the tokenizer path."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -13,9 +14,15 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from comicnb import synth
-from comicnb.data import composition_features, load_corpus
-from comicnb.dataset import PanelPageDataset, collate_pages, default_transform, make_collate
+from comicnb.corpus import composition_features, load_corpus, synth
+from comicnb.stage3.batches import (
+    PanelPageDataset,
+    Stage3PanelDataset,
+    collate_pages,
+    collate_stage3,
+    default_transform,
+    make_collate,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tokenizer comes from a packaged folder, never from the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
@@ -133,3 +140,26 @@ def test_generated_corpus_batches(tmp_path: Path, tokenizer) -> None:
     assert batch["modality_mask"][..., 1].tolist() == has_text
     real = batch["panel_mask"].bool()  # (pages, panels)
     assert (batch["images"][real].flatten(1).std(dim=1) > 0).all() and not batch["images"][~real].any()
+
+
+def test_the_seeds_dataset_reads_a_corpus_folder_and_keeps_narrative_pages(tmp_path: Path, tokenizer) -> None:
+    synth.generate(tmp_path, books=3, pages=4, seed=0)
+    labels = json.loads((tmp_path / "pss_labels.json").read_text(encoding="utf-8"))
+    narrative = {f"{b}/{p}" for b, pages in labels.items() for p, label in pages.items() if label == "narrative"}
+    dataset = Stage3PanelDataset(tmp_path, tmp_path / "pss_labels.json", only_narrative=True, image_size=32)
+    items = [dataset[i] for i in range(len(dataset))]
+    assert narrative and sorted(item["page_id"] for item in items) == sorted(narrative)
+    assert dataset.corpus.problems.empty
+    batch = collate_stage3(items[:2])  # the seed's collate: the packaged MiniLM tokenizer unless given another
+    slots = max(len(item["texts"]) for item in items[:2])
+    assert batch["input_ids"].shape[:2] == batch["attention_mask"].shape[:2] == (2, slots)
+    assert batch["images"].shape == (2, slots, 3, 32, 32) and batch["page_ids"] == [i["page_id"] for i in items[:2]]
+    for slot, text in enumerate(items[1]["texts"]):
+        expected = tokenizer(text, truncation=True, max_length=64)["input_ids"]
+        assert batch["attention_mask"][1, slot].sum() == len(expected)
+        assert batch["input_ids"][1, slot, :len(expected)].tolist() == expected
+    everything = Stage3PanelDataset(tmp_path, tmp_path / "pss_labels.json", only_narrative=False, image_size=32)
+    page_ids = set(everything.corpus.pages.page_id)
+    assert len(everything) > len(dataset) and narrative < page_ids
+    extra_labels = {labels[b][p] for b, p in (page_id.split("/") for page_id in page_ids - narrative)}
+    assert extra_labels == {"cover"}  # 4-page books have a cover and no advertisement or text page

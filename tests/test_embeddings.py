@@ -1,9 +1,10 @@
-"""The embedding store: layout, counts, zero padding, resume after a real kill, shards, refusal to overwrite."""
+"""The embedding store: layout, counts, zero padding, resume after a real kill, concurrent shards, no overwrite."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,19 +17,38 @@ import pytest
 import torch
 import zarr
 
-from comicnb import data, embeddings, synth, training
-from comicnb.model import PanelFeatureExtractor
+from comicnb import checkpoint
+from comicnb.corpus import load_corpus, load_pages, load_run_pages, save_corpus, synth
+from comicnb.evaluation.labels import panel_labels
+from comicnb.evaluation.metrics import neighbour_agreement
 from comicnb.search import PanelSearch
+from comicnb.stage3 import checkpoints
+from comicnb.stage3.batches import page_chunks, page_loader
+from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
+from comicnb.store import (
+    DONE,
+    EMBEDDINGS,
+    MASKS,
+    MODALITY_EMBEDDINGS,
+    MODALITY_MASKS,
+    STORE_NAME,
+    EmbedConfig,
+    StoreMismatchError,
+    file_sha256,
+    generate,
+    open_embeddings,
+    verify_store,
+)
 
-ARRAYS = ("embeddings", "panel_masks", "modalities", "modality_masks", "done")
+ARRAYS = (EMBEDDINGS, MASKS, MODALITY_EMBEDDINGS, MODALITY_MASKS, DONE)
 SEED_FIELDS = {"book_id", "page_name", "num_panels", "embedding_indices"}
-
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def save_checkpoint(model: PanelFeatureExtractor, path: Path) -> Path:
     """The parts of a Stage 3 checkpoint that embedding generation reads."""
-    torch.save({"model_state_dict": model.state_dict(), "config": {"model": model.config, "train": {"seed": 0}}}, path)
-    return path
+    return checkpoint.save_checkpoint({"model_state_dict": model.state_dict(),
+                                       "config": {"model": model.config, "train": {"seed": 0}}}, path)
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +56,18 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Notebook 01's artefacts for 4 small books (one split over max_panels) and a tiny-model checkpoint."""
     root = tmp_path_factory.mktemp("embed")
     synth.generate(root / "data", books=4, pages=6, seed=5, page_size=(320, 480))
-    data.save_corpus(data.load_corpus(root / "data", max_panels=4), root / "run")
+    save_corpus(load_corpus(root / "data", max_panels=4), root / "run")
     torch.manual_seed(0)
-    save_checkpoint(PanelFeatureExtractor(feature_dim=16, tiny=True), root / "run" / training.CHECKPOINT_NAME)
+    save_checkpoint(PanelFeatureExtractor(feature_dim=16, tiny=True), checkpoints(root / "run").last)
     return root / "run"
 
 
 @pytest.fixture(scope="module")
 def store(run_dir: Path) -> Path:
     """An uninterrupted store of the run."""
-    summary = embeddings.generate(run_dir, cfg=embeddings.EmbedConfig(pages_per_chunk=3))
+    summary = generate(run_dir, cfg=EmbedConfig(pages_per_chunk=3))
     assert summary["complete"] and summary["skipped_chunks"] == 0
+    assert summary["store"] == str(run_dir / STORE_NAME)
     return Path(summary["store"])
 
 
@@ -57,74 +78,122 @@ def read(store: Path) -> dict[str, np.ndarray]:
 
 
 def test_store_layout_metadata_and_attrs(store: Path, run_dir: Path) -> None:
-    group = embeddings.open_embeddings(store)
-    pages = data.load_pages(run_dir / "pages.jsonl")
-    assert group["embeddings"].shape == (len(pages), 4, 16) and group["modalities"].shape == (len(pages), 4, 3, 16)
-    assert group["embeddings"].chunks == (3, 4, 16)
+    group = open_embeddings(store)
+    pages = load_pages(run_dir / "pages.jsonl")
+    assert group[EMBEDDINGS].shape == (len(pages), 4, 16) and group[MODALITY_EMBEDDINGS].shape == (len(pages), 4, 3, 16)
+    assert group[EMBEDDINGS].chunks == (3, 4, 16)
     metadata = json.loads((store / "metadata.json").read_text())
     assert SEED_FIELDS | {"split", "page_id"} <= set(metadata[0])
     assert [m["page_id"] for m in metadata] == list(pages.page_id)
     attrs = dict(group.attrs)
-    assert attrs["checkpoint_sha256"] == embeddings.file_sha256(run_dir / training.CHECKPOINT_NAME)
+    assert attrs["checkpoint_sha256"] == file_sha256(checkpoints(run_dir).last)
     assert {"git_revision", "seed", "params", "model", "precision"} <= set(attrs)
 
 
 def test_counts_reconcile_and_padding_is_exactly_zero(store: Path, run_dir: Path) -> None:
-    arrays, pages = read(store), data.load_pages(run_dir / "pages.jsonl")
+    arrays, pages = read(store), load_pages(run_dir / "pages.jsonl")
     assert (pages.num_panels > 0).all() and pages.part.max() > 0  # over-long pages were split, not cut
-    assert arrays["panel_masks"].sum(axis=1).tolist() == pages.num_panels.tolist()
+    assert arrays[MASKS].sum(axis=1).tolist() == pages.num_panels.tolist()
     metadata = json.loads((store / "metadata.json").read_text())
-    flat_mask = arrays["panel_masks"].reshape(-1)
+    flat_mask = arrays[MASKS].reshape(-1)
     assert sorted(i for m in metadata for i in m["embedding_indices"]) == np.flatnonzero(flat_mask).tolist()
-    padding = ~arrays["panel_masks"]
-    assert not arrays["embeddings"][padding].any() and not arrays["modalities"][padding].any()
-    assert not arrays["modality_masks"][padding].any()
-    norms = np.linalg.norm(arrays["embeddings"][arrays["panel_masks"]], axis=1)
+    padding = ~arrays[MASKS]
+    assert not arrays[EMBEDDINGS][padding].any() and not arrays[MODALITY_EMBEDDINGS][padding].any()
+    assert not arrays[MODALITY_MASKS][padding].any()
+    norms = np.linalg.norm(arrays[EMBEDDINGS][arrays[MASKS]], axis=1)
     assert np.allclose(norms, 1, atol=1e-5)
     texts = [t for page in pages.texts for t in page]
-    assert arrays["modality_masks"][arrays["panel_masks"]][:, 1].tolist() == [bool(t.strip()) for t in texts]
+    assert arrays[MODALITY_MASKS][arrays[MASKS]][:, 1].tolist() == [bool(t.strip()) for t in texts]
 
 
 def test_stored_panels_equal_the_model_on_the_same_pages(store: Path, run_dir: Path) -> None:
-    model = training.model_from_checkpoint(run_dir / training.CHECKPOINT_NAME)
-    trainer_pages, data_root = data.load_run_pages(run_dir)
-    from comicnb.dataset import page_loader
-
+    model = model_from_checkpoint(checkpoints(run_dir).last)
+    trainer_pages, data_root = load_run_pages(run_dir)
     batch = next(iter(page_loader(trainer_pages, data_root, model, [[0, 1, 2]], 4)))
     with torch.no_grad():
         expected = model({k: v for k, v in batch.items() if torch.is_tensor(v)})
-    assert np.allclose(read(store)["embeddings"][:3], expected.numpy(), atol=1e-6)
+    assert np.allclose(read(store)[EMBEDDINGS][:3], expected.numpy(), atol=1e-6)
+
+
+def shard_pages(run_dir: Path, pages_per_chunk: int, shard: tuple[int, int]) -> set[int]:
+    """The page rows of a shard's chunks: every n-th chunk of consecutive pages, from the i-th."""
+    chunks = page_chunks(len(load_pages(run_dir / "pages.jsonl")), pages_per_chunk)
+    return {page for chunk in chunks[shard[0]::shard[1]] for page in chunk}
 
 
 def test_two_shards_equal_one(store: Path, run_dir: Path, tmp_path: Path) -> None:
-    cfg = embeddings.EmbedConfig(pages_per_chunk=3)
-    first = embeddings.generate(run_dir, store=tmp_path / "s.zarr", cfg=cfg, shard=(1, 2))
-    assert not first["complete"] and first["computed_chunks"] == first["chunks"]
-    second = embeddings.generate(run_dir, store=tmp_path / "s.zarr", cfg=cfg, shard=(0, 2))
-    assert second["complete"]
+    cfg = EmbedConfig(pages_per_chunk=3)
+    first = generate(run_dir, store=tmp_path / "s.zarr", cfg=cfg, shard=(1, 2))
+    assert not first["complete"] and first["computed_chunks"] == first["chunks"] > 0
+    assert set(np.flatnonzero(read(tmp_path / "s.zarr")[DONE]).tolist()) == shard_pages(run_dir, 3, (1, 2))
+    second = generate(run_dir, store=tmp_path / "s.zarr", cfg=cfg, shard=(0, 2))
+    assert second["complete"] and second["computed_chunks"] == second["chunks"] > 0
     whole, sharded = read(store), read(tmp_path / "s.zarr")
     assert all(np.array_equal(whole[name], sharded[name]) for name in ARRAYS)
 
 
+SUMMARY = re.compile(r"embed shard (\d+)/2: (\d+) chunks encoded, (\d+) already done")
+
+
+def test_two_concurrent_shard_processes_fill_one_store_disjointly(store: Path, run_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Two real `comicnb embed --shard i/2` processes at once: together complete, apart disjoint, equal to one."""
+    chunks = len(page_chunks(len(load_pages(run_dir / "pages.jsonl")), 3))
+    assert chunks >= 4
+
+    def command(index: int, into: Path) -> list[str]:
+        return [sys.executable, "-m", "comicnb", "embed", "--run-dir", str(run_dir), "--store", str(into),
+                "--pages-per-chunk", "3", "--shard", f"{index}/2"]
+
+    # Each shard alone into a store of its own: the pages each one writes (what its done flags mark).
+    for i in (0, 1):
+        generate(run_dir, store=tmp_path / f"alone{i}.zarr", cfg=EmbedConfig(pages_per_chunk=3), shard=(i, 2))
+    # Both shards at once, as two processes, into one shared store.
+    shared = tmp_path / "shared.zarr"
+    processes = [subprocess.Popen(command(i, shared), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for i in (0, 1)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+
+    written = [set(np.flatnonzero(read(tmp_path / f"alone{i}.zarr")[DONE]).tolist()) for i in (0, 1)]
+    pages = len(read(store)[DONE])
+    assert written[0] and written[1] and not written[0] & written[1], "the shards overlap"
+    assert written[0] | written[1] == set(range(pages)), "the shards leave pages out"
+    assert written == [shard_pages(run_dir, 3, (i, 2)) for i in (0, 1)]
+
+    # In the shared store each process encoded its own chunks only, none twice, and none was left to the other.
+    summaries = {int(m[1]): (int(m[2]), int(m[3])) for out, _ in outputs for m in SUMMARY.finditer(out)}
+    assert sorted(summaries) == [0, 1], [out for out, _ in outputs]
+    assert [summaries[i][0] for i in (0, 1)] == [len(range(chunks)[i::2]) for i in (0, 1)]
+    assert sum(encoded for encoded, _ in summaries.values()) == chunks
+    assert all(skipped == 0 for _, skipped in summaries.values())
+    report = verify_store(shared, load_pages(run_dir / "pages.jsonl"))  # refuses an unfinished store
+    assert report["counts_match"] and report["padding_nonzero_values"] == 0
+    whole, sharded = read(store), read(shared)
+    assert all(np.array_equal(whole[name], sharded[name]) for name in ARRAYS)
+    assert (shared / "metadata.json").read_bytes() == (store / "metadata.json").read_bytes()
+
+
 def test_rerun_computes_nothing_and_other_content_is_refused(store: Path, run_dir: Path, tmp_path: Path) -> None:
-    cfg = embeddings.EmbedConfig(pages_per_chunk=3)
-    again = embeddings.generate(run_dir, cfg=cfg)
+    cfg = EmbedConfig(pages_per_chunk=3)
+    again = generate(run_dir, cfg=cfg)
     assert again["computed_chunks"] == 0 and again["complete"]
-    with pytest.raises(embeddings.StoreMismatchError, match="pages_per_chunk"):
-        embeddings.generate(run_dir, cfg=embeddings.EmbedConfig(pages_per_chunk=2))
+    with pytest.raises(StoreMismatchError, match="pages_per_chunk"):
+        generate(run_dir, cfg=EmbedConfig(pages_per_chunk=2))
     torch.manual_seed(1)
     other = save_checkpoint(PanelFeatureExtractor(feature_dim=16, tiny=True), tmp_path / "other.pt")
-    with pytest.raises(embeddings.StoreMismatchError, match="checkpoint_sha256"):
-        embeddings.generate(run_dir, other, cfg=cfg)
-    replaced = embeddings.generate(run_dir, other, tmp_path / "copy.zarr", cfg=cfg)
-    assert embeddings.generate(run_dir, checkpoint=other, store=replaced["store"], cfg=cfg)["computed_chunks"] == 0
+    with pytest.raises(StoreMismatchError, match="checkpoint_sha256"):
+        generate(run_dir, other, cfg=cfg)
+    replaced = generate(run_dir, other, tmp_path / "copy.zarr", cfg=cfg)
+    assert generate(run_dir, checkpoint=other, store=replaced["store"], cfg=cfg)["computed_chunks"] == 0
 
 
 def test_an_unfinished_store_is_refused_for_reading(run_dir: Path, tmp_path: Path) -> None:
-    embeddings.generate(run_dir, store=tmp_path / "half.zarr", cfg=embeddings.EmbedConfig(pages_per_chunk=3),
+    generate(run_dir, store=tmp_path / "half.zarr", cfg=EmbedConfig(pages_per_chunk=3),
                         shard=(0, 2))
     with pytest.raises(RuntimeError, match="unfinished"):
-        embeddings.open_embeddings(tmp_path / "half.zarr")
+        open_embeddings(tmp_path / "half.zarr")
 
 
 def test_resume_after_killing_a_real_process_equals_an_uninterrupted_run(store: Path, run_dir: Path,
@@ -135,17 +204,16 @@ def test_resume_after_killing_a_real_process_equals_an_uninterrupted_run(store: 
     slow = save_checkpoint(PanelFeatureExtractor(feature_dim=16), tmp_path / "slow.pt")
     command = [sys.executable, "-m", "comicnb", "embed", "--run-dir", str(run_dir), "--checkpoint", str(slow),
                "--store", str(killed), "--pages-per-chunk", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_before_kill = wait_for_some_pages(killed, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = read(killed)["done"]
+    done = read(killed)[DONE]
     assert 0 < done.sum() < len(done), "the process was not killed half-way"
-    resumed = embeddings.generate(run_dir, slow, killed, cfg=embeddings.EmbedConfig(pages_per_chunk=1))
+    resumed = generate(run_dir, slow, killed, cfg=EmbedConfig(pages_per_chunk=1))
     assert resumed["complete"] and resumed["skipped_chunks"] == int(done.sum()) >= done_before_kill
-    uninterrupted = embeddings.generate(run_dir, slow, tmp_path / "whole.zarr",
-                                        cfg=embeddings.EmbedConfig(pages_per_chunk=1))
+    uninterrupted = generate(run_dir, slow, tmp_path / "whole.zarr",
+                                        cfg=EmbedConfig(pages_per_chunk=1))
     after, whole = read(killed), read(Path(uninterrupted["store"]))
     assert all(np.array_equal(after[name], whole[name]) for name in ARRAYS)
 
@@ -154,8 +222,8 @@ def wait_for_some_pages(store: Path, process: subprocess.Popen, timeout: float =
     """Poll the store until the process has written at least one page; the number written."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if (store / "done" / "zarr.json").is_file():
-            written = int(np.asarray(zarr.open_array(str(store / "done"), mode="r")[:]).sum())
+        if (store / DONE / "zarr.json").is_file():
+            written = int(np.asarray(zarr.open_array(str(store / DONE), mode="r")[:]).sum())
             if written:
                 return written
         time.sleep(0.01)
@@ -191,7 +259,7 @@ def test_neighbour_agreement_against_chance() -> None:
     vectors = np.repeat(np.eye(3, 8, dtype=np.float32), 4, axis=0)  # three tight groups of four panels
     page = np.arange(12)  # every panel on its own page
     labels = pd.DataFrame({"group": np.repeat(["a", "b", "c"], 4), "noise": list("xyxyxyxyxyxy")})
-    table = embeddings.neighbour_agreement(vectors, page, labels, k=3)
+    table = neighbour_agreement(vectors, page, labels, k=3)
     assert table.loc["group", "agreement"] == 1.0 and np.isclose(table.loc["group", "chance"], 1 / 3)
     assert np.isclose(table.loc["noise", "chance"], 0.5)
 
@@ -200,8 +268,8 @@ def test_panel_ids_and_labels_follow_the_store_order(store: Path, run_dir: Path,
     search = PanelSearch(store)
     metadata = search.pages
     assert search.panel_ids.tolist() == [i for indices in metadata.embedding_indices for i in indices]
-    labels = embeddings.panel_labels(metadata, run_dir.parent / "data")
+    labels = panel_labels(metadata, run_dir.parent / "data")
     assert list(labels.columns) == ["book_id", "character", "scene"] and len(labels) == len(search.panel_ids)
-    without_truth = embeddings.panel_labels(metadata, tmp_path)  # real data: no sidecar, only the book
+    without_truth = panel_labels(metadata, tmp_path)  # real data: no sidecar, only the book
     assert list(without_truth.columns) == ["book_id"]
     assert without_truth.book_id.tolist() == labels.book_id.tolist()

@@ -5,6 +5,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -41,17 +42,17 @@ def test_loss_curves_draw_train_and_validation_per_term():
 
 
 def test_gate_weights_only_count_present_modalities():
-    import numpy as np
-
-    weights = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]])
-    mask = np.array([[1, 1, 0], [1, 0, 1]])
+    weights = np.array([[0.6, 0.3, 0.1], [0.5, 0.2, 0.3], [0.9, 0.0, 0.1], [0.7, 0.0, 0.3]])
+    mask = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 0, 1]])  # the last two panels have no text (weight 0)
     fig = figures.gate_weights(weights, mask, ("vision", "text", "composition"))
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["vision", "text", "composition"]
+    # Violins are cut at their data: each spans the weights of the panels that have the modality, and no more.
+    spans = [(path.vertices[:, 1].min(), path.vertices[:, 1].max())
+             for violin in fig.axes[0].collections for path in violin.get_paths()]
+    assert np.allclose(spans, [(0.5, 0.9), (0.2, 0.3), (0.1, 0.3)])  # text from 0.2: its masked zeros left out
 
 
 def test_projection_keeps_one_point_per_vector_and_separates_clusters():
-    import numpy as np
-
     rng = np.random.default_rng(0)
     vectors = np.concatenate([rng.normal(0, 0.05, (10, 16)) + 1, rng.normal(0, 0.05, (10, 16)) - 1])
     for method in ("pca", "tsne"):
@@ -62,9 +63,17 @@ def test_projection_keeps_one_point_per_vector_and_separates_clusters():
 
 def test_gallery_shows_the_query_and_each_hit(tmp_path):
     pages = pages_table(tmp_path)
-    hits = pd.DataFrame(dict(query=[0, 0], rank=[1, 2], book_id="b", page_name="p", page_index=0,
+    hits = pd.DataFrame(dict(query=[0, 0], rank=[1, 2], book_id="b", page_name="p", page_index=0, slot=[1, 0],
                              panel_index=[1, 0], score=[0.9, 0.5]))
     fig = figures.gallery([("a text query", "Look out!")], hits, pages, tmp_path)
     assert len(fig.axes) == 3 and fig.axes[0].texts[0].get_text() == "Look out!"
     assert fig.axes[1].images[0].get_array().shape[:2] == (100, 100)  # the second panel's crop
     assert fig.axes[2].get_title().startswith("2. 0.50")
+
+
+def test_gallery_crops_the_stored_slot_after_a_skipped_panel(tmp_path):
+    pages = pages_table(tmp_path).assign(panel_index=[[0, 2]])  # the reader skipped JSON panel 1 (a bad box)
+    hits = pd.DataFrame(dict(query=[0], rank=[1], book_id="b", page_name="p", page_index=0, slot=[1],
+                             panel_index=[2], score=[0.9]))  # as PanelSearch reports a hit on slot 1
+    fig = figures.gallery([("a text query", "Look out!")], hits, pages, tmp_path)
+    assert fig.axes[1].images[0].get_array().shape[:2] == (100, 100)  # boxes[1], the 100 x 100 right half

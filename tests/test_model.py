@@ -1,4 +1,5 @@
-"""PanelFeatureExtractor: shapes, exact masking, padding, query encoders in the fused space, freezing, checkpoints."""
+"""PanelFeatureExtractor: shapes, exact masking, padding, query encoders in the fused space, freezing, checkpoints and
+the Stage 3 config dataclasses."""
 
 from __future__ import annotations
 
@@ -10,13 +11,23 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from comicnb.encoders import MultiBackboneVisualEncoder
-from comicnb.fusion import AdaptiveFusion
-from comicnb.model import PanelFeatureExtractor
-from comicnb.objectives import Stage3Objective
+from comicnb.stage3.batches import collate_pages
+from comicnb.stage3.config import (
+    ObjectiveConfig,
+    PanelModelConfig,
+    TrainConfig,
+    UnknownSettingError,
+    settings_from,
+    split_settings,
+)
+from comicnb.stage3.encoders import MultiBackboneVisualEncoder, packaged_minilm
+from comicnb.stage3.fusion import AdaptiveFusion
+from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
+from comicnb.stage3.objectives import Stage3Objective
 
 DIM, LENGTH = 32, 6
-
+TEXTS = ["Look out, the ship is sinking!", "Meanwhile, at the lighthouse...", "Rain again!", "The lamp flickers.",
+         "Who left the door open?", "Three crows sit on the wire."]
 
 
 def page_batch(pages: int = 2, panels: int = 4, counts: tuple[int, ...] = (4, 2), size: int = 32) -> dict:
@@ -53,7 +64,8 @@ def test_every_backbone_and_fusion_gives_finite_features(backbone: str, fusion: 
 
 
 def test_concat_fuses_backbones_of_different_widths() -> None:
-    model = PanelFeatureExtractor(["siglip", "resnet50", "efficientnet_lite0"], "concat", feature_dim=DIM, tiny=True)
+    model = PanelFeatureExtractor(visual_backbone=["siglip", "resnet50", "efficientnet_lite0"], visual_fusion="concat",
+                                  feature_dim=DIM, tiny=True)
     assert len({backbone.out_dim for backbone in model.visual.backbones}) == 3
     out = model(page_batch())
     assert out.shape == (2, 4, DIM) and torch.isfinite(out).all()
@@ -131,17 +143,45 @@ def test_image_query_lands_in_the_fused_space(model: PanelFeatureExtractor) -> N
     assert cosine.diag().mean() > cosine[~torch.eye(6, dtype=torch.bool)].mean() + 0.1
 
 
-def test_text_queries_from_strings_and_ids_agree(model: PanelFeatureExtractor) -> None:
-    texts = ["Look out, the ship is sinking!", "Meanwhile, at the lighthouse..."]
-    tokens = model.text.tokenize(texts)
-    from_ids = model.encode_text_only(tokens["input_ids"], tokens["attention_mask"])
-    assert torch.equal(model.encode_texts(texts), from_ids) and from_ids.shape == (2, DIM)
+def test_text_query_equals_the_text_only_fusion_of_a_collated_page(model: PanelFeatureExtractor) -> None:
+    items = [dict(images=torch.rand(4, 3, 32, 32), texts=[*TEXTS[:3], ""], comp_feats=torch.rand(4, 7), page_id="b/0"),
+             dict(images=torch.rand(2, 3, 32, 32), texts=TEXTS[3:5], comp_feats=torch.rand(2, 7), page_id="b/1")]
+    batch = collate_pages(items, tokenizer=model.tokenizer, max_length=model.cfg.max_text_length)
+    text_only = batch["modality_mask"].clone()
+    text_only[..., [0, 2]] = 0  # images and layout present in the batch, but masked
+    inputs = {key: batch[key] for key in ("images", "input_ids", "attention_mask", "comp_feats", "panel_mask")}
+    fused = model({**inputs, "modality_mask": text_only})  # (2, 4, D): the page path, tokens padded batch-wide
+    has_text = batch["modality_mask"][..., 1].bool()
+    assert has_text.sum() == 5 and not fused[~has_text].any()
+    torch.testing.assert_close(model.encode_query(texts=TEXTS[:5]), fused[has_text], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.encode_texts(TEXTS[:5]), fused[has_text], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def minilm_model() -> PanelFeatureExtractor:
+    """Tiny random image backbone and fusion, but the packaged pretrained MiniLM as text model: texts that differ
+    in meaning get different sentence embeddings, which a random tiny BERT barely gives."""
+    torch.manual_seed(0)
+    return PanelFeatureExtractor(feature_dim=DIM, tiny=True, text_model=packaged_minilm()).eval()
+
+
+@torch.no_grad()
+def test_a_text_query_finds_its_own_panel_among_panels_differing_only_in_text(
+        minilm_model: PanelFeatureExtractor) -> None:
+    count = len(TEXTS)
+    torch.manual_seed(1)
+    same_look = {"images": torch.rand(1, 3, 32, 32).expand(count, -1, -1, -1),
+                 "comp_feats": torch.rand(1, 7).expand(count, -1)}  # one image and one layout for every panel
+    stored = minilm_model({**same_look, **minilm_model.text.tokenize(TEXTS), "modality_mask": torch.ones(count, 3)})
+    cosine = minilm_model.encode_query(texts=TEXTS) @ stored.T  # (text query, stored fused panel)
+    assert cosine.argmax(dim=1).tolist() == list(range(count))
 
 
 def test_refusing_one_panels_image_with_anothers_text(model: PanelFeatureExtractor) -> None:
+    pages = model.encode(page_batch())  # stored per-modality embeddings of pages with padding re-fuse to the store
+    assert torch.allclose(model.fuse(pages.modalities, pages.modality_mask), pages.fused, atol=1e-6)
     batch = flat_batch(2)
     encoding = model.encode(batch)
-    assert torch.equal(model.fuse(encoding.modalities, encoding.modality_mask), encoding.fused)
     swapped = encoding.modalities.clone()
     swapped[0, 1] = encoding.modalities[1, 1]  # panel 0's image and layout, panel 1's text
     text_swapped = {**batch, "input_ids": batch["input_ids"][[1, 1]]}
@@ -191,13 +231,37 @@ def test_frozen_means_frozen(frozen: bool) -> None:
     assert model.visual.backbones[0](torch.rand(2, 3, 32, 32)).requires_grad is not frozen  # no graph when frozen
 
 
-def test_checkpoint_round_trip(model: PanelFeatureExtractor, tmp_path: Path) -> None:
-    torch.save({"model_state_dict": model.state_dict(), "config": model.config}, tmp_path / "best_model.pt")
-    checkpoint = torch.load(tmp_path / "best_model.pt", weights_only=True)
-    restored = PanelFeatureExtractor.from_config(checkpoint["config"])
-    restored.load_state_dict(checkpoint["model_state_dict"])
+def test_checkpoint_config_rebuilds_the_same_model(tmp_path: Path) -> None:
+    settings = dict(visual_backbone=["siglip", "efficientnet_lite0"], visual_fusion="gate", feature_dim=16,
+                    freeze_backbones=False, tiny=True, max_text_length=20)
+    torch.manual_seed(0)
+    model = PanelFeatureExtractor(**settings).eval()
+    torch.save({"model_state_dict": model.state_dict(), "config": {"model": model.config}}, tmp_path / "best_model.pt")
+    checkpoint = torch.load(tmp_path / "best_model.pt", weights_only=True)  # plain types only
+    rebuilt = PanelFeatureExtractor.from_config(checkpoint["config"]["model"])
+    assert rebuilt.config == model.config and rebuilt.cfg == PanelModelConfig(**settings)
+    assert [b.name for b in rebuilt.visual.backbones] == ["siglip", "efficientnet_lite0"] and rebuilt.feature_dim == 16
+    assert rebuilt.cfg.text_model == "tiny" and not rebuilt.cfg.freeze_backbones
+    restored = model_from_checkpoint(tmp_path / "best_model.pt")
     batch = page_batch()
-    assert torch.equal(restored.eval()(batch), model(batch))
+    assert not restored.training and torch.equal(restored(batch), model(batch))
+
+
+def test_flat_settings_split_into_the_three_configs() -> None:
+    settings = dict(feature_dim=16, visual_backbone="siglip, resnet50", lr=0.01, max_panels=9, temperature=0.1)
+    model_cfg, objective_cfg, train_cfg = split_settings(settings)
+    assert model_cfg.visual_backbone == ["siglip", "resnet50"] and model_cfg.feature_dim == 16
+    assert (objective_cfg.feature_dim, objective_cfg.max_panels, objective_cfg.temperature) == (16, 9, 0.1)
+    assert (train_cfg.lr, train_cfg.max_panels, train_cfg.epochs) == (0.01, 9, TrainConfig().epochs)
+    assert objective_cfg == ObjectiveConfig(feature_dim=16, max_panels=9, temperature=0.1)
+    assert settings_from({"lr": 0.5, "run_dir": "outputs/x", "tiny": True}) == {"lr": 0.5, "tiny": True}
+    with pytest.raises(UnknownSettingError, match=r"unknown Stage 3 settings \['learning_rate'\]"):
+        split_settings(dict(lr=0.01, learning_rate=0.01))
+    assert PanelModelConfig(visual_backbone="a, b").visual_backbone == ["a", "b"]
+    assert PanelModelConfig(visual_backbone=("a",)).visual_backbone == ["a"]
+    assert PanelModelConfig().visual_backbone == "efficientnet_lite0"
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp64")
 
 
 def test_default_model_uses_packaged_pretrained_weights() -> None:
@@ -238,6 +302,8 @@ def test_query_embeddings_equal_the_query_encoders(model: PanelFeatureExtractor)
 
 
 def test_the_seeds_inference_example_runs_with_its_import_changed(tmp_path: Path) -> None:
+    from comicnb.model import PanelFeatureExtractor  # the seed's import line, module name changed
+
     trained = PanelFeatureExtractor(feature_dim=512)
     (tmp_path / "checkpoints").mkdir()
     torch.save({"model_state_dict": trained.state_dict()}, tmp_path / "checkpoints" / "best_model.pt")
@@ -258,7 +324,8 @@ def test_the_seeds_inference_example_runs_with_its_import_changed(tmp_path: Path
 
 @pytest.mark.parametrize("frozen", [True, False])
 def test_both_backbones_honour_the_freeze_flag(frozen: bool) -> None:
-    model = PanelFeatureExtractor("both", feature_dim=DIM, tiny=True, freeze_backbones=frozen).train()
+    model = PanelFeatureExtractor(visual_backbone="both", feature_dim=DIM, tiny=True,
+                                  freeze_backbones=frozen).train()
     assert [b.name for b in model.visual.backbones] == ["siglip", "resnet50"]
     for backbone in model.visual.backbones:
         assert all(p.requires_grad is not frozen for p in backbone.parameters())
@@ -267,10 +334,13 @@ def test_both_backbones_honour_the_freeze_flag(frozen: bool) -> None:
 
 def test_queries_by_image_text_or_both_land_in_the_fused_space(model: PanelFeatureExtractor) -> None:
     images, texts = torch.rand(2, 3, 32, 32), ["The lamp flickers.", "Rain again!"]
-    assert torch.equal(model.encode_query(images=images), model.encode_image_only(images))
-    assert torch.equal(model.encode_query(texts=texts), model.encode_texts(texts))
-    tokens = model.text.tokenize(texts)
-    both = model({"images": images, **tokens, "modality_mask": torch.tensor([[1.0, 1.0, 0.0]]).expand(2, -1)})
-    assert torch.equal(model.encode_query(images, texts), both)
+    full = {"images": images, **model.text.tokenize(texts), "comp_feats": torch.rand(2, 7)}  # layout given, masked
+    image_only, both = torch.tensor([[1.0, 0.0, 0.0]]).expand(2, -1), torch.tensor([[1.0, 1.0, 0.0]]).expand(2, -1)
+    assert torch.allclose(model.encode_query(images=images), model({**full, "modality_mask": image_only}), atol=1e-6)
+    paired = model.encode_query(images, texts)
+    assert torch.allclose(paired, model({**full, "modality_mask": both}), atol=1e-6)
+    assert not torch.allclose(paired, model({**full, "modality_mask": torch.ones(2, 3)}), atol=1e-3)
     with pytest.raises(ValueError, match="pair them"):
         model.encode_query(images, texts[:1])
+    with pytest.raises(ValueError, match="images, texts or both"):
+        model.encode_query()

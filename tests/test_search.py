@@ -10,7 +10,9 @@ import torch
 import zarr
 
 from comicnb import search
+from comicnb.evaluation.metrics import overlap_recall
 from comicnb.search import ApproxIndex, PanelSearch, exact_topk, page_vectors, panel_location, strip_vectors
+from comicnb.store import EMBEDDINGS, MASKS, METADATA, STORE_NAME
 
 DIM = 32
 
@@ -63,15 +65,26 @@ def page_store(rows: int = 40, panels: int = 6, seed: int = 0) -> tuple[np.ndarr
     return vectors.astype(np.float32), mask
 
 
-def write_store(folder: Path, vectors: np.ndarray, mask: np.ndarray) -> Path:
-    """A panel_embeddings.zarr store as Stage 3 writes it, with metadata.json beside it; returns the store path."""
-    store = folder / "panel_embeddings.zarr"
+def write_store(folder: Path, vectors: np.ndarray, mask: np.ndarray,
+                panel_index: dict[int, list[int]] | None = None) -> Path:
+    """A panel_embeddings.zarr store as Stage 3 writes it, with metadata.json beside it; returns the store path.
+
+    Each page's metadata ``panel_index`` (the page-JSON index of the panel in each slot) is its slots 0..n-1, as on
+    a page where the reader skipped nothing, except for the pages given in ``panel_index``; None leaves the field out.
+    """
+    store = folder / STORE_NAME
     group = zarr.open_group(str(store), mode="w")
-    group.create_array("embeddings", data=vectors, chunks=(7, *vectors.shape[1:]), compressors=None)
-    group.create_array("panel_masks", data=mask.astype(np.uint8), chunks=(7, mask.shape[1]), compressors=None)
-    records = [dict(book_id=f"book_{p // 10}", page_name=f"page_{p % 10:02d}", num_panels=int(mask[p].sum()),
-                    embedding_indices=[], split="train") for p in range(len(vectors))]
-    (folder / "metadata.json").write_text(json.dumps(records))
+    group.create_array(EMBEDDINGS, data=vectors, chunks=(7, *vectors.shape[1:]), compressors=None)
+    group.create_array(MASKS, data=mask.astype(np.uint8), chunks=(7, mask.shape[1]), compressors=None)
+    records = []
+    for p in range(len(vectors)):
+        count = int(mask[p].sum())
+        record = dict(book_id=f"book_{p // 10}", page_name=f"page_{p % 10:02d}", num_panels=count,
+                      embedding_indices=[p * mask.shape[1] + slot for slot in range(count)], split="train")
+        if panel_index is not None:
+            record["panel_index"] = panel_index.get(p, list(range(count)))
+        records.append(record)
+    (folder / METADATA).write_text(json.dumps(records))
     return store
 
 
@@ -146,12 +159,14 @@ def test_zero_padding_never_returned_even_without_mask() -> None:
 
 
 def test_page_vectors_are_renormalised_masked_means() -> None:
-    vectors, mask = page_store()
-    pooled = page_vectors(vectors, mask, chunk_rows=25)
-    for page in (0, 1, 5):
-        mean = vectors[page][mask[page]].mean(axis=0)
-        np.testing.assert_allclose(pooled[page], mean / np.linalg.norm(mean), atol=1e-5)
-    assert not pooled[3].any()
+    e = np.eye(4, dtype=np.float32)
+    vectors = np.stack([[e[0], e[1], e[2]], [e[3], e[3], 0 * e[0]], [e[2], e[0], e[1]], np.zeros((3, 4))])
+    mask = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=bool)  # masked slots need not be zero
+    half = 1 / np.sqrt(2)
+    expected = [[half, half, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]]  # the page without panels: zero
+    for chunk_rows in (3, 6, 100):  # one, two or all pages per block
+        np.testing.assert_allclose(page_vectors(vectors.astype(np.float32), mask, chunk_rows=chunk_rows), expected,
+                                   atol=1e-6)
 
 
 def test_approx_index_agrees_with_exact() -> None:
@@ -186,9 +201,10 @@ def test_panel_search_names_hits(tmp_path: Path) -> None:
     finder = PanelSearch(write_store(tmp_path, vectors, mask))
     hits = finder.query(vectors[12, 1], k=4)
     first = hits.iloc[0]
-    assert (first.page_index, first.panel_index, first.book_id, first.page_name) == (12, 1, "book_1", "page_02")
+    assert (first.page_index, first.slot, first.book_id, first.page_name) == (12, 1, "book_1", "page_02")
+    assert first.panel_id == 12 * mask.shape[1] + 1 and first.panel_index == 1  # no panel_index in the metadata
     assert first.score == pytest.approx(1.0, abs=1e-5) and hits["rank"].tolist() == [1, 2, 3, 4]
-    assert mask[hits.page_index, hits.panel_index].all()
+    assert mask[hits.page_index, hits.slot].all()
     own = finder.panel_id([12, 20], [1, 0])
     near = finder.neighbours(own, k=3, exclude_self=True)
     assert len(near) == 6 and not set(zip(near["query"], near.panel_id)) & {(0, own[0]), (1, own[1])}
@@ -231,14 +247,30 @@ def test_similar_strips_find_the_strip_itself_first(tmp_path: Path) -> None:
     vectors, mask = page_store()
     finder = PanelSearch(write_store(tmp_path, vectors, mask))
     page = int(np.flatnonzero(mask.sum(axis=1) >= 4)[0])
-    hits = finder.similar_strips(page, 1, width=3, k=4)
-    assert (hits.page_index.iloc[0], hits.first_panel.iloc[0]) == (page, 1) and hits.score.iloc[0] == pytest.approx(1)
+    hits = finder.similar_strips(page, first_slot=1, width=3, k=4)
+    assert (hits.page_index.iloc[0], hits.first_slot.iloc[0]) == (page, 1) and hits.score.iloc[0] == pytest.approx(1)
+    assert all(mask[p, s:s + 3].all() for p, s in zip(hits.page_index, hits.first_slot))  # every hit: 3 real panels
     assert len(hits) == 4 and hits.score.is_monotonic_decreasing
     with pytest.raises(ValueError, match="no strip"):
         finder.similar_strips(3, 0, width=2)  # page 3 has no panels
 
 
+def test_panel_search_reports_slot_and_json_panel_index_apart(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    page = int(np.flatnonzero(mask.sum(axis=1) == 3)[0])  # a page with 3 stored panels
+    # The reader skipped the page's JSON panel 1 (a bad box): slots 0, 1, 2 hold JSON panels 0, 2, 3.
+    finder = PanelSearch(write_store(tmp_path, vectors, mask, panel_index={page: [0, 2, 3]}))
+    hit = finder.query(vectors[page, 1], k=1).iloc[0]
+    assert (hit.page_index, hit.slot, hit.panel_index) == (page, 1, 2)
+    assert hit.panel_id == page * mask.shape[1] + 1 and hit.score == pytest.approx(1.0, abs=1e-5)
+    last = finder.neighbours(finder.panel_id(page, 2), k=1).iloc[0]  # look-up by stored panel: the same mapping
+    assert (last.slot, last.panel_index) == (2, 3)
+    plain = 0 if page != 0 else 1  # a page where the reader skipped nothing: slot and panel_index agree
+    other = finder.query(vectors[plain, mask[plain].sum() - 1], k=1).iloc[0]
+    assert (other.page_index, other.slot, other.panel_index) == (plain, mask[plain].sum() - 1, mask[plain].sum() - 1)
+
+
 def test_overlap_recall_counts_shared_ids_per_row() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
-    assert search.overlap_recall(truth, truth) == 1.0
-    assert search.overlap_recall(np.array([[4, 3, 9, 9], [0, 0, 0, 0]]), truth) == 0.25
+    assert overlap_recall(truth[:, ::-1], truth) == 1.0  # order within a row does not matter
+    assert overlap_recall(np.array([[4, 3, 9, 9], [0, 0, 0, 0]]), truth) == 0.25

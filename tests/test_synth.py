@@ -10,10 +10,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from comicnb import story, synth
+from comicnb.corpus import synth
+from comicnb.corpus.synth import layouts, story
 
 SMALL = (320, 480)  # tiny pages keep the test corpora fast
 ALL_PROBLEMS = {"corrupt_image", "truncated_image", "huge_image", "missing_json", "invalid_json", "bad_json_shape",
@@ -117,7 +119,7 @@ def test_page_json_follows_the_contract_and_matches_the_truth(corpora, name):
 @pytest.mark.parametrize("name", ["clean", "xyxy"])
 def test_clean_boxes_lie_inside_the_page_and_do_not_overlap(corpora, name):
     fmt = "xyxy" if name == "xyxy" else "xywh"
-    for b, p, page in _pages(corpora[name]):
+    for b, p, _ in _pages(corpora[name]):
         doc = _doc(corpora[name], b, p)
         boxes = [_xyxy(panel["bbox"], fmt) for panel in doc["panels"]]
         for x0, y0, x1, y1 in boxes:
@@ -143,21 +145,28 @@ def test_ocr_noise_damages_json_text_only(corpora):
     assert changed > 5
 
 
-def test_naive_order_flag_is_recomputed_and_sometimes_false(corpora):
+def test_naive_order_on_hand_made_pages():
+    grid = [(0, 0, 10, 10), (10, 0, 20, 10), (0, 10, 10, 20), (10, 10, 20, 20)]  # a 2 x 2 grid, read left to right
+    assert synth.naive_order_correct(grid, "ltr") and not synth.naive_order_correct(grid, "rtl")
+    manga = [grid[1], grid[0], grid[3], grid[2]]  # the same grid read right to left
+    assert synth.naive_order_correct(manga, "rtl") and not synth.naive_order_correct(manga, "ltr")
+    staggered = [(0, 2, 10, 10), (10, 0, 20, 10)]  # the right panel's top edge sits higher: (top, left) sorts it first
+    assert not synth.naive_order_correct(staggered, "ltr")
+
+
+def test_naive_order_flag_matches_the_written_boxes_and_is_sometimes_false(corpora):
     flags = []
     for name in ("clean", "xyxy", "seed2"):
         fmt = "xyxy" if name == "xyxy" else "xywh"
         for b, p, page in _pages(corpora[name]):
             boxes = [_xyxy(panel["bbox"], fmt) for panel in _doc(corpora[name], b, p)["panels"]]
-            sign = -1 if page["reading_direction"] == "rtl" else 1
-            order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], sign * boxes[i][0]))
-            assert page["naive_order_correct"] == (order == list(range(len(boxes))))
+            assert page["naive_order_correct"] == synth.naive_order_correct(boxes, page["reading_direction"])
             flags.append(page["naive_order_correct"])
     assert False in flags and True in flags
 
 
 def test_tall_panel_beside_a_stack_defeats_the_naive_sort():
-    boxes = synth._tall(synth.np.random.default_rng(0), (0, 0, 300, 400), 10, 12, "right")
+    boxes = layouts._tall(np.random.default_rng(0), (0, 0, 300, 400), 10, 12, "right")
     assert not synth.naive_order_correct(boxes, "ltr")
     assert not synth.naive_order_correct(synth.mirror(boxes, 300), "rtl")
 
@@ -194,7 +203,7 @@ def test_characters_recur_with_a_stable_identity(corpora):
     truth = _truth(corpora["clean"])
     looks = {(c["body"], c["accessory"]) for c in truth["characters"].values()}
     assert len(looks) == len(truth["characters"]) == 8
-    for b, book in truth["books"].items():
+    for book in truth["books"].values():
         pages_of = Counter(c for page in book["pages"].values() if page["label"] == "narrative"
                            for c in {c for panel in page["panels"] for c in panel["characters"]})
         assert 3 <= len(book["pages"]["page_000"]["panels"][0]["characters"]) <= 5

@@ -20,24 +20,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from comicnb.corpus.boxes import BBOX_FORMATS, repair_box
+from comicnb.corpus.splits import SPLITS, split_books
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-BBOX_FORMATS = ("xywh", "xyxy")
-SPLITS = ("train", "val", "test")
 _FILE_KINDS = {**{suffix: "image" for suffix in IMAGE_SUFFIXES}, ".json": "json"}
 PROBLEM_COLUMNS = ("book_id", "page_name", "panel", "file", "problem", "action", "detail")
 PAGE_COLUMNS = (
     "page_id", "book_id", "page_name", "part", "label", "image_path", "image_width", "image_height", "image_mode",
     "num_panels", "panel_index", "boxes", "texts", "descriptions", "text_boxes", "split",
-)
-# One row per panel from composition_features, in this order.
-COMPOSITION_FEATURES = (
-    "centre_x",       # box centre x / page width, in [0, 1]
-    "centre_y",       # box centre y / page height, in [0, 1]
-    "width",          # box width / page width, in (0, 1]
-    "height",         # box height / page height, in (0, 1]
-    "log_aspect",     # log(box width / box height) in pixels, any finite value
-    "area",           # box area / page area, in (0, 1]
-    "edge_distance",  # distance from the box to the nearest page edge / min(page width, page height), in [0, 0.5]
 )
 
 
@@ -135,12 +126,15 @@ def _natural_key(page: tuple[str, str]) -> tuple[list, list]:
 
 
 def read_labels(source: str | Path | Mapping) -> dict[tuple[str, str], str]:
-    """Read PSS labels in the nested {book: {page: label}} or the flat CoSMo {"book/page": label} form."""
+    """Read PSS labels in the nested {book: {page: label}} or the flat CoSMo {"book/page": label} form (or, from a
+    mapping already read, {(book, page): label})."""
     data = source if isinstance(source, Mapping) else json.loads(Path(source).read_text(encoding="utf-8"))
     labels: dict[tuple[str, str], str] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
             entries = [(key, page, label) for page, label in value.items()]
+        elif isinstance(key, tuple) and len(key) == 2:
+            entries = [(*key, value)]
         elif "/" in key:
             entries = [(*key.rsplit("/", 1), value)]
         else:
@@ -346,26 +340,6 @@ def _clean_panel_text(panel: dict, file: str, index: int, log: _PageLog) -> dict
     return dict(text=cleaned.pop("text"), description=cleaned.pop("description"), text_boxes=list(cleaned.values()))
 
 
-def repair_box(bbox: Sequence[float], width: float, height: float,
-               bbox_format: str = "xywh") -> tuple[list[float] | None, str | None, str, str]:
-    """Box as [x1, y1, x2, y2] clipped to the page (None when skipped), with its problem, action and detail."""
-    x1, y1, a, b = (float(v) for v in bbox)
-    x2, y2 = (x1 + a, y1 + b) if bbox_format == "xywh" else (a, b)
-    given = f"{bbox_format} {list(bbox)}"
-    if x2 == x1 or y2 == y1:
-        return None, "bbox_zero_area", "skipped_panel", f"{given} has zero width or height"
-    clipped = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
-    has_area = clipped[2] > clipped[0] and clipped[3] > clipped[1]
-    if min(x1, y1, x2 - x1, y2 - y1) < 0:
-        action = "repaired" if has_area else "skipped_panel"
-        return (clipped if has_area else None), "bbox_negative", action, f"{given}: negative size or coordinate"
-    if not has_area:
-        return None, "bbox_outside_page", "skipped_panel", f"{given} lies outside the {width}x{height} page"
-    if clipped != [x1, y1, x2, y2]:
-        return clipped, "bbox_out_of_bounds", "repaired", f"{given} clipped to the {width}x{height} page"
-    return clipped, None, "", ""
-
-
 def clean_text(text: str) -> str:
     """Drop control, zero-width and bidi-control characters, NFC-normalise, collapse whitespace."""
     # Cf holds the zero-width and bidi controls; lone surrogates (Cs, legal in JSON) cannot be written as UTF-8.
@@ -389,183 +363,3 @@ def _page_parts(base: dict, panels: list[dict], max_panels: int, file: str, log:
             for k, part in enumerate(parts)]
 
 
-def split_books(book_ids: Iterable[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, str]:
-    """Assign each book to train/val/test, shuffled by seed; see split_counts for the number in each."""
-    books = sorted(set(book_ids))
-    order = np.random.default_rng(seed).permutation(len(books))
-    names = np.repeat(SPLITS, split_counts(len(books), fractions))
-    return {books[i]: str(name) for i, name in zip(order, names)}
-
-
-def split_counts(n_books: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> list[int]:
-    """Books per split: proportional, at least one in each split with a positive fraction when there are >= 3 books.
-
-    With fewer books every split cannot be filled: one book goes to train, a second to val, and test stays empty.
-    """
-    if n_books < 3:
-        return [min(n_books, 1), max(n_books - 1, 0), 0]
-    total = float(sum(fractions))
-    counts = [max(1, round(n_books * f / total)) if f > 0 else 0 for f in fractions]
-    counts[0] = n_books - counts[1] - counts[2]
-    while counts[0] < 1:
-        larger = 1 if counts[1] >= counts[2] else 2
-        counts[larger] -= 1
-        counts[0] += 1
-    return counts
-
-
-def composition_features(boxes: Sequence[Sequence[float]], width: float, height: float) -> np.ndarray:
-    """(N, 7) float32 layout features of each [x1, y1, x2, y2] box on its page, named in COMPOSITION_FEATURES.
-
-    Each row depends only on its own box and the page size, never on the box's position in the list.
-    """
-    xyxy = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (panels, 4)
-    x1, y1, x2, y2 = xyxy.T
-    w, h = x2 - x1, y2 - y1
-    edge = np.minimum.reduce([x1, y1, width - x2, height - y2])
-    feats = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, w / width, h / height, np.log(w / h),
-             w * h / (width * height), np.clip(edge, 0, None) / min(width, height)]
-    return np.stack(feats, axis=1).astype(np.float32)  # (panels, 7)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """img as 8-bit RGB: alpha composited on white, 16-bit grey scaled (not clipped) to 0..255, CMYK/L/P converted."""
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit PNGs open as I;16 (older Pillow: I)
-        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
-        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
-    return img.convert("RGB")
-
-
-def crop_panels(image: Image.Image, boxes: Sequence[Sequence[float]], size: int | tuple[int, int] | None = None, *,
-                min_side: int | None = None) -> list[Image.Image]:
-    """Convert the page to RGB once and crop each [x1, y1, x2, y2] box; resized to size (w, h or square) if given.
-
-    With min_side, a JPEG not yet decoded is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) as long as every crop
-    keeps at least min_side pixels on its short side; boxes are scaled to match.
-    """
-    sx, sy = _draft_scale(image, boxes, min_side) if min_side else (1.0, 1.0)
-    page = to_rgb(image)
-    crops = [page.crop(_pixel_box([x1 * sx, y1 * sy, x2 * sx, y2 * sy], page.width, page.height))
-             for x1, y1, x2, y2 in boxes]
-    if size is None:
-        return crops
-    target = (size, size) if isinstance(size, int) else tuple(size)
-    return [crop.resize(target, Image.Resampling.BILINEAR) for crop in crops]
-
-
-def _draft_scale(image: Image.Image, boxes: Sequence[Sequence[float]], min_side: int) -> tuple[float, float]:
-    """Ask the decoder for the smallest scale keeping every box's short side >= min_side; (x, y) scale obtained."""
-    factor = min(min(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes) / min_side if len(boxes) else 1.0
-    width, height = image.size
-    if factor >= 2:  # PIL picks a scale whose output is at least the requested size; non-JPEGs ignore draft
-        image.draft(image.mode, (math.ceil(width / factor), math.ceil(height / factor)))
-    return image.width / width, image.height / height
-
-
-def _pixel_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """Integer crop box covering the float box, inside the page and at least one pixel each way."""
-    x1 = min(max(math.floor(box[0]), 0), width - 1)
-    y1 = min(max(math.floor(box[1]), 0), height - 1)
-    return x1, y1, max(min(math.ceil(box[2]), width), x1 + 1), max(min(math.ceil(box[3]), height), y1 + 1)
-
-
-def bbox_fit(data_root: str | Path, *, tolerance: float = 0.01) -> pd.DataFrame:
-    """Under each bbox reading (xywh, xyxy), the fraction of raw boxes with positive size inside the page.
-
-    A box may overhang the page by tolerance x the page size. Pages whose JSON or image cannot be read are left out;
-    the boxes column says how many boxes were measured.
-    """
-    boxes, sizes = _raw_boxes(Path(data_root))
-    rows = []
-    for fmt in BBOX_FORMATS:
-        x1, y1, a, b = boxes.T
-        x2, y2 = (x1 + a, y1 + b) if fmt == "xywh" else (a, b)
-        slack_w, slack_h = sizes[:, 0] * tolerance, sizes[:, 1] * tolerance
-        fits = ((x2 > x1) & (y2 > y1) & (x1 >= -slack_w) & (y1 >= -slack_h)
-                & (x2 <= sizes[:, 0] + slack_w) & (y2 <= sizes[:, 1] + slack_h))
-        rows.append(dict(bbox_format=fmt, boxes=len(boxes), fit=float(fits.mean()) if len(boxes) else math.nan))
-    return pd.DataFrame(rows).set_index("bbox_format")
-
-
-def _raw_boxes(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes (M, 4), page sizes (M, 2)) of every well-formed page JSON under root, sized by the page image."""
-    boxes, sizes = [], []
-    files, _ = _scan(root)
-    for (book_id, page_name), entry in files.items():
-        log = _PageLog(book_id, page_name)
-        doc = _read_json(entry["json"], "", log) if "json" in entry else None
-        size = _image_size(entry.get("image"))
-        if doc is None or _shape_error(doc) or size is None:
-            continue
-        boxes += [p["bbox"] for p in doc["panels"]]
-        sizes += [size] * len(doc["panels"])
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
-
-
-def _image_size(path: Path | None) -> tuple[int, int] | None:
-    """(width, height) from the image header, None when there is no readable header."""
-    if path is None:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return img.size
-    except Exception:  # noqa: BLE001 - any unreadable header just leaves the page out of the estimate
-        return None
-
-
-def save_pages(pages: pd.DataFrame, path: str | Path) -> Path:
-    """Write the pages table as JSON lines (one page a line; list columns stay lists); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for record in pages.to_dict("records"):
-            out.write(json.dumps(record, ensure_ascii=False, default=_json_scalar) + "\n")
-    return path
-
-
-def _json_scalar(value: Any) -> Any:
-    """numpy scalars and arrays as plain Python values for json.dumps."""
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def load_pages(path: str | Path) -> pd.DataFrame:
-    """Read a pages table written by save_pages."""
-    with Path(path).open(encoding="utf-8") as lines:
-        records = [json.loads(line) for line in lines if line.strip()]
-    return pd.DataFrame(records, columns=list(records[0]) if records else list(PAGE_COLUMNS))
-
-
-
-def composition_table(pages: pd.DataFrame) -> pd.DataFrame:
-    """The composition features of every panel of the pages table, one row a panel, columns COMPOSITION_FEATURES."""
-    blocks = [composition_features(p.boxes, p.image_width, p.image_height) for p in pages.itertuples(index=False)]
-    values = np.concatenate(blocks) if blocks else np.zeros((0, len(COMPOSITION_FEATURES)), np.float32)
-    return pd.DataFrame(values, columns=list(COMPOSITION_FEATURES))
-
-
-def save_corpus(corpus: Corpus, run_dir: str | Path) -> list[Path]:
-    """Write the artefacts notebook 02 reads: pages.jsonl, problems.csv and corpus.json (data_root and options)."""
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus.problems.to_csv(out / "problems.csv", index=False)
-    meta = dict(data_root=str(corpus.data_root.resolve()), pages=len(corpus.pages), options=corpus.options)
-    (out / "corpus.json").write_text(json.dumps(meta, indent=2, default=list) + "\n", encoding="utf-8")
-    return [save_pages(corpus.pages, out / "pages.jsonl"), out / "problems.csv", out / "corpus.json"]
-
-
-def load_run_pages(run_dir: str | Path) -> tuple[pd.DataFrame, Path]:
-    """The pages table a run's notebook 01 wrote, and the data_root its image paths are relative to."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "pages.jsonl").is_file():
-        raise FileNotFoundError(f"{run_dir / 'pages.jsonl'} is missing: run notebook 01 with run_dir={str(run_dir)!r}")
-    meta = json.loads((run_dir / "corpus.json").read_text(encoding="utf-8"))
-    return load_pages(run_dir / "pages.jsonl"), Path(meta["data_root"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from comicnb.data import composition_features, crop_panels
+from comicnb.corpus.composition import composition_features
+from comicnb.corpus.crops import crop_panels
+from comicnb.corpus.reader import load_corpus, read_labels
+from comicnb.stage3.fusion import MODALITIES  # the order of the last axis of modality_mask
 
-MODALITIES = ("vision", "text", "composition")  # order of the last axis of modality_mask
 _ITEM_COLUMNS = ["page_id", "image_path", "image_width", "image_height", "boxes", "texts"]
 
 
@@ -59,6 +61,24 @@ class PanelPageDataset(Dataset):
                     page_id=record["page_id"])
 
 
+class Stage3PanelDataset(PanelPageDataset):
+    """The seed's dataset: reads a corpus folder itself, keeping its narrative pages (by the PSS labels).
+
+    ``Stage3PanelDataset(root_dir, pss_labels_path, only_narrative=True)`` as in the seed; the reader's problems
+    table is kept as ``.corpus.problems``. Notebook 01's pages table (``PanelPageDataset``) is the usual route.
+    """
+
+    def __init__(self, root_dir: str | Path, pss_labels_path: str | Path | None = None, only_narrative: bool = True,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, image_size: int = 224,
+                 max_panels: int = 12, bbox_format: str = "xywh") -> None:
+        root = Path(root_dir)
+        labels_path = Path(pss_labels_path) if pss_labels_path else root / "pss_labels.json"
+        kept = ("narrative", "story") if only_narrative else set(read_labels(labels_path).values())
+        self.corpus = load_corpus(root, labels_path, narrative_labels=kept, max_panels=max_panels,
+                                  bbox_format=bbox_format)
+        super().__init__(self.corpus.pages, root, transform, image_size, max_panels)
+
+
 def collate_pages(items: Sequence[dict[str, Any]], tokenizer: Any = None, max_length: int = 64,
                   max_panels: int | None = None) -> dict[str, Any]:
     """Pad pages to the batch's most panels (or max_panels); padding is all-zero images, features and masks.
@@ -100,6 +120,21 @@ def _tokenize(texts: list[list[str]], n_max: int, tokenizer: Any, max_length: in
     return {key: encoded[key].view(B, n_max, -1) for key in ("input_ids", "attention_mask")}  # (B, N, L)
 
 
+def collate_stage3(items: Sequence[dict[str, Any]], tokenizer: Any = None, max_length: int = 64) -> dict[str, Any]:
+    """The seed's collate function: ``collate_pages`` with the packaged MiniLM tokenizer unless another is given."""
+    return collate_pages(items, tokenizer if tokenizer is not None else packaged_tokenizer(), max_length)
+
+
+@functools.cache
+def packaged_tokenizer() -> Any:
+    """The tokenizer of the packaged all-MiniLM-L6-v2 (the default text model)."""
+    from transformers import AutoTokenizer
+
+    from comicnb.stage3.encoders import packaged_minilm
+
+    return AutoTokenizer.from_pretrained(packaged_minilm())
+
+
 def make_collate(tokenizer: Any = None, max_length: int = 64,
                  max_panels: int | None = None) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
     """collate_pages with its options bound; picklable, so it works with DataLoader(num_workers > 0)."""
@@ -118,5 +153,13 @@ def page_loader(pages: pd.DataFrame, data_root: str | Path, model: Any, batches:
     tokenised with its tokenizer, padded to max_panels; ``batches`` lists the page rows of each batch."""
     dataset = PanelPageDataset(pages, data_root, transform=model.image_transform,
                                image_size=model.visual.image_size, max_panels=max_panels)
-    collate = make_collate(model.tokenizer, max_length=model.config["max_text_length"], max_panels=max_panels)
+    collate = make_collate(model.tokenizer, max_length=model.cfg.max_text_length, max_panels=max_panels)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+
+
+BATCH_TENSOR_KEYS = ("images", "input_ids", "attention_mask", "comp_feats", "modality_mask", "panel_mask")
+
+
+def tensors_only(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's tensor inputs of a collated batch, on ``device``."""
+    return {key: batch[key].to(device) for key in BATCH_TENSOR_KEYS if key in batch}

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision import transforms as T
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from comicnb.backbones import (
+from comicnb.stage3.backbones import (
     DomainAdapter,
     MissingWeightsError,
     PretrainedWrapper,
@@ -24,7 +24,7 @@ from comicnb.backbones import (
     quiet_loading,
     resolve_backbone_names,
 )
-from comicnb.fusion import build_visual_fusion
+from comicnb.stage3.fusion import build_visual_fusion
 
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=128)
@@ -173,3 +173,21 @@ class CompositionEncoder(nn.Module):
     def forward(self, comp_feats: Tensor) -> Tensor:
         """(B, comp_dim) -> (B, feature_dim)."""
         return self.mlp(comp_feats)
+
+
+class DomainAdaptedSigLIP(MultiBackboneVisualEncoder):
+    """The seed's name: pretrained SigLIP with a trainable domain adapter (a one-backbone visual encoder)."""
+
+    def __init__(self, feature_dim: int = 512, freeze_backbone: bool = True, weights: str | None = None,
+                 tiny: bool = False) -> None:
+        super().__init__("siglip", feature_dim, "attention", freeze_backbone, {"siglip": weights} if weights else None,
+                         tiny)
+
+
+class DomainAdaptedResNet(MultiBackboneVisualEncoder):
+    """The seed's name: ResNet-50 with a trainable domain adapter (a one-backbone visual encoder)."""
+
+    def __init__(self, feature_dim: int = 512, freeze_backbone: bool = True, weights: str | None = None,
+                 tiny: bool = False) -> None:
+        super().__init__("resnet50", feature_dim, "attention", freeze_backbone,
+                         {"resnet50": weights} if weights else None, tiny)

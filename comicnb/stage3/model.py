@@ -1,6 +1,6 @@
 """Stage 3 panel encoder: vision, text and composition of each panel, fused into one L2-normalised embedding.
 
-Batches use the seed's keys: ``images`` ([0, 1] floats, see ``comicnb.backbones``), ``input_ids``,
+Batches use the seed's keys: ``images`` ([0, 1] floats, see ``comicnb.stage3.backbones``), ``input_ids``,
 ``attention_mask``, ``comp_feats``, ``modality_mask`` (vision, text, composition), either flat over panels (P, ...)
 or page-shaped (B, N, ...) with ``panel_mask`` (B, N). Each encoder only sees the panels that have its modality,
 so padding never reaches a backbone or a BatchNorm. Image-only and text-only queries go through the same fusion with
@@ -10,14 +10,17 @@ the other modalities masked, so they live in the space of the stored fused embed
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from comicnb.encoders import CompositionEncoder, MultiBackboneVisualEncoder, TextEncoder
-from comicnb.fusion import MODALITIES, AdaptiveFusion
+from comicnb.checkpoint import load_checkpoint
+from comicnb.stage3.config import PanelModelConfig
+from comicnb.stage3.encoders import CompositionEncoder, MultiBackboneVisualEncoder, TextEncoder
+from comicnb.stage3.fusion import MODALITIES, AdaptiveFusion
 
 INPUT_KEYS = {"vision": ("images",), "text": ("input_ids", "attention_mask"), "composition": ("comp_feats",)}
 # Outputs of the frozen pretrained encoders (see frozen_features); a batch may carry these instead of raw inputs.
@@ -75,32 +78,35 @@ def resolve_modality_mask(flat: Mapping[str, Tensor]) -> Tensor:
 class PanelFeatureExtractor(nn.Module):
     """Multimodal panel encoder of the seed, with image/text query encoders landing in the fused space."""
 
-    def __init__(self, visual_backbone: str | Sequence[str] = "efficientnet_lite0", visual_fusion: str = "attention",
-                 feature_dim: int = 512, freeze_backbones: bool = True, text_model: str | None = None,
-                 comp_dim: int = 7, backbone_weights: Mapping[str, str] | None = None, tiny: bool = False,
-                 max_text_length: int = 64) -> None:
+    def __init__(self, config: PanelModelConfig | None = None, **settings: Any) -> None:
+        """Build from a config, or from its fields as keywords, as the seed does:
+        ``PanelFeatureExtractor(visual_backbone="both", feature_dim=512)``."""
         super().__init__()
-        text_model = "tiny" if tiny and text_model is None else text_model
-        self.config: dict[str, Any] = dict(
-            visual_backbone=visual_backbone if isinstance(visual_backbone, str) else list(visual_backbone),
-            visual_fusion=visual_fusion, feature_dim=feature_dim, freeze_backbones=freeze_backbones,
-            text_model=text_model, comp_dim=comp_dim, backbone_weights=dict(backbone_weights or {}), tiny=tiny,
-            max_text_length=max_text_length)
-        self.visual = MultiBackboneVisualEncoder(visual_backbone, feature_dim, visual_fusion, freeze_backbones,
-                                                 backbone_weights, tiny)
-        self.text = TextEncoder(text_model, feature_dim, freeze_backbones, max_text_length)
-        self.composition = CompositionEncoder(comp_dim, feature_dim)
-        self.fusion = AdaptiveFusion(feature_dim)
+        if config is not None and not isinstance(config, PanelModelConfig):  # the seed's PanelFeatureExtractor("both")
+            raise TypeError(f"the first argument is a PanelModelConfig; give the backbone by name: "
+                            f"PanelFeatureExtractor(visual_backbone={config!r})")
+        cfg = config if config is not None else PanelModelConfig(**settings)
+        self.cfg = cfg
+        self.visual = MultiBackboneVisualEncoder(cfg.visual_backbone, cfg.feature_dim, cfg.visual_fusion,
+                                                 cfg.freeze_backbones, cfg.backbone_weights, cfg.tiny)
+        self.text = TextEncoder(cfg.text_model, cfg.feature_dim, cfg.freeze_backbones, cfg.max_text_length)
+        self.composition = CompositionEncoder(cfg.comp_dim, cfg.feature_dim)
+        self.fusion = AdaptiveFusion(cfg.feature_dim)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> PanelFeatureExtractor:
-        """Rebuild a model from its `config` (then load a checkpoint's model_state_dict into it)."""
-        return cls(**config)
+    def from_config(cls, config: Mapping[str, Any] | PanelModelConfig) -> PanelFeatureExtractor:
+        """Rebuild a model from its config (a checkpoint's ``config["model"]``), then load its state dict into it."""
+        return cls(config if isinstance(config, PanelModelConfig) else PanelModelConfig(**config))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's config as the plain dict a checkpoint stores."""
+        return asdict(self.cfg)
 
     @property
     def feature_dim(self) -> int:
         """Width of every embedding this model returns."""
-        return self.config["feature_dim"]
+        return self.cfg.feature_dim
 
     @property
     def tokenizer(self) -> Any:
@@ -176,7 +182,7 @@ class PanelFeatureExtractor(nn.Module):
         A batch carrying these in place of ``images`` / ``input_ids`` encodes exactly as the raw batch would, so
         training with frozen backbones runs them once per panel and reuses the features every epoch.
         """
-        if not self.config["freeze_backbones"]:
+        if not self.cfg.freeze_backbones:
             raise ValueError("frozen_features needs freeze_backbones=True: trainable backbones cannot be cached")
         flat, pages = flatten_pages(batch)
         mask = resolve_modality_mask(flat)  # (P, 3)
@@ -188,7 +194,7 @@ class PanelFeatureExtractor(nn.Module):
         return {key: value.unflatten(0, pages) if pages else value for key, value in features.items()}
 
     def query_embeddings(self, encoding: PanelEncoding) -> dict[str, Tensor]:
-        """Image-only and text-only queries of the encoded panels, in the fused space; zero where the modality is absent.
+        """Image-only and text-only queries of the encoded panels in the fused space; zero where the modality is absent.
 
         Equal to encode_image_only / encode_text_only of the same panels, without running the encoders again.
         """
@@ -226,3 +232,11 @@ class PanelFeatureExtractor(nn.Module):
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Raw strings -> (P, D) text queries in the fused space."""
         return self.encode_query(texts=texts)
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any] | str | Path) -> PanelFeatureExtractor:
+    """The trained panel encoder of a checkpoint (or checkpoint path), in eval mode."""
+    checkpoint = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    model = PanelFeatureExtractor.from_config(checkpoint["config"]["model"])
+    model.load_state_dict(checkpoint["model_state_dict"])
+    return model.eval()

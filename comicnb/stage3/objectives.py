@@ -9,14 +9,17 @@ term makes a panel's own augmented view its strongest positive, against every ot
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from comicnb.fusion import MODALITIES
-from comicnb.model import PanelEncoding, PanelFeatureExtractor
+from comicnb.evaluation.metrics import page_index
+from comicnb.stage3.config import ObjectiveConfig
+from comicnb.stage3.fusion import MODALITIES
+from comicnb.stage3.model import PanelEncoding, PanelFeatureExtractor
 
 TERMS = ("contrastive", "reconstruction", "alignment", "instance")
 
@@ -33,12 +36,6 @@ def info_nce(first: Tensor, second: Tensor, temperature: float) -> Tensor:
     logits = first @ second.T / temperature  # (P, P)
     labels = torch.arange(first.shape[0], device=first.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-def page_index(panel_mask: Tensor) -> Tensor:
-    """(P,) page number of each valid panel of a (B, N) mask, in row-major order like `x[panel_mask]`."""
-    pages = torch.arange(panel_mask.shape[0], device=panel_mask.device)
-    return pages[:, None].expand_as(panel_mask)[panel_mask]
 
 
 def page_contrastive_loss(embeddings: Tensor, page_ids: Tensor, temperature: float) -> Tensor:
@@ -105,25 +102,26 @@ def augment_modalities(modalities: Tensor, mask: Tensor, noise: float, dropout: 
 class Stage3Objective(nn.Module):
     """The Stage 3 training losses; owns the reconstruction head so it is saved with the checkpoint."""
 
-    def __init__(self, feature_dim: int = 512, temperature: float = 0.07, contrastive_weight: float = 1.0,
-                 reconstruction_weight: float = 0.5, alignment_weight: float = 0.3, instance_weight: float = 1.0,
-                 max_panels: int = 64, feature_noise: float = 0.1, feature_dropout: float = 0.1,
-                 modality_drop: float = 0.3) -> None:
+    def __init__(self, config: ObjectiveConfig | None = None, **settings: Any) -> None:
         super().__init__()
-        self.config: dict[str, Any] = dict(
-            feature_dim=feature_dim, temperature=temperature, contrastive_weight=contrastive_weight,
-            reconstruction_weight=reconstruction_weight, alignment_weight=alignment_weight,
-            instance_weight=instance_weight, max_panels=max_panels, feature_noise=feature_noise,
-            feature_dropout=feature_dropout, modality_drop=modality_drop)
-        self.temperature = temperature
-        weights = (contrastive_weight, reconstruction_weight, alignment_weight, instance_weight)
+        if config is not None and not isinstance(config, ObjectiveConfig):
+            raise TypeError(f"the first argument is an ObjectiveConfig, not {config!r}; give settings by name")
+        cfg = config if config is not None else ObjectiveConfig(**settings)
+        self.cfg = cfg
+        self.temperature = cfg.temperature
+        weights = (cfg.contrastive_weight, cfg.reconstruction_weight, cfg.alignment_weight, cfg.instance_weight)
         self.weights = dict(zip(TERMS, weights, strict=True))
-        self.reconstruction_head = MaskedPanelHead(feature_dim, max_panels)
+        self.reconstruction_head = MaskedPanelHead(cfg.feature_dim, cfg.max_panels)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Stage3Objective:
-        """Rebuild from `config`."""
-        return cls(**config)
+    def from_config(cls, config: Mapping[str, Any] | ObjectiveConfig) -> Stage3Objective:
+        """Rebuild from a config (a checkpoint's ``config["objective"]``)."""
+        return cls(config if isinstance(config, ObjectiveConfig) else ObjectiveConfig(**config))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The objective's config as the plain dict a checkpoint stores."""
+        return asdict(self.cfg)
 
     def forward(self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor],
                 view2: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -156,27 +154,9 @@ class Stage3Objective(nn.Module):
         """(B, N, D) fused embeddings of a second view: the caller's augmented batch, or feature-level augmentation."""
         if view2 is not None:
             return model(view2)
-        cfg = self.config
-        views, mask = augment_modalities(encoding.modalities, encoding.modality_mask, cfg["feature_noise"],
-                                         cfg["feature_dropout"], cfg["modality_drop"])
+        cfg = self.cfg
+        views, mask = augment_modalities(encoding.modalities, encoding.modality_mask, cfg.feature_noise,
+                                         cfg.feature_dropout, cfg.modality_drop)
         return model.fuse(views, mask)
 
 
-@torch.no_grad()
-def collapse_diagnostics(embeddings: Tensor, panel_mask: Tensor) -> dict[str, float]:
-    """Mean cosine between panels of one page, between panels of different pages, and the gap (NaN if no pairs)."""
-    valid = panel_mask.bool()  # (B, N)
-    panels = F.normalize(embeddings[valid].float(), dim=-1)  # (P, D)
-    page_ids = page_index(valid)  # (P,)
-    cosine = panels @ panels.T  # (P, P)
-    same = page_ids[:, None] == page_ids[None, :]
-    self_pair = torch.eye(len(page_ids), dtype=torch.bool, device=valid.device)
-    within, between = cosine[same & ~self_pair].mean().item(), cosine[~same].mean().item()
-    return {"within_page_cosine": within, "between_page_cosine": between, "gap": within - between}
-
-
-@torch.no_grad()
-def same_panel_retrieval(emb_view1: Tensor, emb_view2: Tensor) -> float:
-    """Recall@1 of each panel's first view finding its own second view among all second views."""
-    cosine = F.normalize(emb_view1.float(), dim=-1) @ F.normalize(emb_view2.float(), dim=-1).T  # (P, P)
-    return (cosine.argmax(dim=1) == torch.arange(len(cosine), device=cosine.device)).float().mean().item()

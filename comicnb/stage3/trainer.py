@@ -1,19 +1,20 @@
-"""Stage 3 training: pages table -> page batches -> objectives -> checkpoint, through HF Accelerate.
+"""Stage 3 training: pages table -> page batches -> objectives -> checkpoints, through HF Accelerate.
 
-``python -m comicnb train stage3 --params FILE`` and notebook 02 both call :func:`train_stage3`. Accelerate picks the
-device and mixed precision, and ``accelerate launch`` spreads the same loop over several GPUs.
+``python -m comicnb train stage3`` and notebook 02 both call :func:`train_stage3`. Accelerate picks the device and
+mixed precision, and ``accelerate launch`` spreads the same loop over several GPUs.
 
 Determinism: the order of pages in epoch ``e`` and the random draws of step ``s`` (masks, augmentation, dropout) are
-functions of ``(seed, e)`` and ``(seed, s)`` only, so a run resumed from a checkpoint takes exactly the steps the
-uninterrupted run would have taken. With frozen backbones the frozen encoders run once per panel (the feature cache)
-and every epoch trains on their stored outputs.
+functions of ``(seed, e)`` and ``(seed, s)`` only. After each step the generator is seeded for the next one, so the
+generator's state between steps *is* the next step's seed: a checkpoint stores it and a resumed run restores it,
+then continues at the checkpoint's step inside its epoch (the offset), with the scheduler where it was, and takes
+exactly the steps of the uninterrupted run. Feature-cache filling and validation run in a forked generator, so they
+draw nothing from the training stream. With frozen backbones the frozen encoders run once per panel (the feature
+cache) and every epoch trains on their stored outputs.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,39 +27,26 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 
-from comicnb.dataset import page_chunks, page_loader
-from comicnb.model import PanelFeatureExtractor
-from comicnb.objectives import TERMS, Stage3Objective, collapse_diagnostics, same_panel_retrieval
-from comicnb.seed import set_seed
+from comicnb.checkpoint import (
+    StageCheckpoints,
+    load_checkpoint,
+    resume_conflicts,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from comicnb.corpus.checks import checked_run_pages
+from comicnb.evaluation.metrics import collapse_diagnostics, recall_at_k, same_panel_retrieval
+from comicnb.precision import accelerate_mixed_precision
+from comicnb.schedule import epoch_batches, shard_batches, step_seed, warmup_cosine
+from comicnb.seed import isolated_rng, set_seed
+from comicnb.stage3 import checkpoints
+from comicnb.stage3.batches import page_chunks, page_loader, tensors_only
+from comicnb.stage3.config import RESUMABLE_CHANGES, ObjectiveConfig, PanelModelConfig, TrainConfig, split_settings
+from comicnb.stage3.model import PanelFeatureExtractor
+from comicnb.stage3.objectives import TERMS, Stage3Objective
 
 VAL_SEED = 1234  # fixed draws for validation, whatever the training seed
-RESUMABLE_CHANGES = frozenset({"num_workers", "encode_batch_pages"})  # settings that cannot change the result
-
-
-@dataclass
-class TrainConfig:
-    """How to train (the model and objective carry their own configs)."""
-
-    epochs: int = 2
-    batch_size: int = 8  # pages per optimisation step
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up from zero
-    grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else full precision; or no/fp16/bf16
-    seed: int = 0
-    max_panels: int = 12
-    cache_features: bool = True  # with frozen backbones, run them once per panel and reuse the features
-    num_workers: int = 0
-    encode_batch_pages: int = 16  # pages per forward pass when filling the feature cache
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build from a mapping, refusing unknown keys."""
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}")
-        return cls(**values)
 
 
 class Stage3Trainable(nn.Module):
@@ -89,29 +77,6 @@ class History:
 # ---------------------------------------------------------------------------------------------------- batches
 
 
-def epoch_batches(num_pages: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The page indices of each step of ``epoch``: a permutation drawn from (seed, epoch) only."""
-    order = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, num_pages, batch_size)]
-
-
-def shard_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
-    """This process's batch of each synchronised step: every world-th batch, the last round padded by wrap-around.
-
-    Every process then takes the same number of steps (DistributedSampler pads the same way), and with one process
-    the batches come back unchanged.
-    """
-    if world == 1:
-        return batches
-    padded = batches + batches[:(-len(batches)) % world]
-    return padded[rank::world]
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The seed of one optimisation step's random draws."""
-    return (seed * 1_000_003 + step) % (2**63)
-
-
 class PageTensors:
     """Page-shaped inputs of a set of pages held in memory: (pages, max_panels, ...) tensors and panel_mask."""
 
@@ -125,14 +90,6 @@ class PageTensors:
         """The pages at ``indices`` as a page-shaped batch on ``device``."""
         index = torch.tensor(indices)
         return {key: value[index].to(device) for key, value in self.tensors.items()}
-
-
-BATCH_TENSOR_KEYS = ("images", "input_ids", "attention_mask", "comp_feats", "modality_mask", "panel_mask")
-
-
-def tensors_only(batch: Mapping[str, Any], device: torch.device) -> dict[str, Tensor]:
-    """The model's tensor inputs of a collated batch, on ``device``."""
-    return {key: batch[key].to(device) for key in BATCH_TENSOR_KEYS if key in batch}
 
 
 @torch.no_grad()
@@ -156,7 +113,7 @@ class BatchSource:
     def __init__(self, pages: pd.DataFrame, data_root: Path, model: PanelFeatureExtractor, cfg: TrainConfig,
                  device: torch.device) -> None:
         self.pages, self.data_root, self.model, self.cfg, self.device = pages, data_root, model, cfg, device
-        self.cached = cfg.cache_features and model.config["freeze_backbones"]
+        self.cached = cfg.cache_features and model.cfg.freeze_backbones
         self.cache: PageTensors | None = None  # filled by the first pass, so the first epoch pays for it
 
     def __len__(self) -> int:
@@ -166,69 +123,16 @@ class BatchSource:
         """Yield one batch per entry of ``batches``."""
         if self.cached:
             if self.cache is None:
-                self.cache = build_feature_cache(self.model, self.pages, self.data_root, self.cfg, self.device)
+                with isolated_rng():  # loading draws nothing from the training stream
+                    self.cache = build_feature_cache(self.model, self.pages, self.data_root, self.cfg, self.device)
             yield from (self.cache.batch(indices, self.device) for indices in batches)
         elif batches:
             loader = page_loader(self.pages, self.data_root, self.model, batches, self.cfg.max_panels,
                                  self.cfg.num_workers)
-            yield from (tensors_only(batch, self.device) for batch in loader)
+            with isolated_rng():  # a DataLoader iterator draws its base seed from torch
+                batches_iter = iter(loader)
+            yield from (tensors_only(batch, self.device) for batch in batches_iter)
 
-
-# ---------------------------------------------------------------------------------------------------- schedule
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float) -> Any:
-    """Learning-rate factor: linear warm-up from zero, then cosine decay to zero."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def mixed_precision(setting: str) -> str:
-    """Accelerate's mixed-precision mode for a setting; "auto" uses bf16 only where the GPU supports it."""
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-# ---------------------------------------------------------------------------------------------------- checkpoint
-
-
-def rng_state() -> dict[str, Any]:
-    """Every generator's state, in types that torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), cuda=[s for s in torch.cuda.get_rng_state_all()],
-                numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-                python=random.getstate())
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the generators saved by rng_state."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in state["python"]))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A Stage 3 checkpoint, loaded with weights_only=True (no pickled code runs)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def model_from_checkpoint(checkpoint: Mapping[str, Any] | str | Path) -> PanelFeatureExtractor:
-    """The trained panel encoder of a checkpoint (or checkpoint path), in eval mode."""
-    checkpoint = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-    model = PanelFeatureExtractor.from_config(checkpoint["config"]["model"])
-    model.load_state_dict(checkpoint["model_state_dict"])
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -244,7 +148,7 @@ class Stage3Trainer:
         set_seed(cfg.seed)
         self.cfg = cfg
         # A batch without any text leaves the text adapter unused; DDP must not wait for its gradients.
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
+        self.accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(cfg.precision),
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.trainable = Stage3Trainable(model, objective)
         device = self.accelerator.device
@@ -261,8 +165,12 @@ class Stage3Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.total_steps,
                                                                                     cfg.warmup_fraction))
         self.step = 0
+        self.best: dict[str, Any] = {}  # {"metric", "value", "epoch", "step"} of best_model.pt
         self.history = History()
         self.last_validation: dict[str, Tensor] = {}
+        with isolated_rng():  # this trainer's own stream: another trainer in the process cannot shift it
+            torch.manual_seed(step_seed(cfg.seed, 0))  # the first step's draws
+            self.rng = rng_state()
 
     @property
     def model(self) -> PanelFeatureExtractor:
@@ -274,13 +182,15 @@ class Stage3Trainer:
         """Steps of the whole run."""
         return self.cfg.epochs * self.steps_per_epoch
 
-    def train(self, until_step: int | None = None, checkpoint_path: str | Path | None = None) -> History:
+    def train(self, until_step: int | None = None, files: StageCheckpoints | None = None) -> History:
         """Train to the end (or to ``until_step``), validating after each epoch.
 
-        With ``checkpoint_path`` a checkpoint is written after every epoch and at the end, so an interrupted run
-        resumes (``resume``) from its last epoch and still ends exactly where the uninterrupted run would.
+        With ``files`` the last checkpoint is written after every epoch (and every ``checkpoint_every`` steps), and
+        ``best_model.pt`` whenever the validation figure ``best_metric`` improves; an interrupted run resumes
+        (``resume``) from the last one and still ends exactly where the uninterrupted run would.
         """
         stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
+        set_rng_state(self.rng)
         if self.step == 0 and not self.history.epochs:  # the untrained model: the no-learning baseline
             scalars, self.last_validation = self.validate()
             self.history.epochs.append({"epoch": 0, "step": 0, "train_seconds": 0.0, **scalars})
@@ -291,19 +201,40 @@ class Stage3Trainer:
             start = time.perf_counter()
             for batch in self.train_source.iterate(mine[offset:offset + stop - self.step]):
                 self.train_step(batch)
+                if files is not None and self.mid_epoch_checkpoint_due():
+                    self.save(files.last)
             seconds = time.perf_counter() - start
             if self.step % self.steps_per_epoch == 0:
-                scalars, self.last_validation = self.validate()
-                self.history.epochs.append({"epoch": epoch + 1, "step": self.step, "train_seconds": seconds, **scalars})
-                if checkpoint_path is not None and self.step < stop:
-                    self.save(checkpoint_path)
-        if checkpoint_path is not None:
-            self.save(checkpoint_path)
+                self.end_epoch(epoch + 1, seconds, files)
+        if files is not None:
+            self.save(files.last)
         return self.history
 
+    def mid_epoch_checkpoint_due(self) -> bool:
+        """Every ``checkpoint_every`` steps inside an epoch; an epoch's last step waits for validation (end_epoch)."""
+        every = self.cfg.checkpoint_every
+        return bool(every) and self.step % every == 0 and self.step % self.steps_per_epoch != 0
+
+    def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
+        """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
+        scalars, self.last_validation = self.validate()
+        self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
+        improved = self.update_best(scalars, epoch)
+        if files is not None:
+            self.save(files.last)
+            if improved:
+                self.save(files.best)
+
+    def update_best(self, scalars: Mapping[str, float], epoch: int) -> bool:
+        """Whether this epoch's ``best_metric`` beats the best so far (higher is better; NaN never wins)."""
+        value = scalars.get(self.cfg.best_metric, math.nan)
+        if math.isnan(value) or (self.best and value <= self.best["value"]):
+            return False
+        self.best = dict(metric=self.cfg.best_metric, value=float(value), epoch=epoch, step=self.step)
+        return True
+
     def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        """One optimisation step; its random draws depend on (seed, step) only."""
-        torch.manual_seed(step_seed(self.cfg.seed, self.step))
+        """One optimisation step; its random draws come from the generator state seeded for it (see the module)."""
         self.wrapped.train()
         with self.accelerator.autocast():
             terms = self.wrapped(batch)
@@ -314,6 +245,8 @@ class Stage3Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        torch.manual_seed(step_seed(self.cfg.seed, self.step))  # the next step's draws
+        self.rng = rng_state()  # what a checkpoint written now stores
         logged = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
                   **{name: float(value.detach()) for name, value in terms.items()}}
         self.history.steps.append(logged)
@@ -324,12 +257,11 @@ class Stage3Trainer:
         """Deterministic validation (eval mode, fixed draws): scalar figures, and per-panel gate weights."""
         if len(self.val_source) == 0:
             return {}, {}
-        state = torch.get_rng_state()
-        torch.manual_seed(VAL_SEED)
-        self.trainable.eval()
-        batches = page_chunks(len(self.val_source), self.cfg.batch_size)
-        outputs = [self.validate_batch(batch) for batch in self.val_source.iterate(batches)]
-        torch.set_rng_state(state)
+        with isolated_rng():
+            torch.manual_seed(VAL_SEED)
+            self.trainable.eval()
+            batches = page_chunks(len(self.val_source), self.cfg.batch_size)
+            outputs = [self.validate_batch(batch) for batch in self.val_source.iterate(batches)]
         return summarise_validation(outputs)
 
     def validate_batch(self, batch: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -348,29 +280,24 @@ class Stage3Trainer:
                     text_queries=queries["text"][valid].float().cpu())
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint with everything needed to resume and to rebuild the model."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write a checkpoint with everything needed to resume and to rebuild the model (atomically)."""
         objective = self.trainable.objective
         checkpoint = dict(
             model_state_dict=self.model.state_dict(), objective_state_dict=objective.state_dict(),
             optimizer_state_dict=self.optimizer.state_dict(), scheduler_state_dict=self.scheduler.state_dict(),
             config=dict(model=self.model.config, objective=objective.config, train=asdict(self.cfg)),
-            step=self.step, epoch=self.step // self.steps_per_epoch, rng=rng_state(),
+            step=self.step, epoch=self.step // self.steps_per_epoch, rng=self.rng, best=dict(self.best),
             history=dict(steps=self.history.steps, epochs=self.history.epochs))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            partial = path.with_name(path.name + ".partial")
-            torch.save(checkpoint, partial)
-            os.replace(partial, path)  # a run killed while saving keeps the previous checkpoint whole
-        return path
+            save_checkpoint(checkpoint, path)
+        return Path(path)
 
     def resume(self, checkpoint: Mapping[str, Any] | str | Path) -> None:
         """Continue from a checkpoint of the same run (same pages, same configs)."""
         checkpoint = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
         mine = dict(model=self.model.config, objective=self.trainable.objective.config, train=asdict(self.cfg))
-        differ = sorted(f"{part}.{key}" for part, config in mine.items() for key in config
-                        if key not in RESUMABLE_CHANGES and checkpoint["config"][part].get(key) != config[key])
+        differ = resume_conflicts(checkpoint["config"], mine, RESUMABLE_CHANGES)
         if differ:
             raise ValueError(f"the checkpoint is from another configuration ({', '.join(differ)}); resume with "
                              f"the settings it was trained with, or start a new run")
@@ -379,15 +306,9 @@ class Stage3Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         self.step = checkpoint["step"]
+        self.best = dict(checkpoint.get("best", {}))
         self.history = History(list(checkpoint["history"]["steps"]), list(checkpoint["history"]["epochs"]))
-        set_rng_state(checkpoint["rng"])
-
-
-def recall_at_k(queries: Tensor, keys: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@k of query i finding key i among all keys, by cosine."""
-    scores = nn.functional.normalize(queries, dim=-1) @ nn.functional.normalize(keys, dim=-1).T  # (Q, Q)
-    rank = (scores > scores.diagonal()[:, None]).sum(dim=1)  # (Q,) keys scoring above the true one
-    return {f"recall@{k}": float((rank < k).float().mean()) for k in ks if k <= len(queries)}
+        self.rng = checkpoint["rng"]  # the next step's draws; train() puts it in place
 
 
 def summarise_validation(outputs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Tensor]]:
@@ -409,29 +330,6 @@ def summarise_validation(outputs: list[dict[str, Any]]) -> tuple[dict[str, float
 
 # ---------------------------------------------------------------------------------------------------- one call
 
-MODEL_KEYS = ("visual_backbone", "visual_fusion", "feature_dim", "freeze_backbones", "text_model", "backbone_weights",
-              "tiny", "max_text_length")
-OBJECTIVE_KEYS = ("temperature", "contrastive_weight", "reconstruction_weight", "alignment_weight", "instance_weight",
-                  "feature_noise", "feature_dropout", "modality_drop")
-CHECKPOINT_NAME = "stage3_checkpoint.pt"
-SETTING_KEYS = frozenset((*MODEL_KEYS, *OBJECTIVE_KEYS, *TrainConfig.__dataclass_fields__))
-
-
-def settings_from(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The training settings among a namespace's names (a notebook's parameters: ``settings_from(globals())``)."""
-    return {key: value for key, value in namespace.items() if key in SETTING_KEYS}
-
-
-def split_settings(settings: Mapping[str, Any]) -> tuple[dict, dict, TrainConfig]:
-    """Flat settings (a params file, the notebook's parameters) -> model kwargs, objective kwargs, TrainConfig."""
-    model = {k: settings[k] for k in MODEL_KEYS if k in settings}
-    if isinstance(model.get("visual_backbone"), str) and "," in model["visual_backbone"]:
-        model["visual_backbone"] = [name.strip() for name in model["visual_backbone"].split(",")]
-    model["text_model"] = model.get("text_model") or None  # "" means the packaged default
-    objective = {k: settings[k] for k in OBJECTIVE_KEYS if k in settings}
-    train = TrainConfig.from_mapping({k: v for k, v in settings.items() if k not in (*MODEL_KEYS, *OBJECTIVE_KEYS)})
-    return model, objective, train
-
 
 def parameter_summary(model: nn.Module) -> pd.DataFrame:
     """Trainable and frozen parameter counts of each named part of the model."""
@@ -447,22 +345,33 @@ def parameter_summary(model: nn.Module) -> pd.DataFrame:
 
 def build_trainer(run_dir: str | Path, settings: Mapping[str, Any]) -> Stage3Trainer:
     """A trainer over the pages table that notebook 01 wrote into ``run_dir``."""
-    from comicnb.data import load_run_pages
+    model_cfg, objective_cfg, cfg = split_settings(settings)
+    return trainer_for(run_dir, model_cfg, objective_cfg, cfg)
 
-    model_kwargs, objective_kwargs, cfg = split_settings(settings)
+
+def trainer_for(run_dir: str | Path, model_cfg: PanelModelConfig, objective_cfg: ObjectiveConfig,
+                cfg: TrainConfig) -> Stage3Trainer:
+    """A trainer for the three configs over ``run_dir``'s pages table."""
     set_seed(cfg.seed)
-    pages, data_root = load_run_pages(run_dir)
-    model = PanelFeatureExtractor(**model_kwargs)
-    objective = Stage3Objective(feature_dim=model.feature_dim, max_panels=cfg.max_panels, **objective_kwargs)
+    pages, data_root = checked_run_pages(run_dir)
+    model = PanelFeatureExtractor(model_cfg)
+    objective = Stage3Objective(objective_cfg)
     return Stage3Trainer(model, objective, cfg, pages[pages.split == "train"], pages[pages.split == "val"], data_root)
 
 
 def train_stage3(run_dir: str | Path, settings: Mapping[str, Any], resume: bool = False) -> Stage3Trainer:
-    """Train Stage 3 on ``run_dir``'s pages table into ``run_dir/stage3_checkpoint.pt`` (written every epoch);
-    with ``resume``, continue from that checkpoint when there is one."""
+    """Train Stage 3 on ``run_dir``'s pages table into ``run_dir/stage3/`` (``checkpoint.pt`` written every epoch,
+    ``best_model.pt`` at the best validation figure); with ``resume``, continue from the last checkpoint."""
     trainer = build_trainer(run_dir, settings)
-    path = Path(run_dir) / CHECKPOINT_NAME
-    if resume and path.is_file():
-        trainer.resume(path)
-    trainer.train(checkpoint_path=path)
+    files = checkpoints(run_dir)
+    if resume and files.last.is_file():
+        trainer.resume(files.last)
+    trainer.train(files=files)
     return trainer
+
+
+def loss_change(steps: pd.DataFrame, terms: tuple[str, ...]) -> pd.DataFrame:
+    """Mean of each loss term over the first and over the last quarter of the logged steps."""
+    quarter = max(1, len(steps) // 4)
+    head, tail = steps.head(quarter)[list(terms)].mean(), steps.tail(quarter)[list(terms)].mean()
+    return pd.DataFrame({"first quarter": head, "last quarter": tail})

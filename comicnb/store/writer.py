@@ -1,15 +1,4 @@
-"""The Stage 3 embedding store: every panel of a run's pages table through the trained encoder, into one zarr v3 store.
-
-Layout of ``panel_embeddings.zarr`` (P pages, N = max_panels slots, D = feature_dim, M = 3 modalities):
-
-    embeddings      (P, N, D) float32  fused, L2-normalised panel embeddings; padding slots exactly zero
-    panel_masks     (P, N)    bool     real panels
-    modalities      (P, N, M, D) float32  per-modality embeddings before fusion (vision, text, composition), zero
-                                       where masked: Stage 4 re-fuses a panel's image with another panel's text
-    modality_masks  (P, N, M) bool     which modalities each panel has
-    done            (P,)      bool     pages written; what a resumed or sharded run still has to do
-    metadata.json                      one record per page: the seed's book_id, page_name, num_panels and
-                                       embedding_indices (flat panel ids, page * N + slot), plus split and more
+"""Writing the embedding store: every panel of a run's pages table through the trained Stage 3 encoder.
 
 The unit of work is a *chunk*: ``pages_per_chunk`` consecutive pages, one zarr chunk along the page axis and one
 forward batch (the panels of all its pages together). A chunk's arrays are written before its ``done`` flags, and
@@ -19,7 +8,7 @@ one per process under ``accelerate launch``) take every n-th chunk: disjoint reg
 
 The metadata and the attributes are written when the store is created, before any panel is encoded. A store that
 exists is resumed only when it was made from the same checkpoint, pages and content settings; otherwise it is an
-error (``overwrite=True`` replaces it explicitly).
+error (``--overwrite`` replaces it explicitly). The layout is in ``comicnb.store.schema``.
 """
 
 from __future__ import annotations
@@ -33,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +30,29 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from accelerate import PartialState
 
 from comicnb import __version__
-from comicnb.data import load_run_pages
-from comicnb.dataset import page_chunks, page_loader
-from comicnb.fusion import MODALITIES
-from comicnb.model import PanelFeatureExtractor
+from comicnb.checkpoint import load_checkpoint
+from comicnb.corpus.checks import checked_run_pages
 from comicnb.paths import git_revision
-from comicnb.search import EMBEDDINGS, MASKS, METADATA, exact_topk
-from comicnb.training import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, tensors_only
-
-STORE_NAME = "panel_embeddings.zarr"
-# Attributes that define the store's content: a store is resumed only when all of them match.
-CONTENT_ATTRS = ("checkpoint_sha256", "metadata_sha256", "feature_dim", "max_panels", "pages_per_chunk", "precision")
-
-
-class StoreMismatchError(RuntimeError):
-    """A store exists at the path but was made from another checkpoint, other pages or other settings."""
+from comicnb.precision import autocast, resolve_precision
+from comicnb.stage3 import checkpoints
+from comicnb.stage3.batches import page_chunks, page_loader, tensors_only
+from comicnb.stage3.fusion import MODALITIES
+from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
+from comicnb.store.schema import (
+    CONTENT_ATTRS,
+    DONE,
+    EMBEDDINGS,
+    MASKS,
+    METADATA,
+    MODALITY_EMBEDDINGS,
+    MODALITY_MASKS,
+    STORE_NAME,
+    StoreMismatchError,
+    file_sha256,
+    store_metadata,
+)
 
 
 @dataclass
@@ -67,35 +61,8 @@ class EmbedConfig:
 
     pages_per_chunk: int = 16  # pages per forward batch and per zarr chunk: the unit of resume and of sharding
     num_workers: int = 0  # DataLoader processes decoding and cropping pages while the model runs
-    precision: str = "auto"  # "auto": bf16 autocast on a GPU that supports it, else fp32; or "fp32" / "bf16"
+    precision: str = "auto"  # comicnb.precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
 
-    def resolved_precision(self, device: torch.device) -> str:
-        """The precision actually used on ``device``."""
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def store_metadata(pages: pd.DataFrame, max_panels: int) -> list[dict[str, Any]]:
-    """One record per page, in store order: the seed's fields (embedding_indices = flat panel ids) and provenance."""
-    records = []
-    for index, page in enumerate(pages.itertuples(index=False)):
-        records.append(dict(book_id=page.book_id, page_name=page.page_name, num_panels=int(page.num_panels),
-                            embedding_indices=[index * max_panels + slot for slot in range(page.num_panels)],
-                            page_index=index, page_id=page.page_id, part=int(page.part), split=page.split,
-                            image_path=page.image_path, panel_index=[int(i) for i in page.panel_index]))
-    return records
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -131,11 +98,11 @@ def _create_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chu
     group.create_array(EMBEDDINGS, shape=(pages, max_panels, dim), chunks=(chunk, max_panels, dim), dtype="float32",
                        fill_value=0.0, compressors=None)
     group.create_array(MASKS, shape=(pages, max_panels), chunks=(chunk, max_panels), dtype="bool", fill_value=False)
-    group.create_array("modalities", shape=(pages, max_panels, modalities, dim),
+    group.create_array(MODALITY_EMBEDDINGS, shape=(pages, max_panels, modalities, dim),
                        chunks=(chunk, max_panels, modalities, dim), dtype="float32", fill_value=0.0, compressors=None)
-    group.create_array("modality_masks", shape=(pages, max_panels, modalities),
+    group.create_array(MODALITY_MASKS, shape=(pages, max_panels, modalities),
                        chunks=(chunk, max_panels, modalities), dtype="bool", fill_value=False)
-    group.create_array("done", shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
+    group.create_array(DONE, shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
 
 
 def open_store(path: Path, metadata: list[dict], attrs: dict[str, Any], overwrite: bool = False) -> zarr.Group:
@@ -149,7 +116,7 @@ def open_store(path: Path, metadata: list[dict], attrs: dict[str, Any], overwrit
             if differ:
                 detail = "; ".join(f"{k}: store has {old!r}, this run {new!r}" for k, (old, new) in differ.items())
                 raise StoreMismatchError(f"{path} holds another store ({detail}); choose another store path or "
-                                         f"pass overwrite=True to replace it")
+                                         f"pass --overwrite (overwrite=True in notebook 03) to replace it")
         else:
             group = zarr.open_group(str(path), mode="w", attributes=attrs)
             _create_arrays(group, len(metadata), attrs["max_panels"], attrs["feature_dim"], attrs["pages_per_chunk"])
@@ -168,26 +135,25 @@ def store_attrs(checkpoint: Mapping[str, Any], checkpoint_path: Path, metadata: 
         feature_dim=int(model_config["feature_dim"]), max_panels=max_panels, pages_per_chunk=cfg.pages_per_chunk,
         precision=precision, modalities=list(MODALITIES), checkpoint=str(checkpoint_path), model=model_config,
         seed=checkpoint["config"].get("train", {}).get("seed"), params=asdict(cfg), git_revision=git_revision(),
-        comicnb_version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        comicnb_version=__version__, created=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def encode_chunk(model: PanelFeatureExtractor, batch: Mapping[str, Any], device: torch.device,
                  precision: str) -> dict[str, np.ndarray]:
     """The arrays of one chunk of pages, from one forward pass over all their panels."""
     inputs = tensors_only(batch, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(precision, device):
         encoding = model.encode(inputs)
     return {EMBEDDINGS: encoding.fused.float().cpu().numpy(), MASKS: encoding.panel_mask.cpu().numpy(),
-            "modalities": encoding.modalities.float().cpu().numpy(),
-            "modality_masks": encoding.modality_mask.cpu().numpy()}
+            MODALITY_EMBEDDINGS: encoding.modalities.float().cpu().numpy(),
+            MODALITY_MASKS: encoding.modality_mask.cpu().numpy()}
 
 
 def write_chunk(group: zarr.Group, region: slice, arrays: Mapping[str, np.ndarray]) -> None:
     """Write one chunk's arrays, then its done flags: a chunk counts as written only once all its arrays are."""
     for name, values in arrays.items():
         group[name][region] = values
-    group["done"][region] = True
+    group[DONE][region] = True
 
 
 def prefetch(batches: Iterator[Any]) -> Iterator[Any]:
@@ -217,21 +183,23 @@ def generate(run_dir: str | Path, checkpoint: str | Path | None = None, store: s
     (i, n) takes every n-th chunk; under ``accelerate launch`` each process takes its own shard by default.
     Returns a summary: pages, panels, chunks computed and skipped, seconds, panels per second.
     """
+    from accelerate import PartialState  # only a writer needs the process group; readers never import it
+
     run_dir, cfg = Path(run_dir), cfg or EmbedConfig()
-    checkpoint_path = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT_NAME
+    checkpoint_path = Path(checkpoint) if checkpoint else checkpoints(run_dir).pick("best")
     store_path = Path(store) if store else run_dir / STORE_NAME
     state = PartialState()
     shard = shard or (state.process_index, state.num_processes)
-    pages, data_root = load_run_pages(run_dir)
+    pages, data_root = checked_run_pages(run_dir)
     max_panels = max_panels_of(run_dir, pages)
     loaded = load_checkpoint(checkpoint_path)
-    precision = cfg.resolved_precision(state.device)
+    precision = resolve_precision(cfg.precision, state.device)
     metadata = store_metadata(pages, max_panels)
     group = open_store(store_path, metadata, store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision),
                        overwrite)
     model = model_from_checkpoint(loaded).to(state.device)
     chunks = page_chunks(len(pages), cfg.pages_per_chunk)[shard[0]::shard[1]]
-    done = np.asarray(group["done"][:])
+    done = np.asarray(group[DONE][:])
     todo = [chunk for chunk in chunks if not done[chunk].all()]
     start, panels = time.perf_counter(), 0
     loader = iter(page_loader(pages, data_root, model, todo, max_panels, cfg.num_workers))
@@ -252,61 +220,6 @@ def generate(run_dir: str | Path, checkpoint: str | Path | None = None, store: s
                 panels=int(pages.num_panels.sum()), chunks=len(chunks), computed_chunks=len(todo),
                 skipped_chunks=len(chunks) - len(todo), encoded_panels=panels, seconds=seconds,
                 panels_per_s=panels / seconds if seconds > 0 else float("nan"), precision=precision,
-                complete=bool(np.asarray(group["done"][:]).all()))
+                complete=bool(np.asarray(group[DONE][:]).all()))
 
 
-def open_embeddings(store: str | Path) -> zarr.Group:
-    """A finished store, read-only; an unfinished one is an error naming how many pages are missing."""
-    group = zarr.open_group(str(store), mode="r")
-    missing = int((~np.asarray(group["done"][:])).sum())
-    if missing:
-        raise RuntimeError(f"{store} is unfinished: {missing} of {group['done'].shape[0]} pages not yet encoded; "
-                           f"run the generation again to resume it")
-    return group
-
-
-def verify_store(store: str | Path, pages: pd.DataFrame) -> dict[str, Any]:
-    """Counts against the pages table, exact-zero padding and unit norms of a finished store."""
-    group = open_embeddings(store)
-    masks = np.asarray(group[MASKS][:])  # (P, N)
-    counts_match = len(masks) == len(pages) and masks.sum(axis=1).tolist() == pages.num_panels.tolist()
-    padding_nonzero, norm_min, norm_max = 0, np.inf, 0.0
-    for start in range(0, len(masks), group[EMBEDDINGS].chunks[0]):  # one chunk at a time: memory stays flat
-        block = np.asarray(group[EMBEDDINGS][start:start + group[EMBEDDINGS].chunks[0]])
-        real = masks[start:start + len(block)]
-        padding_nonzero += int(np.count_nonzero(block[~real]))
-        norms = np.linalg.norm(block[real], axis=1)
-        norm_min = min(norm_min, float(norms.min(initial=np.inf)))
-        norm_max = max(norm_max, float(norms.max(initial=0)))
-    return dict(pages=len(masks), panels=int(masks.sum()), expected_panels=int(pages.num_panels.sum()),
-                counts_match=counts_match, padding_slots=int((~masks).sum()), padding_nonzero_values=padding_nonzero,
-                norm_min=norm_min, norm_max=norm_max)
-
-
-def panel_labels(metadata: pd.DataFrame, data_root: str | Path) -> pd.DataFrame:
-    """Labels of each stored panel, in store order: book, and the ground truth's first character and scene where the
-    corpus has a sidecar (the synthetic corpus); real data has only the book."""
-    if (Path(data_root) / "ground_truth.json").is_file():
-        from comicnb.synth import panel_truth  # the synthetic corpus's reader, only needed where there is one
-
-        return panel_truth(data_root, metadata)[["book_id", "character", "scene"]]
-    return pd.DataFrame({"book_id": np.repeat(metadata.book_id.to_numpy(), metadata.num_panels.to_numpy())})
-
-
-def neighbour_agreement(vectors: np.ndarray, page: np.ndarray, labels: pd.DataFrame, k: int = 5) -> pd.DataFrame:
-    """How often a panel's k nearest panels on *other* pages share its label, per label column, against chance.
-
-    Chance is the probability that a random panel of another page shares the label (from the label frequencies).
-    """
-    extra = int(np.bincount(page).max())  # enough hits to still have k after dropping the panel's own page
-    _, ids = exact_topk(vectors, vectors, k + extra)
-    other = page[ids] != page[:, None]  # (M, k + extra)
-    ranks = np.cumsum(other, axis=1) <= k
-    keep = other & ranks  # the first k hits on other pages
-    rows = []
-    for column in labels.columns:
-        values = labels[column].to_numpy()
-        agree = (values[ids] == values[:, None]) & keep
-        share = labels[column].value_counts(normalize=True)
-        rows.append(dict(label=column, agreement=agree.sum() / keep.sum(), chance=float((share**2).sum())))
-    return pd.DataFrame(rows).set_index("label")

@@ -8,8 +8,8 @@ the prop, the birds drawn in the sky, who called whom), an exclamation and an ou
 scene or the action. Answers depend on something drawn or said earlier, so the next line is predictable
 from context but not from the words alone. Some panels stay silent.
 
-Everything here is pure: functions take a numpy Generator and return plain dicts, which comicnb.synth
-draws and writes. A panel's `characters` list the actor first and the partner second.
+Everything here is pure: functions take a numpy Generator and return plain dicts, which the rest of
+comicnb.corpus.synth draws and writes. A panel's `characters` list the actor first and the partner second.
 """
 from __future__ import annotations
 

@@ -1,0 +1,89 @@
+"""Checkpoint files shared by both stages: where they live, atomic writes, safe loads, RNG state, resume checks.
+
+Loading imports neither a trainer nor Accelerate, so inference and search never pull in training code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST_NAME = "checkpoint.pt"  # the latest state of a run: what --resume continues from
+BEST_NAME = "best_model.pt"  # the state with the best validation figure so far (the seed's name)
+
+
+@dataclass(frozen=True)
+class StageCheckpoints:
+    """The checkpoint files of one stage of a run: ``<run_dir>/<stage>/checkpoint.pt`` and ``best_model.pt``."""
+
+    run_dir: Path
+    stage: str
+
+    @property
+    def folder(self) -> Path:
+        """The stage's checkpoint folder."""
+        return Path(self.run_dir) / self.stage
+
+    @property
+    def last(self) -> Path:
+        """The latest checkpoint (written after every epoch, and every ``checkpoint_every`` steps)."""
+        return self.folder / LAST_NAME
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint with the best validation figure."""
+        return self.folder / BEST_NAME
+
+    def pick(self, which: str = "best") -> Path:
+        """The ``best`` or ``last`` checkpoint path; ``best`` falls back to ``last`` for a run that has no best yet."""
+        if which not in ("best", "last"):
+            raise ValueError(f"which checkpoint: 'best' or 'last', not {which!r}")
+        return self.best if which == "best" and self.best.is_file() else self.last
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically: a run killed while saving keeps the previous file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(dict(checkpoint), partial)
+    os.replace(partial, path)
+    return path
+
+
+def resume_conflicts(saved: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]],
+                     ignore: Iterable[str] = ()) -> list[str]:
+    """``part.key`` of every setting that differs between a checkpoint's config and this run's (bar ``ignore``)."""
+    ignore = set(ignore)
+    return sorted(f"{part}.{key}" for part, config in current.items() for key in config
+                  if key not in ignore and saved.get(part, {}).get(key) != config[key])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state, in types that torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), cuda=[s for s in torch.cuda.get_rng_state_all()],
+                numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+                python=random.getstate())
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators saved by rng_state."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in state["python"]))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A Stage 3 checkpoint, loaded with weights_only=True (no pickled code runs)."""
+    return torch.load(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,69 @@
+"""Retrieval and agreement metrics, one home for both stages and for notebooks 02, 03 and 05."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from comicnb.search import exact_topk
+
+
+def page_index(panel_mask: Tensor) -> Tensor:
+    """(P,) page number of each valid panel of a (B, N) mask, in row-major order like `x[panel_mask]`."""
+    pages = torch.arange(panel_mask.shape[0], device=panel_mask.device)
+    return pages[:, None].expand_as(panel_mask)[panel_mask]
+
+
+def recall_at_k(queries: Tensor, keys: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k of query i finding key i among all keys, by cosine."""
+    scores = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T  # (Q, Q)
+    rank = (scores > scores.diagonal()[:, None]).sum(dim=1)  # (Q,) keys scoring above the true one
+    return {f"recall@{k}": float((rank < k).float().mean()) for k in ks if k <= len(queries)}
+
+
+@torch.no_grad()
+def collapse_diagnostics(embeddings: Tensor, panel_mask: Tensor) -> dict[str, float]:
+    """Mean cosine between panels of one page, between panels of different pages, and the gap (NaN if no pairs)."""
+    valid = panel_mask.bool()  # (B, N)
+    panels = F.normalize(embeddings[valid].float(), dim=-1)  # (P, D)
+    page_ids = page_index(valid)  # (P,)
+    cosine = panels @ panels.T  # (P, P)
+    same = page_ids[:, None] == page_ids[None, :]
+    self_pair = torch.eye(len(page_ids), dtype=torch.bool, device=valid.device)
+    within, between = cosine[same & ~self_pair].mean().item(), cosine[~same].mean().item()
+    return {"within_page_cosine": within, "between_page_cosine": between, "gap": within - between}
+
+
+@torch.no_grad()
+def same_panel_retrieval(emb_view1: Tensor, emb_view2: Tensor) -> float:
+    """Recall@1 of each panel's first view finding its own second view among all second views."""
+    cosine = F.normalize(emb_view1.float(), dim=-1) @ F.normalize(emb_view2.float(), dim=-1).T  # (P, P)
+    return (cosine.argmax(dim=1) == torch.arange(len(cosine), device=cosine.device)).float().mean().item()
+
+
+def overlap_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of true ids (Q, k) that the found ids (Q, k) contain: an index against exact search."""
+    found, truth = np.atleast_2d(found), np.atleast_2d(truth)
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / t.shape[0] for f, t in zip(found, truth)]))
+
+
+def neighbour_agreement(vectors: np.ndarray, page: np.ndarray, labels: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """How often a panel's k nearest panels on *other* pages share its label, per label column, against chance.
+
+    Chance is the probability that a random panel of another page shares the label (from the label frequencies).
+    """
+    extra = int(np.bincount(page).max())  # enough hits to still have k after dropping the panel's own page
+    _, ids = exact_topk(vectors, vectors, k + extra)
+    other = page[ids] != page[:, None]  # (M, k + extra)
+    ranks = np.cumsum(other, axis=1) <= k
+    keep = other & ranks  # the first k hits on other pages
+    rows = []
+    for column in labels.columns:
+        values = labels[column].to_numpy()
+        agree = (values[ids] == values[:, None]) & keep
+        share = labels[column].value_counts(normalize=True)
+        rows.append(dict(label=column, agreement=agree.sum() / keep.sum(), chance=float((share**2).sum())))
+    return pd.DataFrame(rows).set_index("label")

@@ -1,0 +1,116 @@
+"""Stage 3's settings as three dataclasses, each defined once: the model's, the objective's and training's.
+
+A checkpoint stores each as a dict under ``config`` (``model``, ``objective``, ``train``) and the model is rebuilt
+from it; notebook 02's parameters and a ``--params`` file are one flat mapping, split here by field name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from comicnb.precision import PRECISIONS
+
+
+@dataclass
+class PanelModelConfig:
+    """The panel encoder: backbones, text model, width and what is frozen."""
+
+    visual_backbone: str | list[str] = "efficientnet_lite0"  # registry name, alias (resnet, both), timm name or list
+    visual_fusion: str = "attention"  # how several backbones combine: concat, attention or gate
+    feature_dim: int = 512  # width of every panel embedding
+    freeze_backbones: bool = True  # pretrained encoders fixed (eval mode, no gradients); adapters still train
+    text_model: str | None = None  # sentence-transformers hub id or folder; None means the packaged MiniLM
+    comp_dim: int = 7  # composition features per panel
+    backbone_weights: dict[str, str] = field(default_factory=dict)  # {backbone: local weights file or folder}
+    tiny: bool = False  # tiny randomly initialised encoders (tests)
+    max_text_length: int = 64  # tokens kept of a panel's text
+
+    def __post_init__(self) -> None:
+        if isinstance(self.visual_backbone, str) and "," in self.visual_backbone:
+            self.visual_backbone = [name.strip() for name in self.visual_backbone.split(",")]
+        elif not isinstance(self.visual_backbone, str):
+            self.visual_backbone = list(self.visual_backbone)
+        self.text_model = self.text_model or ("tiny" if self.tiny else None)  # "" means the packaged default
+        self.backbone_weights = dict(self.backbone_weights or {})
+
+
+@dataclass
+class ObjectiveConfig:
+    """The Stage 3 losses: weights of the four terms and the instance term's feature augmentation."""
+
+    feature_dim: int = 512  # taken from the model
+    temperature: float = 0.07  # softmax temperature of every contrastive term
+    contrastive_weight: float = 1.0
+    reconstruction_weight: float = 0.5
+    alignment_weight: float = 0.3
+    instance_weight: float = 1.0
+    max_panels: int = 64  # panel positions the reconstruction head knows; taken from training's max_panels
+    feature_noise: float = 0.1  # instance view: Gaussian noise, relative to each embedding's spread
+    feature_dropout: float = 0.1  # instance view: dropout on the per-modality embeddings
+    modality_drop: float = 0.3  # instance view: chance of hiding each modality (never all of a panel's)
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the model and objective carry their own configs)."""
+
+    epochs: int = 2
+    batch_size: int = 8  # pages per optimisation step
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up from zero
+    grad_clip: float = 1.0
+    precision: str = "auto"  # comicnb.precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
+    seed: int = 0
+    max_panels: int = 12
+    cache_features: bool = True  # with frozen backbones, run them once per panel and reuse the features
+    num_workers: int = 0
+    encode_batch_pages: int = 16  # pages per forward pass when filling the feature cache
+    checkpoint_every: int = 0  # also write the last checkpoint every this many steps inside an epoch (0: epoch ends)
+    best_metric: str = "image_to_text_recall@5"  # validation figure that picks best_model.pt (higher is better)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+
+
+# Settings that cannot change a run's result: a run may resume with other values.
+RESUMABLE_CHANGES = frozenset({"num_workers", "encode_batch_pages", "checkpoint_every"})
+DERIVED = frozenset({"feature_dim", "max_panels"})  # objective fields taken from the model and from training
+
+
+def names(config: type) -> tuple[str, ...]:
+    """The field names of a config dataclass."""
+    return tuple(f.name for f in fields(config))
+
+
+SETTING_KEYS = frozenset((*names(PanelModelConfig), *names(ObjectiveConfig), *names(TrainConfig)))
+
+
+class UnknownSettingError(ValueError):
+    """A settings key that no Stage 3 config has."""
+
+
+def settings_from(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings among a namespace's names (a notebook's parameters: ``settings_from(globals())``)."""
+    return {key: value for key, value in namespace.items() if key in SETTING_KEYS}
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[PanelModelConfig, ObjectiveConfig, TrainConfig]:
+    """Flat settings (a params file, notebook 02's parameters) -> the three configs; unknown keys are an error."""
+    unknown = sorted(set(settings) - SETTING_KEYS)
+    if unknown:
+        raise UnknownSettingError(f"unknown Stage 3 settings {unknown}; known: {sorted(SETTING_KEYS)}")
+    model = PanelModelConfig(**{k: settings[k] for k in names(PanelModelConfig) if k in settings})
+    train = TrainConfig(**{k: settings[k] for k in names(TrainConfig) if k in settings})
+    settable = [k for k in names(ObjectiveConfig) if k in settings and k not in DERIVED]
+    objective = ObjectiveConfig(**{k: settings[k] for k in settable},
+                                feature_dim=model.feature_dim, max_panels=train.max_panels)
+    return model, objective, train
+
+
+def config_dicts(model: PanelModelConfig, objective: ObjectiveConfig, train: TrainConfig) -> dict[str, dict]:
+    """The ``config`` entry of a checkpoint."""
+    return dict(model=asdict(model), objective=asdict(objective), train=asdict(train))
