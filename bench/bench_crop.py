@@ -2,23 +2,21 @@
 
     python bench/bench_crop.py [--data-root DIR] [--repeats 3] [--json PATH]
 
-Without --data-root the demo corpus is generated into a temporary folder with comicnb.synth. The goal is a
+Without --data-root the demo corpus is generated into a temporary folder with comicnb.corpus.synth. The goal is a
 decode+crop / decode ratio of at least 0.7: each page is decoded once and cropping its panels is cheap.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import bench_parser, finish, measured_corpus, yes_no  # bench/common.py, beside this script
 from PIL import Image
 
-from corpus import measured_corpus  # bench/corpus.py, beside this script
-from comicnb.data import crop_panels, load_corpus, to_rgb
+from comicnb.corpus import crop_panels, load_corpus, to_rgb
 
 GOAL_RATIO = 0.7
 Job = tuple[Path, list[list[float]]]
@@ -89,20 +87,14 @@ def print_table(report: dict) -> None:
     print(f"{'mode':<24}{'pages/s':>10}{'panels/s':>11}{'ratio':>8}")
     for name, r in report["results"].items():
         print(f"{name:<24}{r['pages_per_s']:>10.1f}{r['panels_per_s']:>11.1f}{r['ratio_to_decode']:>8.2f}")
-    print(f"decode+crop / decode >= {report['goal_ratio']}: {'yes' if report['meets_goal'] else 'NO'}")
+    print(f"decode+crop / decode >= {report['goal_ratio']}: {yes_no(report['meets_goal'])}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, help="corpus folder (default: generate the demo corpus)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per mode; the median is reported")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, repeats_help="timed passes per mode; the median is reported").parse_args()
     with measured_corpus(args.data_root) as (data_root, _):
         report = run(data_root, args.repeats)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    finish(report, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -3,25 +3,23 @@
     python bench/bench_embed.py [--data-root DIR] [--batch 32] [--repeats 3] [--json PATH]
 
 (a) Pipeline: the demo corpus (generated into a temporary folder without --data-root) is encoded into a new store
-by comicnb.embeddings.generate with the default model, --repeats + 1 times (the first warms up), each followed by
+by comicnb.store.generate with the default model, --repeats + 1 times (the first warms up), each followed by
 the vision backbone alone on the very same batches of panel images, already decoded and in memory; the medians
 give end-to-end and backbone-only panels/s.
 Goal: end-to-end / backbone-only >= 0.8. On a 2-core CPU the text model alone costs about a tenth of the vision
 backbone's time and cannot overlap with it, which is why the second ratio is printed beside the first.
 
-(b) Backbones: the fp32 matmul peak is the best of square matrices of 1024, 2048 and 4096; then ResNet-50 and EfficientNet-Lite0 (timm,
-random weights: FLOPs do not depend on them) run batches of --batch images after a warm-up in every layout and
-precision torch offers on this device (contiguous or channels-last, fp32 or bf16 autocast). FLOPs per image come
-from torch's FlopCounterMode. Goals: ResNet-50 at >= 0.5 of the matmul peak in its best setting; for
-EfficientNet-Lite0, whose depthwise convolutions are memory-bound, the report names the fastest setting, and the
-comicnb backbone (what generation runs) is timed beside it.
+(b) Backbones: the fp32 matmul peak is the best of square matrices of 1024, 2048 and 4096; then ResNet-50 and
+EfficientNet-Lite0 (timm, random weights: FLOPs do not depend on them) run batches of --batch images after a
+warm-up in every layout and precision torch offers on this device (contiguous or channels-last, fp32 or bf16
+autocast). FLOPs per image come from torch's FlopCounterMode. Goals: ResNet-50 at >= 0.5 of the matmul peak in its
+best setting; for EfficientNet-Lite0, whose depthwise convolutions are memory-bound, the report names the fastest
+setting, and the comicnb backbone (what generation runs) is timed beside it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -30,13 +28,15 @@ from pathlib import Path
 
 import timm
 import torch
+from common import bench_parser, finish, measured_corpus, run_folder, yes_no  # bench/common.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
-from corpus import measured_corpus  # bench/corpus.py, beside this script
-from comicnb import data, embeddings, training
-from comicnb.backbones import build_backbone
-from comicnb.dataset import page_chunks, page_loader
-from comicnb.model import PanelFeatureExtractor
+from comicnb import corpus, store
+from comicnb.checkpoint import save_checkpoint
+from comicnb.stage3 import checkpoints
+from comicnb.stage3.backbones import build_backbone
+from comicnb.stage3.batches import page_chunks, page_loader
+from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
 
 PIPELINE_GOAL, RESNET_GOAL = 0.8, 0.5
 
@@ -58,7 +58,7 @@ def matmul_peak(device: torch.device, sizes: tuple[int, ...] = (1024, 2048, 4096
     rates = []
     for size in sizes:
         a, b = torch.rand(size, size, device=device), torch.rand(size, size, device=device)
-        rates.append(2 * size**3 / median_seconds(lambda: sync(device, torch.mm(a, b)), repeats))
+        rates.append(2 * size**3 / median_seconds(lambda a=a, b=b: sync(device, torch.mm(a, b)), repeats))
     return max(rates)
 
 
@@ -98,7 +98,7 @@ def bench_backbone(name: str, device: torch.device, batch: int, repeats: int, pe
         images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-        def forward() -> None:
+        def forward(images: torch.Tensor = images, autocast: contextlib.AbstractContextManager = autocast) -> None:
             with torch.inference_mode(), autocast:
                 sync(device, model(images))
 
@@ -123,14 +123,14 @@ def comicnb_backbone_rate(device: torch.device, batch: int, repeats: int) -> flo
 
 def bench_pipeline(data_root: Path, scratch: Path, repeats: int) -> dict:
     """End-to-end generation panels/s against the vision backbone alone on the same panel batches."""
-    data.save_corpus(data.load_corpus(data_root), scratch / "run")
+    run_dir = run_folder(data_root, scratch)
     torch.manual_seed(0)
     model = PanelFeatureExtractor()
-    torch.save({"model_state_dict": model.state_dict(), "config": {"model": model.config}},
-               scratch / "run" / training.CHECKPOINT_NAME)
-    model = training.model_from_checkpoint(scratch / "run" / training.CHECKPOINT_NAME)
-    pages, root = data.load_run_pages(scratch / "run")
-    chunks = page_chunks(len(pages), embeddings.EmbedConfig().pages_per_chunk)
+    checkpoint = save_checkpoint({"model_state_dict": model.state_dict(), "config": {"model": model.config}},
+                                 checkpoints(run_dir).last)
+    model = model_from_checkpoint(checkpoint)
+    pages, root = corpus.load_run_pages(run_dir)
+    chunks = page_chunks(len(pages), store.EmbedConfig().pages_per_chunk)
     inputs = []
     for batch in page_loader(pages, root, model, chunks, 12):
         text = batch["modality_mask"][..., 1].bool()
@@ -150,7 +150,7 @@ def bench_pipeline(data_root: Path, scratch: Path, repeats: int) -> dict:
     encoders_pass(True)  # warm-up, as generation's first run below is
     runs, seconds = [], {"backbone": [], "encoders": []}
     for i in range(repeats + 1):  # interleaved, so drift of the machine's speed touches all alike
-        runs.append(embeddings.generate(scratch / "run", store=scratch / f"store{i}.zarr"))
+        runs.append(store.generate(run_dir, store=scratch / f"store{i}.zarr"))
         seconds["backbone"].append(encoders_pass(False))
         seconds["encoders"].append(encoders_pass(True))
     panels = runs[-1]["encoded_panels"]
@@ -167,7 +167,7 @@ def print_report(report: dict) -> None:
     p = report["pipeline"]
     print(f"(a) generation of {p['panels']} panels ({p['precision']}): end-to-end {p['end_to_end_panels_per_s']:.1f} "
           f"panels/s, backbone alone on the same batches {p['backbone_only_panels_per_s']:.1f} panels/s")
-    print(f"    end-to-end / backbone-only = {p['ratio']:.2f} >= {p['goal']}: {'yes' if p['meets_goal'] else 'NO'}")
+    print(f"    end-to-end / backbone-only = {p['ratio']:.2f} >= {p['goal']}: {yes_no(p['meets_goal'])}")
     print(f"    with the text model too (all pretrained encoders, {p['encoders_only_panels_per_s']:.1f} panels/s): "
           f"end-to-end / encoders-only = {p['ratio_to_encoders']:.2f} (decoding, fusion and writing)")
     print(f"(b) fp32 matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s on {report['device']}, batch "
@@ -179,17 +179,14 @@ def print_report(report: dict) -> None:
             print(f"      {label:<34}{row['images_per_s']:>8.1f}{row['flops_per_s'] / 1e9:>9.1f}{row['of_peak']:>9.2f}")
     resnet = next(b for b in report["backbones"] if b["model"] == "resnet50")
     best = resnet["settings"][resnet["fastest"]]["of_peak"]
-    print(f"    ResNet-50 best of peak = {best:.2f} >= {RESNET_GOAL}: {'yes' if best >= RESNET_GOAL else 'NO'}")
+    print(f"    ResNet-50 best of peak = {best:.2f} >= {RESNET_GOAL}: {yes_no(best >= RESNET_GOAL)}")
     print(f"    comicnb efficientnet_lite0 backbone as generation runs it: {report['comicnb_lite0_images_per_s']:.1f}"
           f" img/s")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, help="corpus folder (default: generate the demo corpus)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--batch", type=int, default=32, help="images per backbone batch in part (b)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the median is reported")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with measured_corpus(args.data_root) as (data_root, scratch):
@@ -199,9 +196,7 @@ def main() -> int:
                   backbones=[bench_backbone(name, device, args.batch, args.repeats, peak)
                              for name in ("resnet50", "tf_efficientnet_lite0")],
                   comicnb_lite0_images_per_s=comicnb_backbone_rate(device, args.batch, args.repeats))
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    finish(report, print_report, args.json)
     return 0
 
 

@@ -16,8 +16,6 @@ recall@10 >= 0.95 against exact search.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -28,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from common import bench_parser, finish  # bench/common.py, beside this script
 
-from comicnb.search import ApproxIndex, exact_topk, iter_blocks, overlap_recall
+from comicnb.evaluation.metrics import overlap_recall
+from comicnb.search import ApproxIndex, exact_topk, iter_blocks
 
 BLOCK = 65536  # rows generated at a time, so generating the data never holds more than one block of temporaries
 ZARR_CHUNK = 4096  # rows per zarr chunk: 8 MiB at dim 512, light enough for the allocator to recycle
@@ -192,22 +192,18 @@ def print_index(kind: str, ix: dict, store_rows: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, data_root=False, repeats=5, repeats_help="timed passes of each exact measure")
     parser.add_argument("--rows", type=int, default=1_000_000, help="vectors in the store for exact search")
     parser.add_argument("--dim", type=int, default=512, help="vector width")
     parser.add_argument("--index-rows", type=int, default=1_000_000, help="vectors indexed (capped at --rows)")
     parser.add_argument("--index-data", nargs="*", default=["clustered"], choices=["clustered", "random"],
                         help="kinds of vectors to index (random: the adversarial case, slow to build); none skips")
     parser.add_argument("--sweep", type=int, nargs="*", default=[64, 256, 1024], help="expansion_search values")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes of each exact measure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic vectors")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     report = run(args.rows, args.dim, min(args.index_rows, args.rows), args.index_data, args.sweep, args.repeats,
                  args.seed)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    finish(report, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ the first. For scale, one epoch with the cache off (every page decoded and encod
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import statistics
 import sys
 from pathlib import Path
 
 import torch
+from common import bench_parser, finish, measured_corpus, run_folder, yes_no  # bench/common.py, beside this script
 
-from corpus import measured_corpus  # bench/corpus.py, beside this script
-from comicnb import data, training
+from comicnb.stage3.trainer import build_trainer
 
 GOAL_RATIO = 0.1
 
@@ -35,7 +33,7 @@ def peak_memory_mib() -> dict[str, float]:
 
 def epoch_times(run_dir: Path, settings: dict) -> tuple[list[float], int, str]:
     """Train with settings; the wall seconds of each epoch, the number of training panels, the device."""
-    trainer = training.build_trainer(run_dir, settings)
+    trainer = build_trainer(run_dir, settings)
     trainer.train()
     seconds = [e["train_seconds"] for e in trainer.history.epochs if e["epoch"] > 0]
     return seconds, int(trainer.train_source.pages.num_panels.sum()), str(trainer.accelerator.device)
@@ -43,11 +41,10 @@ def epoch_times(run_dir: Path, settings: dict) -> tuple[list[float], int, str]:
 
 def run(data_root: Path, scratch: Path, epochs: int) -> dict:
     """Time cached training over several epochs and one uncached epoch; return the results as a dict."""
-    corpus = data.load_corpus(data_root, split=(0.7, 0.15, 0.15))
-    data.save_corpus(corpus, scratch / "run")
+    run_dir = run_folder(data_root, scratch, split=(0.7, 0.15, 0.15))
     base = dict(epochs=epochs, batch_size=8, seed=0)
-    cached, panels, device = epoch_times(scratch / "run", base)
-    uncached, _, _ = epoch_times(scratch / "run", {**base, "epochs": 1, "cache_features": False})
+    cached, panels, device = epoch_times(run_dir, base)
+    uncached, _, _ = epoch_times(run_dir, {**base, "epochs": 1, "cache_features": False})
     later = statistics.median(cached[1:])
     return dict(data_root=str(data_root), train_panels=panels, epochs=epochs, device=device,
                 first_epoch_s=cached[0], later_epoch_s=later, uncached_epoch_s=uncached[0],
@@ -67,22 +64,18 @@ def print_table(report: dict) -> None:
     memory = ", ".join(f"{k} {v:.0f}" for k, v in report.items() if k.startswith("peak_"))
     print(f"peak memory: {memory}")
     print(f"later / first = {report['later_over_first']:.3f} <= {report['goal_ratio']}: "
-          f"{'yes' if report['meets_goal'] else 'NO'}")
+          f"{yes_no(report['meets_goal'])}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, help="corpus folder (default: generate the demo corpus)")
+    parser = bench_parser(__doc__, repeats=None)
     parser.add_argument("--epochs", type=int, default=3, help="cached epochs to time (at least 2)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is compared with the later ones")
     with measured_corpus(args.data_root) as (data_root, scratch):
         report = run(data_root, scratch, args.epochs)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    finish(report, print_table, args.json)
     return 0
 
 
