@@ -48,8 +48,11 @@ def draft_crop_resize(path: Path, boxes: list[list[float]]) -> None:
 
 
 MODES: dict[str, Callable[[Path, list[list[float]]], None]] = {
-    "decode": decode, "decode+crop": decode_crop, "decode+crop+resize224": decode_crop_resize,
-    "draft+crop+resize224": draft_crop_resize}
+    "decode": decode,
+    "decode+crop": decode_crop,
+    "decode+crop+resize224": decode_crop_resize,
+    "draft+crop+resize224": draft_crop_resize,
+}
 
 
 def seconds_per_pass(work: Callable[[Path, list[list[float]]], None], jobs: list[Job], repeats: int) -> float:
@@ -73,17 +76,28 @@ def run(data_root: Path, repeats: int) -> dict:
     for work in MODES.values():  # warm-up: file cache, allocator, lazy imports
         seconds_per_pass(work, jobs[:10], 1)
     seconds = {name: seconds_per_pass(work, jobs, repeats) for name, work in MODES.items()}
-    results = {name: dict(seconds=s, pages_per_s=len(jobs) / s, panels_per_s=panels / s,
-                          ratio_to_decode=seconds["decode"] / s) for name, s in seconds.items()}
-    return dict(data_root=str(data_root), pages=len(jobs), panels=panels, repeats=repeats, load_corpus_s=load_s,
-                results=results, goal_ratio=GOAL_RATIO,
-                meets_goal=results["decode+crop"]["ratio_to_decode"] >= GOAL_RATIO)
+    results = {
+        name: dict(seconds=s, pages_per_s=len(jobs) / s, panels_per_s=panels / s, ratio_to_decode=seconds["decode"] / s)
+        for name, s in seconds.items()
+    }
+    return dict(
+        data_root=str(data_root),
+        pages=len(jobs),
+        panels=panels,
+        repeats=repeats,
+        load_corpus_s=load_s,
+        results=results,
+        goal_ratio=GOAL_RATIO,
+        meets_goal=results["decode+crop"]["ratio_to_decode"] >= GOAL_RATIO,
+    )
 
 
 def print_table(report: dict) -> None:
     """Print the results as a small fixed-width table."""
-    print(f"{report['pages']} pages, {report['panels']} panels, median of {report['repeats']} passes; "
-          f"load_corpus (with validation) {report['load_corpus_s']:.2f} s")
+    print(
+        f"{report['pages']} pages, {report['panels']} panels, median of {report['repeats']} passes; "
+        f"load_corpus (with validation) {report['load_corpus_s']:.2f} s"
+    )
     print(f"{'mode':<24}{'pages/s':>10}{'panels/s':>11}{'ratio':>8}")
     for name, r in report["results"].items():
         print(f"{name:<24}{r['pages_per_s']:>10.1f}{r['panels_per_s']:>11.1f}{r['ratio_to_decode']:>8.2f}")

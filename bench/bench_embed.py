@@ -103,8 +103,7 @@ def bench_backbone(name: str, device: torch.device, batch: int, repeats: int, pe
                 sync(device, model(images))
 
         per_image = median_seconds(forward, repeats) / batch
-        rows[label] = dict(images_per_s=1 / per_image, flops_per_s=flops / per_image,
-                           of_peak=flops / per_image / peak)
+        rows[label] = dict(images_per_s=1 / per_image, flops_per_s=flops / per_image, of_peak=flops / per_image / peak)
     best = max(rows, key=lambda k: rows[k]["images_per_s"])
     return dict(model=name, input_size=size, gflops_per_image=flops / 1e9, settings=rows, fastest=best)
 
@@ -126,16 +125,18 @@ def bench_pipeline(data_root: Path, scratch: Path, repeats: int) -> dict:
     run_dir = run_folder(data_root, scratch)
     torch.manual_seed(0)
     model = PanelFeatureExtractor()
-    checkpoint = save_checkpoint({"model_state_dict": model.state_dict(), "config": {"model": model.config}},
-                                 checkpoints(run_dir).last)
+    checkpoint = save_checkpoint(
+        {"model_state_dict": model.state_dict(), "config": {"model": model.config}}, checkpoints(run_dir).last
+    )
     model = model_from_checkpoint(checkpoint)
     pages, root = corpus.load_run_pages(run_dir)
     chunks = page_chunks(len(pages), store.EmbedConfig().pages_per_chunk)
     inputs = []
     for batch in page_loader(pages, root, model, chunks, 12):
         text = batch["modality_mask"][..., 1].bool()
-        inputs.append((batch["images"][batch["panel_mask"].bool()], batch["input_ids"][text],
-                       batch["attention_mask"][text]))
+        inputs.append(
+            (batch["images"][batch["panel_mask"].bool()], batch["input_ids"][text], batch["attention_mask"][text])
+        )
 
     def encoders_pass(with_text: bool) -> float:
         """Seconds for the vision backbone (and the text model) over every chunk's decoded panels."""
@@ -156,22 +157,35 @@ def bench_pipeline(data_root: Path, scratch: Path, repeats: int) -> dict:
     panels = runs[-1]["encoded_panels"]
     rate = {name: panels / statistics.median(values[1:]) for name, values in seconds.items()}  # first warms up
     end_to_end = panels / statistics.median(r["seconds"] for r in runs[1:])
-    return dict(panels=panels, end_to_end_panels_per_s=end_to_end, backbone_only_panels_per_s=rate["backbone"],
-                encoders_only_panels_per_s=rate["encoders"], ratio=end_to_end / rate["backbone"],
-                ratio_to_encoders=end_to_end / rate["encoders"], goal=PIPELINE_GOAL,
-                meets_goal=end_to_end / rate["backbone"] >= PIPELINE_GOAL, precision=runs[-1]["precision"])
+    return dict(
+        panels=panels,
+        end_to_end_panels_per_s=end_to_end,
+        backbone_only_panels_per_s=rate["backbone"],
+        encoders_only_panels_per_s=rate["encoders"],
+        ratio=end_to_end / rate["backbone"],
+        ratio_to_encoders=end_to_end / rate["encoders"],
+        goal=PIPELINE_GOAL,
+        meets_goal=end_to_end / rate["backbone"] >= PIPELINE_GOAL,
+        precision=runs[-1]["precision"],
+    )
 
 
 def print_report(report: dict) -> None:
     """The two parts as small tables."""
     p = report["pipeline"]
-    print(f"(a) generation of {p['panels']} panels ({p['precision']}): end-to-end {p['end_to_end_panels_per_s']:.1f} "
-          f"panels/s, backbone alone on the same batches {p['backbone_only_panels_per_s']:.1f} panels/s")
+    print(
+        f"(a) generation of {p['panels']} panels ({p['precision']}): end-to-end {p['end_to_end_panels_per_s']:.1f} "
+        f"panels/s, backbone alone on the same batches {p['backbone_only_panels_per_s']:.1f} panels/s"
+    )
     print(f"    end-to-end / backbone-only = {p['ratio']:.2f} >= {p['goal']}: {yes_no(p['meets_goal'])}")
-    print(f"    with the text model too (all pretrained encoders, {p['encoders_only_panels_per_s']:.1f} panels/s): "
-          f"end-to-end / encoders-only = {p['ratio_to_encoders']:.2f} (decoding, fusion and writing)")
-    print(f"(b) fp32 matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s on {report['device']}, batch "
-          f"{report['batch']}")
+    print(
+        f"    with the text model too (all pretrained encoders, {p['encoders_only_panels_per_s']:.1f} panels/s): "
+        f"end-to-end / encoders-only = {p['ratio_to_encoders']:.2f} (decoding, fusion and writing)"
+    )
+    print(
+        f"(b) fp32 matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s on {report['device']}, batch "
+        f"{report['batch']}"
+    )
     print(f"    {'model / setting':<36}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}")
     for bench in report["backbones"]:
         print(f"    {bench['model']} ({bench['gflops_per_image']:.2f} GFLOP/img), fastest: {bench['fastest']}")
@@ -180,8 +194,10 @@ def print_report(report: dict) -> None:
     resnet = next(b for b in report["backbones"] if b["model"] == "resnet50")
     best = resnet["settings"][resnet["fastest"]]["of_peak"]
     print(f"    ResNet-50 best of peak = {best:.2f} >= {RESNET_GOAL}: {yes_no(best >= RESNET_GOAL)}")
-    print(f"    comicnb efficientnet_lite0 backbone as generation runs it: {report['comicnb_lite0_images_per_s']:.1f}"
-          f" img/s")
+    print(
+        f"    comicnb efficientnet_lite0 backbone as generation runs it: {report['comicnb_lite0_images_per_s']:.1f}"
+        f" img/s"
+    )
 
 
 def main() -> int:
@@ -192,10 +208,17 @@ def main() -> int:
     with measured_corpus(args.data_root) as (data_root, scratch):
         pipeline = bench_pipeline(data_root, scratch, args.repeats)
     peak = matmul_peak(device)
-    report = dict(device=str(device), batch=args.batch, pipeline=pipeline, matmul_peak_gflops=peak / 1e9,
-                  backbones=[bench_backbone(name, device, args.batch, args.repeats, peak)
-                             for name in ("resnet50", "tf_efficientnet_lite0")],
-                  comicnb_lite0_images_per_s=comicnb_backbone_rate(device, args.batch, args.repeats))
+    report = dict(
+        device=str(device),
+        batch=args.batch,
+        pipeline=pipeline,
+        matmul_peak_gflops=peak / 1e9,
+        backbones=[
+            bench_backbone(name, device, args.batch, args.repeats, peak)
+            for name in ("resnet50", "tf_efficientnet_lite0")
+        ],
+        comicnb_lite0_images_per_s=comicnb_backbone_rate(device, args.batch, args.repeats),
+    )
     finish(report, print_report, args.json)
     return 0
 

@@ -66,7 +66,7 @@ class Clustered:
 def generate(sample: Callable[[int], np.ndarray], rows: int, out: np.ndarray | zarr.Array) -> None:
     """Fill out[:rows] block by block."""
     for start in range(0, rows, BLOCK):
-        out[start:min(start + BLOCK, rows)] = sample(min(BLOCK, rows - start))
+        out[start : min(start + BLOCK, rows)] = sample(min(BLOCK, rows - start))
 
 
 def median_seconds(measures: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -95,14 +95,27 @@ def bench_exact(store: zarr.Array, rng: np.random.Generator, repeats: int) -> di
     queries = random_vectors(rng, BATCH, store.shape[1])
     stream_pass(store)  # warm-up: page cache, allocator, lazy imports
     exact_topk(queries, store, K)
-    seconds = median_seconds(dict(read=lambda: read_pass(store), stream=lambda: stream_pass(store),
-                                  single=lambda: exact_topk(queries[:1], store, K),
-                                  batch=lambda: exact_topk(queries, store, K)), repeats)
-    return dict(rows=store.shape[0], read_s=seconds["read"], stream_s=seconds["stream"],
-                single_query_s=seconds["single"], batch_s=seconds["batch"], batch=BATCH,
-                batch_per_query_s=seconds["batch"] / BATCH, exact_over_stream=seconds["single"] / seconds["stream"],
-                batch_over_single=seconds["batch"] / BATCH / seconds["single"],
-                stream_gb_per_s=store.nbytes / seconds["stream"] / 1e9)
+    seconds = median_seconds(
+        dict(
+            read=lambda: read_pass(store),
+            stream=lambda: stream_pass(store),
+            single=lambda: exact_topk(queries[:1], store, K),
+            batch=lambda: exact_topk(queries, store, K),
+        ),
+        repeats,
+    )
+    return dict(
+        rows=store.shape[0],
+        read_s=seconds["read"],
+        stream_s=seconds["stream"],
+        single_query_s=seconds["single"],
+        batch_s=seconds["batch"],
+        batch=BATCH,
+        batch_per_query_s=seconds["batch"] / BATCH,
+        exact_over_stream=seconds["single"] / seconds["stream"],
+        batch_over_single=seconds["batch"] / BATCH / seconds["single"],
+        stream_gb_per_s=store.nbytes / seconds["stream"] / 1e9,
+    )
 
 
 def latency_and_recall(index: ApproxIndex, queries: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -127,11 +140,26 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, sweep: list[int]) -> d
     trade_off = []
     for expansion in sweep:
         index.index.expansion_search = expansion
-        trade_off.append(dict(zip(("expansion_search", "latency_ms", "recall"),
-                                  (expansion, *latency_and_recall(index, queries, truth)))))
-    return dict(rows=len(vectors), build_s=build_s, rows_per_s=len(vectors) / build_s, latency_ms=latency_ms,
-                recall=recall, expansion_search=default, connectivity=index.index.connectivity,
-                expansion_add=index.index.expansion_add, dtype=index.index.dtype.name.lower(), sweep=trade_off)
+        trade_off.append(
+            dict(
+                zip(
+                    ("expansion_search", "latency_ms", "recall"),
+                    (expansion, *latency_and_recall(index, queries, truth)),
+                )
+            )
+        )
+    return dict(
+        rows=len(vectors),
+        build_s=build_s,
+        rows_per_s=len(vectors) / build_s,
+        latency_ms=latency_ms,
+        recall=recall,
+        expansion_search=default,
+        connectivity=index.index.connectivity,
+        expansion_add=index.index.expansion_add,
+        dtype=index.index.dtype.name.lower(),
+        sweep=trade_off,
+    )
 
 
 def run(rows: int, dim: int, index_rows: int, kinds: list[str], sweep: list[int], repeats: int, seed: int) -> dict:
@@ -139,8 +167,13 @@ def run(rows: int, dim: int, index_rows: int, kinds: list[str], sweep: list[int]
     rng = np.random.default_rng(seed)
     report = dict(dim=dim, cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), index_queries=INDEX_QUERIES)
     with tempfile.TemporaryDirectory() as scratch:
-        store = zarr.create_array(store=str(Path(scratch) / "vectors.zarr"), shape=(rows, dim), dtype="float32",
-                                  chunks=(ZARR_CHUNK, dim), compressors=None)
+        store = zarr.create_array(
+            store=str(Path(scratch) / "vectors.zarr"),
+            shape=(rows, dim),
+            dtype="float32",
+            chunks=(ZARR_CHUNK, dim),
+            compressors=None,
+        )
         generate(lambda n: random_vectors(rng, n, dim), rows, store)
         report["exact"] = bench_exact(store, rng, repeats)
         if "random" in kinds:
@@ -161,17 +194,23 @@ def verdict(value: float, goal: float, below: bool = True) -> str:
 def print_table(report: dict) -> None:
     """Print the results, goals and verdicts as a small fixed-width table."""
     ex = report["exact"]
-    print(f"{ex['rows']:,} x {report['dim']} float32 zarr store, {report['cpus']} cpus, torch threads "
-          f"{report['torch_threads']}; median of the timed passes")
+    print(
+        f"{ex['rows']:,} x {report['dim']} float32 zarr store, {report['cpus']} cpus, torch threads "
+        f"{report['torch_threads']}; median of the timed passes"
+    )
     print(f"{'measure':<44}{'value':>10}  {'goal':<9}verdict")
     print(f"{'    zarr read alone, s':<44}{ex['read_s']:>10.3f}")
     print(f"{'(a) stream pass, s (GB/s ' + format(ex['stream_gb_per_s'], '.2f') + ')':<44}{ex['stream_s']:>10.3f}")
     print(f"{'(b) exact top-10, one query, s':<44}{ex['single_query_s']:>10.3f}")
-    print(f"{'(b)/(a)':<44}{ex['exact_over_stream']:>10.2f}  {'<= 1.3':<9}"
-          f"{verdict(ex['exact_over_stream'], GOALS['exact_over_stream'])}")
+    print(
+        f"{'(b)/(a)':<44}{ex['exact_over_stream']:>10.2f}  {'<= 1.3':<9}"
+        f"{verdict(ex['exact_over_stream'], GOALS['exact_over_stream'])}"
+    )
     print(f"{'(c) exact top-10, batch of 64, s per query':<44}{ex['batch_per_query_s']:>10.4f}")
-    print(f"{'(c)/(b)':<44}{ex['batch_over_single']:>10.3f}  {'< 1':<9}"
-          f"{verdict(ex['batch_over_single'], GOALS['batch_over_single'])}")
+    print(
+        f"{'(c)/(b)':<44}{ex['batch_over_single']:>10.3f}  {'< 1':<9}"
+        f"{verdict(ex['batch_over_single'], GOALS['batch_over_single'])}"
+    )
     for kind in ("random", "clustered"):
         if f"index_{kind}" in report:
             print_index(kind, report[f"index_{kind}"], ex["rows"])
@@ -180,15 +219,23 @@ def print_table(report: dict) -> None:
 def print_index(kind: str, ix: dict, store_rows: int) -> None:
     """The index rows of the table, and the expansion_search trade-off."""
     note = "" if ix["rows"] == store_rows else f" (index on {ix['rows']:,} rows, not {store_rows:,})"
-    print(f"(d) usearch on {kind} vectors{note}: connectivity {ix['connectivity']}, expansion_add "
-          f"{ix['expansion_add']}, expansion_search {ix['expansion_search']}, {ix['dtype']}")
+    print(
+        f"(d) usearch on {kind} vectors{note}: connectivity {ix['connectivity']}, expansion_add "
+        f"{ix['expansion_add']}, expansion_search {ix['expansion_search']}, {ix['dtype']}"
+    )
     print(f"{'    build, s (' + format(ix['rows_per_s'], ',.0f') + ' rows/s)':<44}{ix['build_s']:>10.1f}")
-    print(f"{'    single-query latency, ms (median)':<44}{ix['latency_ms']:>10.2f}  {'<= 5':<9}"
-          f"{verdict(ix['latency_ms'], GOALS['latency_ms'])}")
-    print(f"{'    recall@10 vs exact':<44}{ix['recall']:>10.3f}  {'>= 0.95':<9}"
-          f"{verdict(ix['recall'], GOALS['recall'], below=False)}")
-    print("    expansion_search trade-off: " + ", ".join(
-        f"{s['expansion_search']}: {s['recall']:.3f} @ {s['latency_ms']:.2f} ms" for s in ix["sweep"]))
+    print(
+        f"{'    single-query latency, ms (median)':<44}{ix['latency_ms']:>10.2f}  {'<= 5':<9}"
+        f"{verdict(ix['latency_ms'], GOALS['latency_ms'])}"
+    )
+    print(
+        f"{'    recall@10 vs exact':<44}{ix['recall']:>10.3f}  {'>= 0.95':<9}"
+        f"{verdict(ix['recall'], GOALS['recall'], below=False)}"
+    )
+    print(
+        "    expansion_search trade-off: "
+        + ", ".join(f"{s['expansion_search']}: {s['recall']:.3f} @ {s['latency_ms']:.2f} ms" for s in ix["sweep"])
+    )
 
 
 def main() -> None:
@@ -196,13 +243,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="vectors in the store for exact search")
     parser.add_argument("--dim", type=int, default=512, help="vector width")
     parser.add_argument("--index-rows", type=int, default=1_000_000, help="vectors indexed (capped at --rows)")
-    parser.add_argument("--index-data", nargs="*", default=["clustered"], choices=["clustered", "random"],
-                        help="kinds of vectors to index (random: the adversarial case, slow to build); none skips")
+    parser.add_argument(
+        "--index-data",
+        nargs="*",
+        default=["clustered"],
+        choices=["clustered", "random"],
+        help="kinds of vectors to index (random: the adversarial case, slow to build); none skips",
+    )
     parser.add_argument("--sweep", type=int, nargs="*", default=[64, 256, 1024], help="expansion_search values")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic vectors")
     args = parser.parse_args()
-    report = run(args.rows, args.dim, min(args.index_rows, args.rows), args.index_data, args.sweep, args.repeats,
-                 args.seed)
+    report = run(
+        args.rows, args.dim, min(args.index_rows, args.rows), args.index_data, args.sweep, args.repeats, args.seed
+    )
     finish(report, print_table, args.json)
 
 

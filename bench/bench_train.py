@@ -46,25 +46,38 @@ def run(data_root: Path, scratch: Path, epochs: int) -> dict:
     cached, panels, device = epoch_times(run_dir, base)
     uncached, _, _ = epoch_times(run_dir, {**base, "epochs": 1, "cache_features": False})
     later = statistics.median(cached[1:])
-    return dict(data_root=str(data_root), train_panels=panels, epochs=epochs, device=device,
-                first_epoch_s=cached[0], later_epoch_s=later, uncached_epoch_s=uncached[0],
-                later_over_first=later / cached[0], cached_panels_per_s=panels / later,
-                uncached_panels_per_s=panels / uncached[0], goal_ratio=GOAL_RATIO,
-                meets_goal=later / cached[0] <= GOAL_RATIO, **peak_memory_mib())
+    return dict(
+        data_root=str(data_root),
+        train_panels=panels,
+        epochs=epochs,
+        device=device,
+        first_epoch_s=cached[0],
+        later_epoch_s=later,
+        uncached_epoch_s=uncached[0],
+        later_over_first=later / cached[0],
+        cached_panels_per_s=panels / later,
+        uncached_panels_per_s=panels / uncached[0],
+        goal_ratio=GOAL_RATIO,
+        meets_goal=later / cached[0] <= GOAL_RATIO,
+        **peak_memory_mib(),
+    )
 
 
 def print_table(report: dict) -> None:
     """Print the results as a few aligned lines."""
     print(f"{report['train_panels']} training panels, {report['epochs']} epochs on {report['device']}")
     print(f"{'first epoch (fills the feature cache)':<42}{report['first_epoch_s']:>8.2f} s")
-    print(f"{'later epoch (median, from the cache)':<42}{report['later_epoch_s']:>8.2f} s"
-          f"{report['cached_panels_per_s']:>10.0f} panels/s")
-    print(f"{'one epoch without the cache':<42}{report['uncached_epoch_s']:>8.2f} s"
-          f"{report['uncached_panels_per_s']:>10.0f} panels/s")
+    print(
+        f"{'later epoch (median, from the cache)':<42}{report['later_epoch_s']:>8.2f} s"
+        f"{report['cached_panels_per_s']:>10.0f} panels/s"
+    )
+    print(
+        f"{'one epoch without the cache':<42}{report['uncached_epoch_s']:>8.2f} s"
+        f"{report['uncached_panels_per_s']:>10.0f} panels/s"
+    )
     memory = ", ".join(f"{k} {v:.0f}" for k, v in report.items() if k.startswith("peak_"))
     print(f"peak memory: {memory}")
-    print(f"later / first = {report['later_over_first']:.3f} <= {report['goal_ratio']}: "
-          f"{yes_no(report['meets_goal'])}")
+    print(f"later / first = {report['later_over_first']:.3f} <= {report['goal_ratio']}: {yes_no(report['meets_goal'])}")
 
 
 def main() -> int:

@@ -13,8 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def bench_parser(doc: str, *, data_root: bool = True, repeats: int | None = 3,
-                 repeats_help: str = "timed repetitions; the median is reported") -> argparse.ArgumentParser:
+def bench_parser(
+    doc: str,
+    *,
+    data_root: bool = True,
+    repeats: int | None = 3,
+    repeats_help: str = "timed repetitions; the median is reported",
+) -> argparse.ArgumentParser:
     """A parser described by the first line of doc, with --data-root (if asked), --repeats (unless None) and --json.
 
     The bench adds its own options to it and parses the command line itself.

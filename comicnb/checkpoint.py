@@ -58,20 +58,28 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def resume_conflicts(saved: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]],
-                     ignore: Iterable[str] = ()) -> list[str]:
+def resume_conflicts(
+    saved: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]], ignore: Iterable[str] = ()
+) -> list[str]:
     """``part.key`` of every setting that differs between a checkpoint's config and this run's (bar ``ignore``)."""
     ignore = set(ignore)
-    return sorted(f"{part}.{key}" for part, config in current.items() for key in config
-                  if key not in ignore and saved.get(part, {}).get(key) != config[key])
+    return sorted(
+        f"{part}.{key}"
+        for part, config in current.items()
+        for key in config
+        if key not in ignore and saved.get(part, {}).get(key) != config[key]
+    )
 
 
 def rng_state() -> dict[str, Any]:
     """Every generator's state, in types that torch.load(weights_only=True) accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), cuda=[s for s in torch.cuda.get_rng_state_all()],
-                numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-                python=random.getstate())
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=[s for s in torch.cuda.get_rng_state_all()],
+        numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        python=random.getstate(),
+    )
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:

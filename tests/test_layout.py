@@ -28,8 +28,12 @@ def loaded_by() -> Iterator[dict[str, set[str]]]:
     """The watched modules each probe's import loads, the probes run side by side in fresh interpreters."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     code = {name: f"{probe}\n{REPORT.format(watched=WATCHED)}" for name, probe in PROBES.items()}
-    running = {name: subprocess.Popen([sys.executable, "-c", text], cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name, text in code.items()}
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", text], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for name, text in code.items()
+    }
     results = {}
     try:
         for name, process in running.items():

@@ -26,8 +26,14 @@ from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
 from comicnb.stage3.objectives import Stage3Objective
 
 DIM, LENGTH = 32, 6
-TEXTS = ["Look out, the ship is sinking!", "Meanwhile, at the lighthouse...", "Rain again!", "The lamp flickers.",
-         "Who left the door open?", "Three crows sit on the wire."]
+TEXTS = [
+    "Look out, the ship is sinking!",
+    "Meanwhile, at the lighthouse...",
+    "Rain again!",
+    "The lamp flickers.",
+    "Who left the door open?",
+    "Three crows sit on the wire.",
+]
 
 
 def page_batch(pages: int = 2, panels: int = 4, counts: tuple[int, ...] = (4, 2), size: int = 32) -> dict:
@@ -35,17 +41,25 @@ def page_batch(pages: int = 2, panels: int = 4, counts: tuple[int, ...] = (4, 2)
     panel_mask = torch.arange(panels)[None, :] < torch.tensor(counts)[:, None]  # (B, N)
     modality_mask = panel_mask[..., None].expand(-1, -1, 3).float().clone()
     modality_mask[0, counts[0] - 1, 1] = 0
-    return dict(images=torch.rand(pages, panels, 3, size, size),
-                input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
-                attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
-                comp_feats=torch.rand(pages, panels, 7), modality_mask=modality_mask, panel_mask=panel_mask.float())
+    return dict(
+        images=torch.rand(pages, panels, 3, size, size),
+        input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
+        attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
+        comp_feats=torch.rand(pages, panels, 7),
+        modality_mask=modality_mask,
+        panel_mask=panel_mask.float(),
+    )
 
 
 def flat_batch(panels: int = 5) -> dict:
     """Random flat batch of panels that have every modality."""
-    return dict(images=torch.rand(panels, 3, 32, 32), input_ids=torch.randint(1000, 3000, (panels, LENGTH)),
-                attention_mask=torch.ones(panels, LENGTH, dtype=torch.long), comp_feats=torch.rand(panels, 7),
-                modality_mask=torch.ones(panels, 3))
+    return dict(
+        images=torch.rand(panels, 3, 32, 32),
+        input_ids=torch.randint(1000, 3000, (panels, LENGTH)),
+        attention_mask=torch.ones(panels, LENGTH, dtype=torch.long),
+        comp_feats=torch.rand(panels, 7),
+        modality_mask=torch.ones(panels, 3),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +78,9 @@ def test_every_backbone_and_fusion_gives_finite_features(backbone: str, fusion: 
 
 
 def test_concat_fuses_backbones_of_different_widths() -> None:
-    model = PanelFeatureExtractor(visual_backbone=["siglip", "resnet50", "efficientnet_lite0"], visual_fusion="concat",
-                                  feature_dim=DIM, tiny=True)
+    model = PanelFeatureExtractor(
+        visual_backbone=["siglip", "resnet50", "efficientnet_lite0"], visual_fusion="concat", feature_dim=DIM, tiny=True
+    )
     assert len({backbone.out_dim for backbone in model.visual.backbones}) == 3
     out = model(page_batch())
     assert out.shape == (2, 4, DIM) and torch.isfinite(out).all()
@@ -111,8 +126,12 @@ def test_masked_modalities_change_nothing_even_in_training_mode() -> None:
     model = PanelFeatureExtractor(feature_dim=DIM, tiny=True, freeze_backbones=False).train()
     batch = flat_batch(6)
     batch["modality_mask"] = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0]]).float()
-    changed = {**batch, "images": torch.rand(6, 3, 32, 32), "input_ids": torch.randint(1000, 3000, (6, LENGTH)),
-               "comp_feats": torch.rand(6, 7)}
+    changed = {
+        **batch,
+        "images": torch.rand(6, 3, 32, 32),
+        "input_ids": torch.randint(1000, 3000, (6, LENGTH)),
+        "comp_feats": torch.rand(6, 7),
+    }
     keep = batch["modality_mask"].bool()  # present inputs stay as they were; only masked ones change
     changed["images"][keep[:, 0]] = batch["images"][keep[:, 0]]
     changed["input_ids"][keep[:, 1]] = batch["input_ids"][keep[:, 1]]
@@ -144,8 +163,10 @@ def test_image_query_lands_in_the_fused_space(model: PanelFeatureExtractor) -> N
 
 
 def test_text_query_equals_the_text_only_fusion_of_a_collated_page(model: PanelFeatureExtractor) -> None:
-    items = [dict(images=torch.rand(4, 3, 32, 32), texts=[*TEXTS[:3], ""], comp_feats=torch.rand(4, 7), page_id="b/0"),
-             dict(images=torch.rand(2, 3, 32, 32), texts=TEXTS[3:5], comp_feats=torch.rand(2, 7), page_id="b/1")]
+    items = [
+        dict(images=torch.rand(4, 3, 32, 32), texts=[*TEXTS[:3], ""], comp_feats=torch.rand(4, 7), page_id="b/0"),
+        dict(images=torch.rand(2, 3, 32, 32), texts=TEXTS[3:5], comp_feats=torch.rand(2, 7), page_id="b/1"),
+    ]
     batch = collate_pages(items, tokenizer=model.tokenizer, max_length=model.cfg.max_text_length)
     text_only = batch["modality_mask"].clone()
     text_only[..., [0, 2]] = 0  # images and layout present in the batch, but masked
@@ -167,11 +188,14 @@ def minilm_model() -> PanelFeatureExtractor:
 
 @torch.no_grad()
 def test_a_text_query_finds_its_own_panel_among_panels_differing_only_in_text(
-        minilm_model: PanelFeatureExtractor) -> None:
+    minilm_model: PanelFeatureExtractor,
+) -> None:
     count = len(TEXTS)
     torch.manual_seed(1)
-    same_look = {"images": torch.rand(1, 3, 32, 32).expand(count, -1, -1, -1),
-                 "comp_feats": torch.rand(1, 7).expand(count, -1)}  # one image and one layout for every panel
+    same_look = {
+        "images": torch.rand(1, 3, 32, 32).expand(count, -1, -1, -1),
+        "comp_feats": torch.rand(1, 7).expand(count, -1),
+    }  # one image and one layout for every panel
     stored = minilm_model({**same_look, **minilm_model.text.tokenize(TEXTS), "modality_mask": torch.ones(count, 3)})
     cosine = minilm_model.encode_query(texts=TEXTS) @ stored.T  # (text query, stored fused panel)
     assert cosine.argmax(dim=1).tolist() == list(range(count))
@@ -232,8 +256,14 @@ def test_frozen_means_frozen(frozen: bool) -> None:
 
 
 def test_checkpoint_config_rebuilds_the_same_model(tmp_path: Path) -> None:
-    settings = dict(visual_backbone=["siglip", "efficientnet_lite0"], visual_fusion="gate", feature_dim=16,
-                    freeze_backbones=False, tiny=True, max_text_length=20)
+    settings = dict(
+        visual_backbone=["siglip", "efficientnet_lite0"],
+        visual_fusion="gate",
+        feature_dim=16,
+        freeze_backbones=False,
+        tiny=True,
+        max_text_length=20,
+    )
     torch.manual_seed(0)
     model = PanelFeatureExtractor(**settings).eval()
     torch.save({"model_state_dict": model.state_dict(), "config": {"model": model.config}}, tmp_path / "best_model.pt")
@@ -266,10 +296,14 @@ def test_flat_settings_split_into_the_three_configs() -> None:
 
 def test_default_model_uses_packaged_pretrained_weights() -> None:
     model = PanelFeatureExtractor(feature_dim=DIM).eval()
-    sentences = model.text.model.encode(["A dog runs in the park.", "A puppy is running on the grass.",
-                                         "Quarterly stock market report."], convert_to_tensor=True)
-    similar, unrelated = F.cosine_similarity(sentences[0], sentences[1], 0), F.cosine_similarity(sentences[0],
-                                                                                                  sentences[2], 0)
+    sentences = model.text.model.encode(
+        ["A dog runs in the park.", "A puppy is running on the grass.", "Quarterly stock market report."],
+        convert_to_tensor=True,
+    )
+    similar, unrelated = (
+        F.cosine_similarity(sentences[0], sentences[1], 0),
+        F.cosine_similarity(sentences[0], sentences[2], 0),
+    )
     assert similar > unrelated + 0.2
     with torch.no_grad():
         out = model(page_batch(size=224))
@@ -313,8 +347,9 @@ def test_the_seeds_inference_example_runs_with_its_import_changed(tmp_path: Path
     checkpoint = torch.load(tmp_path / "checkpoints" / "best_model.pt")
     model.load_state_dict(checkpoint["model_state_dict"])
     model.eval()
-    transform = T.Compose([T.Resize((224, 224)), T.ToTensor(),
-                           T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    transform = T.Compose(
+        [T.Resize((224, 224)), T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+    )
     image = Image.open(tmp_path / "panel.jpg").convert("RGB")
     image_tensor = transform(image).unsqueeze(0)
     with torch.no_grad(), pytest.warns(UserWarning, match="ImageNet-normalised"):
@@ -324,8 +359,7 @@ def test_the_seeds_inference_example_runs_with_its_import_changed(tmp_path: Path
 
 @pytest.mark.parametrize("frozen", [True, False])
 def test_both_backbones_honour_the_freeze_flag(frozen: bool) -> None:
-    model = PanelFeatureExtractor(visual_backbone="both", feature_dim=DIM, tiny=True,
-                                  freeze_backbones=frozen).train()
+    model = PanelFeatureExtractor(visual_backbone="both", feature_dim=DIM, tiny=True, freeze_backbones=frozen).train()
     assert [b.name for b in model.visual.backbones] == ["siglip", "resnet50"]
     for backbone in model.visual.backbones:
         assert all(p.requires_grad is not frozen for p in backbone.parameters())

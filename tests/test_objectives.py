@@ -20,10 +20,14 @@ def page_batch(counts: tuple[int, ...] = (4, 3, 2), panels: int = 4) -> dict:
     panel_mask = torch.arange(panels)[None, :] < torch.tensor(counts)[:, None]  # (B, N)
     modality_mask = panel_mask[..., None].expand(-1, -1, 3).float().clone()
     modality_mask[0, counts[0] - 1, 1] = 0
-    return dict(images=torch.rand(pages, panels, 3, 32, 32),
-                input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
-                attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
-                comp_feats=torch.rand(pages, panels, 7), modality_mask=modality_mask, panel_mask=panel_mask.float())
+    return dict(
+        images=torch.rand(pages, panels, 3, 32, 32),
+        input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
+        attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
+        comp_feats=torch.rand(pages, panels, 7),
+        modality_mask=modality_mask,
+        panel_mask=panel_mask.float(),
+    )
 
 
 def tiny_model(seed: int = 0) -> PanelFeatureExtractor:

@@ -29,8 +29,9 @@ def test_params_file_keys_are_declared_by_the_notebook(path):
     assert set(values) <= set(declared), f"{path}: unknown keys {sorted(set(values) - set(declared))}"
     for key, value in values.items():
         default = ast.literal_eval(declared[key]["default"])
-        assert isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)), \
+        assert isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)), (
             f"{path}: {key}={value!r} is not of the notebook's type {type(default).__name__}"
+        )
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)

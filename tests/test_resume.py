@@ -32,8 +32,9 @@ from comicnb.stage3.trainer import build_trainer, train_stage3
 
 # Tiny encoders; one page a step, so an epoch of the 4 training pages takes 4 steps; a checkpoint after each step;
 # decoding the pages at every step (no feature cache) gives the test time to catch the process mid-epoch.
-SETTINGS = dict(tiny=True, feature_dim=16, epochs=3, batch_size=1, lr=3e-3, seed=0, checkpoint_every=1,
-                cache_features=False)
+SETTINGS = dict(
+    tiny=True, feature_dim=16, epochs=3, batch_size=1, lr=3e-3, seed=0, checkpoint_every=1, cache_features=False
+)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -72,8 +73,9 @@ def train_command(params: Path, run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "comicnb", "train", "stage3", "--params", str(params), "--run-dir", str(run), *extra]
 
 
-def kill_mid_epoch(process: subprocess.Popen, last: Path, steps_per_epoch: int,
-                   timeout: float = 300.0) -> dict[str, Any]:
+def kill_mid_epoch(
+    process: subprocess.Popen, last: Path, steps_per_epoch: int, timeout: float = 300.0
+) -> dict[str, Any]:
     """SIGKILL ``process`` once the last checkpoint on disk is inside an epoch after the first; that checkpoint.
 
     Each new checkpoint file (written atomically by os.replace) is read while the process is stopped, so the file
@@ -99,13 +101,16 @@ def kill_mid_epoch(process: subprocess.Popen, last: Path, steps_per_epoch: int,
             return checkpoint
         os.kill(process.pid, signal.SIGCONT)
     process.kill()
-    pytest.fail(f"the training process ended (exit {process.wait()}) before it left a checkpoint inside an epoch "
-                f"after the first; make the run longer (more epochs or pages, smaller batches)")
+    pytest.fail(
+        f"the training process ended (exit {process.wait()}) before it left a checkpoint inside an epoch "
+        f"after the first; make the run longer (more epochs or pages, smaller batches)"
+    )
 
 
 @pytest.fixture(scope="module")
-def killed(run_dir: Path, steps_per_epoch: int, tmp_path_factory: pytest.TempPathFactory
-           ) -> tuple[Path, Path, dict[str, Any]]:
+def killed(
+    run_dir: Path, steps_per_epoch: int, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, dict[str, Any]]:
     """(params file, run folder, last checkpoint) of a real training process killed mid-epoch."""
     assert steps_per_epoch >= 3, "too few steps per epoch to stop inside one"
     root = tmp_path_factory.mktemp("killed")
@@ -122,8 +127,12 @@ def killed(run_dir: Path, steps_per_epoch: int, tmp_path_factory: pytest.TempPat
 def differences(expected: Any, got: Any, where: str = "") -> list[str]:
     """Where two nested checkpoint values differ: tensors by torch.equal, numbers and strings by ==."""
     if isinstance(expected, torch.Tensor) or isinstance(got, torch.Tensor):
-        same = (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor)
-                and expected.dtype == got.dtype and torch.equal(expected, got))
+        same = (
+            isinstance(expected, torch.Tensor)
+            and isinstance(got, torch.Tensor)
+            and expected.dtype == got.dtype
+            and torch.equal(expected, got)
+        )
         return [] if same else [where]
     if isinstance(expected, Mapping) and isinstance(got, Mapping):
         if set(expected) != set(got):
@@ -141,8 +150,9 @@ def without_seconds(epochs: list[dict]) -> list[dict]:
     return [{k: v for k, v in epoch.items() if k != "train_seconds"} for epoch in epochs]
 
 
-def test_a_killed_process_resumes_to_the_uninterrupted_result(killed: tuple[Path, Path, dict[str, Any]],
-                                                              uninterrupted: Path, steps_per_epoch: int) -> None:
+def test_a_killed_process_resumes_to_the_uninterrupted_result(
+    killed: tuple[Path, Path, dict[str, Any]], uninterrupted: Path, steps_per_epoch: int
+) -> None:
     params, run, at_kill = killed
     stopped_at = at_kill["step"]
     print(f"killed at step {stopped_at} of {SETTINGS['epochs'] * steps_per_epoch}")
@@ -150,8 +160,7 @@ def test_a_killed_process_resumes_to_the_uninterrupted_result(killed: tuple[Path
     assert steps_per_epoch < stopped_at < total and stopped_at % steps_per_epoch, stopped_at  # mid-epoch, not epoch 1
     assert checkpoints(run).best.is_file()  # the first epoch's validation already picked a best checkpoint
 
-    done = subprocess.run(train_command(params, run, "--resume"), env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(train_command(params, run, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     expected = torch.load(checkpoints(uninterrupted).last, weights_only=True)
@@ -159,7 +168,7 @@ def test_a_killed_process_resumes_to_the_uninterrupted_result(killed: tuple[Path
     assert got["step"] == expected["step"] == total
     # It resumed: the epochs finished before the kill keep the killed process's own wall-clock times.
     finished = at_kill["history"]["epochs"]
-    assert got["history"]["epochs"][:len(finished)] == finished
+    assert got["history"]["epochs"][: len(finished)] == finished
     # ... and took exactly the uninterrupted run's steps: same losses and learning rate at every step, same figures.
     differ = differences(expected["history"]["steps"], got["history"]["steps"], "history.steps")
     assert not differ, f"steps after the kill at step {stopped_at} differ: {differ[:5]}"
@@ -174,8 +183,9 @@ def test_a_killed_process_resumes_to_the_uninterrupted_result(killed: tuple[Path
     assert not differences(best_expected["model_state_dict"], best_got["model_state_dict"])
 
 
-def test_the_random_draws_change_the_weights(killed: tuple[Path, Path, dict[str, Any]], uninterrupted: Path,
-                                             run_dir: Path) -> None:
+def test_the_random_draws_change_the_weights(
+    killed: tuple[Path, Path, dict[str, Any]], uninterrupted: Path, run_dir: Path
+) -> None:
     """Resuming the same checkpoint with the generator somewhere else ends elsewhere: the draws matter, so a
     resumed run that did not restore them would fail the test above."""
     _, _, at_kill = killed

@@ -24,10 +24,16 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "params" / "p").mkdir(parents=True)
-    notebook(tmp_path / "notebooks" / "01_first.ipynb", 'run_dir: str = ""\nn: int = 1',
-             "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(str(n * 2))")
-    notebook(tmp_path / "notebooks" / "02_second.ipynb", 'run_dir: str = ""',
-             "from pathlib import Path\nassert Path(run_dir, 'first.txt').read_text() == '14'")
+    notebook(
+        tmp_path / "notebooks" / "01_first.ipynb",
+        'run_dir: str = ""\nn: int = 1',
+        "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(str(n * 2))",
+    )
+    notebook(
+        tmp_path / "notebooks" / "02_second.ipynb",
+        'run_dir: str = ""',
+        "from pathlib import Path\nassert Path(run_dir, 'first.txt').read_text() == '14'",
+    )
     (tmp_path / "params" / "p" / "01_first.yaml").write_text("n: 7\n")
     return tmp_path
 

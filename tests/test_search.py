@@ -1,4 +1,5 @@
 """Vector search: exact top-k against a brute-force reference, padding, the usearch index, and store look-up."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ def assert_same_hits(found: tuple[np.ndarray, np.ndarray], expected: tuple[np.nd
 
 def zarr_array(path: Path, data: np.ndarray, chunk: int) -> zarr.Array:
     """An uncompressed zarr v3 array of data, chunked along the first axis."""
-    array = zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype, chunks=(chunk, *data.shape[1:]),
-                              compressors=None)
+    array = zarr.create_array(
+        store=str(path), shape=data.shape, dtype=data.dtype, chunks=(chunk, *data.shape[1:]), compressors=None
+    )
     array[:] = data
     return array
 
@@ -65,8 +67,9 @@ def page_store(rows: int = 40, panels: int = 6, seed: int = 0) -> tuple[np.ndarr
     return vectors.astype(np.float32), mask
 
 
-def write_store(folder: Path, vectors: np.ndarray, mask: np.ndarray,
-                panel_index: dict[int, list[int]] | None = None) -> Path:
+def write_store(
+    folder: Path, vectors: np.ndarray, mask: np.ndarray, panel_index: dict[int, list[int]] | None = None
+) -> Path:
     """A panel_embeddings.zarr store as Stage 3 writes it, with metadata.json beside it; returns the store path.
 
     Each page's metadata ``panel_index`` (the page-JSON index of the panel in each slot) is its slots 0..n-1, as on
@@ -79,8 +82,13 @@ def write_store(folder: Path, vectors: np.ndarray, mask: np.ndarray,
     records = []
     for p in range(len(vectors)):
         count = int(mask[p].sum())
-        record = dict(book_id=f"book_{p // 10}", page_name=f"page_{p % 10:02d}", num_panels=count,
-                      embedding_indices=[p * mask.shape[1] + slot for slot in range(count)], split="train")
+        record = dict(
+            book_id=f"book_{p // 10}",
+            page_name=f"page_{p % 10:02d}",
+            num_panels=count,
+            embedding_indices=[p * mask.shape[1] + slot for slot in range(count)],
+            split="train",
+        )
         if panel_index is not None:
             record["panel_index"] = panel_index.get(p, list(range(count)))
         records.append(record)
@@ -101,8 +109,9 @@ def test_exact_matches_brute_force_in_memory(chunk_rows: int) -> None:
     vectors, queries = random_vectors(1000), random_vectors(6, seed=1)
     expected = brute_force(queries, vectors, 10)
     assert_same_hits(exact_topk(queries, vectors, k=10, chunk_rows=chunk_rows), expected)
-    assert_same_hits(exact_topk(torch.from_numpy(queries), torch.from_numpy(vectors), k=10, chunk_rows=chunk_rows),
-                     expected)
+    assert_same_hits(
+        exact_topk(torch.from_numpy(queries), torch.from_numpy(vectors), k=10, chunk_rows=chunk_rows), expected
+    )
 
 
 @pytest.mark.parametrize(("zarr_chunk", "chunk_rows"), [(64, 1), (64, 100), (70, 333), (1000, 65536), (333, 1000)])
@@ -117,7 +126,7 @@ def test_batch_equals_one_query_at_a_time() -> None:
     batch = exact_topk(queries, vectors, k=7, chunk_rows=128)
     for i, query in enumerate(queries):
         one = exact_topk(query, vectors, k=7, chunk_rows=128)
-        assert_same_hits(one, (batch[0][i:i + 1], batch[1][i:i + 1]))
+        assert_same_hits(one, (batch[0][i : i + 1], batch[1][i : i + 1]))
 
 
 def test_many_queries_split_blocks_without_changing_hits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,8 +163,8 @@ def test_zero_padding_never_returned_even_without_mask() -> None:
     scores, ids = exact_topk(query, vectors, k=int(mask.sum()) + 5, chunk_rows=30)
     real = ids[0][ids[0] >= 0]
     assert sorted(real.tolist()) == np.flatnonzero(mask.reshape(-1)).tolist()
-    assert (scores[0][len(real):] == -np.inf).all() and (ids[0][len(real):] == -1).all()
-    assert (scores[0][:len(real)] < 0).all()
+    assert (scores[0][len(real) :] == -np.inf).all() and (ids[0][len(real) :] == -1).all()
+    assert (scores[0][: len(real)] < 0).all()
 
 
 def test_page_vectors_are_renormalised_masked_means() -> None:
@@ -165,8 +174,9 @@ def test_page_vectors_are_renormalised_masked_means() -> None:
     half = 1 / np.sqrt(2)
     expected = [[half, half, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]]  # the page without panels: zero
     for chunk_rows in (3, 6, 100):  # one, two or all pages per block
-        np.testing.assert_allclose(page_vectors(vectors.astype(np.float32), mask, chunk_rows=chunk_rows), expected,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            page_vectors(vectors.astype(np.float32), mask, chunk_rows=chunk_rows), expected, atol=1e-6
+        )
 
 
 def test_approx_index_agrees_with_exact() -> None:
@@ -236,10 +246,10 @@ def test_similar_pages_ranks_the_page_first(tmp_path: Path) -> None:
 def test_strips_are_every_run_of_consecutive_real_panels(tmp_path: Path) -> None:
     vectors, mask = page_store()
     strips, where = strip_vectors(vectors, 3, mask, chunk_rows=7 * 6)  # blocks of 7 pages: strips never cross them
-    expected = [(p, s) for p in range(len(mask)) for s in range(mask.shape[1] - 2) if mask[p, s:s + 3].all()]
+    expected = [(p, s) for p in range(len(mask)) for s in range(mask.shape[1] - 2) if mask[p, s : s + 3].all()]
     assert [tuple(w) for w in where] == expected
     page, start = expected[5]
-    mean = vectors[page, start:start + 3].sum(axis=0)
+    mean = vectors[page, start : start + 3].sum(axis=0)
     assert np.allclose(strips[5], mean / np.linalg.norm(mean), atol=1e-6)
 
 
@@ -249,7 +259,7 @@ def test_similar_strips_find_the_strip_itself_first(tmp_path: Path) -> None:
     page = int(np.flatnonzero(mask.sum(axis=1) >= 4)[0])
     hits = finder.similar_strips(page, first_slot=1, width=3, k=4)
     assert (hits.page_index.iloc[0], hits.first_slot.iloc[0]) == (page, 1) and hits.score.iloc[0] == pytest.approx(1)
-    assert all(mask[p, s:s + 3].all() for p, s in zip(hits.page_index, hits.first_slot))  # every hit: 3 real panels
+    assert all(mask[p, s : s + 3].all() for p, s in zip(hits.page_index, hits.first_slot))  # every hit: 3 real panels
     assert len(hits) == 4 and hits.score.is_monotonic_decreasing
     with pytest.raises(ValueError, match="no strip"):
         finder.similar_strips(3, 0, width=2)  # page 3 has no panels

@@ -29,8 +29,9 @@ NARRATIVE = ("narrative", "story")
 
 def comicnb(*args: str) -> subprocess.CompletedProcess:
     """Run ``python -m comicnb ARGS`` to the end."""
-    return subprocess.run([sys.executable, "-m", "comicnb", *args], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "comicnb", *args], env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +48,39 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def seed_run(corpus: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
-             ) -> tuple[subprocess.CompletedProcess, Path]:
+def seed_run(
+    corpus: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess, Path]:
     """The seed's command line with its flags, and a params file that makes the model tiny; (process, run folder)."""
     data_root, train, val = corpus
     root = tmp_path_factory.mktemp("out")
     params = root / "tiny.yaml"
     params.write_text(yaml.safe_dump(dict(tiny=True, feature_dim=32, epochs=5)))  # the flags below win
     flags = [f"--{name}={value}" for name, value in FLAGS.items()]
-    done = comicnb("train", "stage3", "--params", str(params), "--data_root", str(data_root), "--train_pss_labels",
-                   str(train), "--val_pss_labels", str(val), *flags, "--run_name", "r", "--output_dir",
-                   str(root / "O"), "--use_wandb")
+    done = comicnb(
+        "train",
+        "stage3",
+        "--params",
+        str(params),
+        "--data_root",
+        str(data_root),
+        "--train_pss_labels",
+        str(train),
+        "--val_pss_labels",
+        str(val),
+        *flags,
+        "--run_name",
+        "r",
+        "--output_dir",
+        str(root / "O"),
+        "--use_wandb",
+    )
     return done, root / "O" / "r"
 
 
-def test_the_seed_command_line_trains_into_its_run_folder(seed_run: tuple[subprocess.CompletedProcess, Path],
-                                                          corpus: tuple[Path, Path, Path]) -> None:
+def test_the_seed_command_line_trains_into_its_run_folder(
+    seed_run: tuple[subprocess.CompletedProcess, Path], corpus: tuple[Path, Path, Path]
+) -> None:
     done, run = seed_run
     assert done.returncode == 0, done.stderr[-3000:]
     _, train, val = corpus
@@ -93,8 +111,9 @@ def test_the_seed_command_line_trains_into_its_run_folder(seed_run: tuple[subpro
     assert "Traceback" not in done.stderr
 
 
-def test_an_unknown_setting_in_the_params_file_is_a_one_line_error(corpus: tuple[Path, Path, Path],
-                                                                   tmp_path: Path) -> None:
+def test_an_unknown_setting_in_the_params_file_is_a_one_line_error(
+    corpus: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     data_root, _, _ = corpus
     run = tmp_path / "run"
     save_corpus(load_corpus(data_root), run)

@@ -1,4 +1,5 @@
 """The embedded corpus: determinism, the docs/corpus.md contract, story truth, layouts and injected defects."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,28 @@ from comicnb.corpus import synth
 from comicnb.corpus.synth import layouts, story
 
 SMALL = (320, 480)  # tiny pages keep the test corpora fast
-ALL_PROBLEMS = {"corrupt_image", "truncated_image", "huge_image", "missing_json", "invalid_json", "bad_json_shape",
-                "no_panels", "missing_image", "bbox_out_of_bounds", "bbox_outside_page", "bbox_negative",
-                "bbox_zero_area", "too_many_panels", "label_without_page", "page_without_label", "image_mode",
-                "text_encoding", "text_unicode", "duplicate_image", "duplicate_json"}
+ALL_PROBLEMS = {
+    "corrupt_image",
+    "truncated_image",
+    "huge_image",
+    "missing_json",
+    "invalid_json",
+    "bad_json_shape",
+    "no_panels",
+    "missing_image",
+    "bbox_out_of_bounds",
+    "bbox_outside_page",
+    "bbox_negative",
+    "bbox_zero_area",
+    "too_many_panels",
+    "label_without_page",
+    "page_without_label",
+    "image_mode",
+    "text_encoding",
+    "text_unicode",
+    "duplicate_image",
+    "duplicate_json",
+}
 
 
 def _make(root: Path, name: str, **kwargs) -> Path:
@@ -35,16 +54,23 @@ def _make(root: Path, name: str, **kwargs) -> Path:
 def corpora(tmp_path_factory) -> dict[str, Path]:
     """The corpora the tests read, generated once."""
     root = tmp_path_factory.mktemp("corpora")
-    return {"clean": _make(root, "clean"), "twin": _make(root, "twin"), "seed2": _make(root, "seed2", seed=2),
-            "xyxy": _make(root, "xyxy", books=2, pages=4, bbox_format="xyxy"),
-            "noisy": _make(root, "noisy", books=1, pages=4, ocr_noise=0.3),
-            "dirty": _make(root, "dirty", books=4, pages=8, seed=3, dirty=True)}
+    return {
+        "clean": _make(root, "clean"),
+        "twin": _make(root, "twin"),
+        "seed2": _make(root, "seed2", seed=2),
+        "xyxy": _make(root, "xyxy", books=2, pages=4, bbox_format="xyxy"),
+        "noisy": _make(root, "noisy", books=1, pages=4, ocr_noise=0.3),
+        "dirty": _make(root, "dirty", books=4, pages=8, seed=3, dirty=True),
+    }
 
 
 def _digest(root: Path) -> dict[str, str]:
     """sha256 of every file under root, by relative path."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _truth(root: Path) -> dict:
@@ -125,7 +151,7 @@ def test_clean_boxes_lie_inside_the_page_and_do_not_overlap(corpora, name):
         for x0, y0, x1, y1 in boxes:
             assert 0 <= x0 < x1 <= doc["image_width"] and 0 <= y0 < y1 <= doc["image_height"]
         for i, a in enumerate(boxes):
-            for c in boxes[i + 1:]:
+            for c in boxes[i + 1 :]:
                 assert min(a[2], c[2]) <= max(a[0], c[0]) or min(a[3], c[3]) <= max(a[1], c[1])
 
 
@@ -204,8 +230,12 @@ def test_characters_recur_with_a_stable_identity(corpora):
     looks = {(c["body"], c["accessory"]) for c in truth["characters"].values()}
     assert len(looks) == len(truth["characters"]) == 8
     for book in truth["books"].values():
-        pages_of = Counter(c for page in book["pages"].values() if page["label"] == "narrative"
-                           for c in {c for panel in page["panels"] for c in panel["characters"]})
+        pages_of = Counter(
+            c
+            for page in book["pages"].values()
+            if page["label"] == "narrative"
+            for c in {c for panel in page["panels"] for c in panel["characters"]}
+        )
         assert 3 <= len(book["pages"]["page_000"]["panels"][0]["characters"]) <= 5
         assert set(pages_of) <= set(truth["characters"]) and max(pages_of.values()) >= 2
 
@@ -221,8 +251,9 @@ def test_actions_progress_over_consecutive_panels(corpora):
 
 
 def test_dialogue_has_speakers_in_the_panel_and_silent_panels_exist(corpora):
-    panels = [panel for _, _, page in _pages(corpora["clean"]) if page["label"] == "narrative"
-              for panel in page["panels"]]
+    panels = [
+        panel for _, _, page in _pages(corpora["clean"]) if page["label"] == "narrative" for panel in page["panels"]
+    ]
     assert any(panel["lines"] for panel in panels) and any(not panel["lines"] for panel in panels)
     for panel in panels:
         for line in panel["lines"]:
@@ -234,8 +265,14 @@ def test_answers_follow_their_questions_and_need_the_context():
     plan = synth.plan_corpus(3, 10, seed=7, page_size=SMALL)
     answered = Counter()
     for book in plan["books"].values():
-        spoken = [(panel, line) for page in book["pages"].values() if page["label"] == "narrative"
-                  for panel in page["panels"] for line in panel["lines"] if line["kind"] == "speech"]
+        spoken = [
+            (panel, line)
+            for page in book["pages"].values()
+            if page["label"] == "narrative"
+            for panel in page["panels"]
+            for line in panel["lines"]
+            if line["kind"] == "speech"
+        ]
         for (_, question), (panel, answer) in zip(spoken, spoken[1:]):
             if question["text"].startswith(("What colour", "Is the", "How many", "Are there", "Where shall")):
                 assert answer["speaker"] != question["speaker"] and answer["speaker"] in panel["characters"]
@@ -265,15 +302,22 @@ def test_both_image_formats_are_written(corpora):
 
 
 def test_page_sizes_vary_between_books(corpora):
-    sizes = {(d["image_width"], d["image_height"]) for b, p, _ in _pages(corpora["clean"])
-             for d in [_doc(corpora["clean"], b, p)]}
+    sizes = {
+        (d["image_width"], d["image_height"])
+        for b, p, _ in _pages(corpora["clean"])
+        for d in [_doc(corpora["clean"], b, p)]
+    }
     assert len(sizes) > 1
 
 
 def test_max_panels_is_respected_in_clean_mode():
     plan = synth.plan_corpus(3, 8, seed=4, max_panels=5, page_size=SMALL)
-    counts = [len(page["panels"]) for book in plan["books"].values() for page in book["pages"].values()
-              if page["label"] == "narrative"]
+    counts = [
+        len(page["panels"])
+        for book in plan["books"].values()
+        for page in book["pages"].values()
+        if page["label"] == "narrative"
+    ]
     assert max(counts) <= 5 and min(counts) >= 3
 
 
@@ -298,10 +342,24 @@ def _box(root: Path, d: dict) -> tuple[int, int, int, int, int, int]:
     return (*_xyxy(doc["panels"][d["panel"]]["bbox"], "xywh"), doc["image_width"], doc["image_height"])
 
 
-FILE_PROBLEMS = {"corrupt_image", "truncated_image", "huge_image", "image_mode", "missing_json", "missing_image",
-                 "duplicate_image", "duplicate_json"}
-PAGE_PROBLEMS = {"invalid_json", "bad_json_shape", "no_panels", "too_many_panels", "label_without_page",
-                 "page_without_label"}
+FILE_PROBLEMS = {
+    "corrupt_image",
+    "truncated_image",
+    "huge_image",
+    "image_mode",
+    "missing_json",
+    "missing_image",
+    "duplicate_image",
+    "duplicate_json",
+}
+PAGE_PROBLEMS = {
+    "invalid_json",
+    "bad_json_shape",
+    "no_panels",
+    "too_many_panels",
+    "label_without_page",
+    "page_without_label",
+}
 
 
 def _check_file_defect(root: Path, d: dict) -> None:
@@ -359,18 +417,21 @@ def _check_text_or_box_defect(root: Path, d: dict, truth: dict) -> None:
         text = _doc(root, b, p)["panels"][d["panel"]]["text"]
         assert any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
         assert not unicodedata.is_normalized("NFC", text)
-        repaired = "".join(ch for ch in unicodedata.normalize("NFC", text)
-                           if unicodedata.category(ch) not in ("Cc", "Cf"))
+        repaired = "".join(
+            ch for ch in unicodedata.normalize("NFC", text) if unicodedata.category(ch) not in ("Cc", "Cf")
+        )
         lines = truth["books"][b]["pages"][p]["panels"][d["panel"]]["lines"]
         assert repaired == " ".join(line["text"] for line in lines)
         return
     x0, y0, x1, y1, w, h = _box(root, d)
     inside = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
     area = max(0, inside[2] - inside[0]) * max(0, inside[3] - inside[1])
-    expected = {"bbox_out_of_bounds": lambda: area > 0 and (x1 > w or y1 > h),
-                "bbox_outside_page": lambda: area == 0 and x1 > x0 and y1 > y0,
-                "bbox_negative": lambda: min(x0, y0) < 0 and area > 0,
-                "bbox_zero_area": lambda: x1 == x0 or y1 == y0}
+    expected = {
+        "bbox_out_of_bounds": lambda: area > 0 and (x1 > w or y1 > h),
+        "bbox_outside_page": lambda: area == 0 and x1 > x0 and y1 > y0,
+        "bbox_negative": lambda: min(x0, y0) < 0 and area > 0,
+        "bbox_zero_area": lambda: x1 == x0 or y1 == y0,
+    }
     assert expected[problem](), (problem, (x0, y0, x1, y1, w, h))
 
 
@@ -384,8 +445,9 @@ def test_each_listed_defect_is_really_there(corpora):
             _check_page_defect(root, d, labels, truth)
         else:
             _check_text_or_box_defect(root, d, truth)
-        assert (d["panel"] is not None) == (d["action"] in ("repaired", "skipped_panel")
-                                            and d["problem"] != "text_encoding")
+        assert (d["panel"] is not None) == (
+            d["action"] in ("repaired", "skipped_panel") and d["problem"] != "text_encoding"
+        )
 
 
 def test_dirty_pages_outside_the_list_are_clean(corpora):
@@ -417,8 +479,25 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
 def test_command_line_writes_and_summarises(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path / "c"), "--books", "1", "--pages", "3", "--seed", "2",
-                              "--bbox-format", "xyxy", "--ocr-noise", "0.1", "--page-size", "320", "480"])
+    args = parser.parse_args(
+        [
+            "--out",
+            str(tmp_path / "c"),
+            "--books",
+            "1",
+            "--pages",
+            "3",
+            "--seed",
+            "2",
+            "--bbox-format",
+            "xyxy",
+            "--ocr-noise",
+            "0.1",
+            "--page-size",
+            "320",
+            "480",
+        ]
+    )
     assert synth.main(args) == 0
     assert "3 pages" in capsys.readouterr().out
     assert _truth(tmp_path / "c")["bbox_format"] == "xyxy"

@@ -69,8 +69,7 @@ def test_validation_reports_collapse_and_retrieval_with_chance(trained: Stage3Tr
     assert report["image_to_text_recall@1"] <= report["image_to_text_recall@5"] <= report["image_to_text_recall@10"]
 
 
-def test_resume_reproduces_the_uninterrupted_run(trained: Stage3Trainer, run_dir: Path,
-                                                 tmp_path: Path) -> None:
+def test_resume_reproduces_the_uninterrupted_run(trained: Stage3Trainer, run_dir: Path, tmp_path: Path) -> None:
     assert trained.steps_per_epoch > 1, "an epoch of one step has no middle to resume from"
     first = build_trainer(run_dir, SETTINGS)
     files = checkpoints(tmp_path / "half")
@@ -84,12 +83,20 @@ def test_resume_reproduces_the_uninterrupted_run(trained: Stage3Trainer, run_dir
     assert resumed.history.steps == trained.history.steps
 
 
-def test_checkpoint_loads_weights_only_and_rebuilds_the_model(trained: Stage3Trainer, run_dir: Path,
-                                                              tmp_path: Path) -> None:
+def test_checkpoint_loads_weights_only_and_rebuilds_the_model(
+    trained: Stage3Trainer, run_dir: Path, tmp_path: Path
+) -> None:
     path = trained.save(tmp_path / "stage3.pt")
     checkpoint = torch.load(path, weights_only=True)
-    assert {"model_state_dict", "objective_state_dict", "optimizer_state_dict", "scheduler_state_dict", "config",
-            "step", "rng"} <= set(checkpoint)
+    assert {
+        "model_state_dict",
+        "objective_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "config",
+        "step",
+        "rng",
+    } <= set(checkpoint)
     model = model_from_checkpoint(path)
     batch = next(trained.val_source.iterate([[0, 1]]))
     trained.model.eval()
@@ -117,8 +124,9 @@ def test_unknown_setting_is_refused(run_dir: Path) -> None:
         build_trainer(run_dir, {**SETTINGS, "epochz": 3})
 
 
-def test_cli_trains_from_a_params_file(trained: Stage3Trainer, run_dir: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_cli_trains_from_a_params_file(
+    trained: Stage3Trainer, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("stage3"))
     params = tmp_path / "stage3.yaml"
@@ -143,9 +151,28 @@ def test_accelerate_launch_spreads_training_over_two_processes(run_dir: Path, tm
     out = tmp_path / "run"
     shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("stage3"))
     # --multi_gpu starts one process each through torchrun; ACCELERATE_USE_CPU makes them a gloo group on the CPU.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "comicnb", "train",
-              "stage3", "--params", str(params), "--run-dir", str(out)]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "comicnb",
+        "train",
+        "stage3",
+        "--params",
+        str(params),
+        "--run-dir",
+        str(out),
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -157,8 +184,9 @@ def test_accelerate_launch_spreads_training_over_two_processes(run_dir: Path, tm
     assert model_from_checkpoint(checkpoint).feature_dim == SETTINGS["feature_dim"]
 
 
-def test_checkpoints_every_epoch_and_resumes_a_killed_run_from_the_last(trained: Stage3Trainer,
-                                                                       run_dir: Path, tmp_path: Path) -> None:
+def test_checkpoints_every_epoch_and_resumes_a_killed_run_from_the_last(
+    trained: Stage3Trainer, run_dir: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("stage3"))
     files = checkpoints(run)
@@ -181,8 +209,7 @@ def test_checkpoints_every_epoch_and_resumes_a_killed_run_from_the_last(trained:
     assert not list(run.rglob("*.partial"))
 
 
-def test_resuming_with_other_settings_is_refused(trained: Stage3Trainer, run_dir: Path,
-                                                 tmp_path: Path) -> None:
+def test_resuming_with_other_settings_is_refused(trained: Stage3Trainer, run_dir: Path, tmp_path: Path) -> None:
     path = trained.save(tmp_path / "stage3.pt")
     other = build_trainer(run_dir, {**SETTINGS, "lr": 1e-2, "num_workers": 1})
     with pytest.raises(ValueError, match=r"train\.lr") as refused:

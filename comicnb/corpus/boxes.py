@@ -7,8 +7,9 @@ from collections.abc import Sequence
 BBOX_FORMATS = ("xywh", "xyxy")
 
 
-def repair_box(bbox: Sequence[float], width: float, height: float,
-               bbox_format: str = "xywh") -> tuple[list[float] | None, str | None, str, str]:
+def repair_box(
+    bbox: Sequence[float], width: float, height: float, bbox_format: str = "xywh"
+) -> tuple[list[float] | None, str | None, str, str]:
     """Box as [x1, y1, x2, y2] clipped to the page (None when skipped), with its problem, action and detail."""
     x1, y1, a, b = (float(v) for v in bbox)
     x2, y2 = (x1 + a, y1 + b) if bbox_format == "xywh" else (a, b)
@@ -25,5 +26,3 @@ def repair_box(bbox: Sequence[float], width: float, height: float,
     if clipped != [x1, y1, x2, y2]:
         return clipped, "bbox_out_of_bounds", "repaired", f"{given} clipped to the {width}x{height} page"
     return clipped, None, "", ""
-
-

@@ -28,8 +28,14 @@ def bbox_fit(data_root: str | Path, *, tolerance: float = 0.01) -> pd.DataFrame:
         x1, y1, a, b = boxes.T
         x2, y2 = (x1 + a, y1 + b) if fmt == "xywh" else (a, b)
         slack_w, slack_h = sizes[:, 0] * tolerance, sizes[:, 1] * tolerance
-        fits = ((x2 > x1) & (y2 > y1) & (x1 >= -slack_w) & (y1 >= -slack_h)
-                & (x2 <= sizes[:, 0] + slack_w) & (y2 <= sizes[:, 1] + slack_h))
+        fits = (
+            (x2 > x1)
+            & (y2 > y1)
+            & (x1 >= -slack_w)
+            & (y1 >= -slack_h)
+            & (x2 <= sizes[:, 0] + slack_w)
+            & (y2 <= sizes[:, 1] + slack_h)
+        )
         rows.append(dict(bbox_format=fmt, boxes=len(boxes), fit=float(fits.mean()) if len(boxes) else math.nan))
     return pd.DataFrame(rows).set_index("bbox_format")
 
@@ -71,9 +77,11 @@ def check_bbox_format(data_root: str | Path, bbox_format: str, *, margin: float 
     fit = bbox_fit(data_root)
     best = fit.fit.idxmax() if fit.fit.notna().any() else bbox_format
     if fit.fit[bbox_format] < fit.fit[best] - margin:
-        raise BboxFormatError(f"bbox_format={bbox_format!r} fits {fit.fit[bbox_format]:.0%} of the boxes in "
-                              f"{data_root}, {best!r} fits {fit.fit[best]:.0%}: set bbox_format={best!r} (notebook 01 "
-                              f"parameter, or the profile's 01_data_inspection.yaml)")
+        raise BboxFormatError(
+            f"bbox_format={bbox_format!r} fits {fit.fit[bbox_format]:.0%} of the boxes in "
+            f"{data_root}, {best!r} fits {fit.fit[best]:.0%}: set bbox_format={best!r} (notebook 01 "
+            f"parameter, or the profile's 01_data_inspection.yaml)"
+        )
     return fit
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 
 # One row per panel from composition_features, in this order.
 COMPOSITION_FEATURES = (
-    "centre_x",       # box centre x / page width, in [0, 1]
-    "centre_y",       # box centre y / page height, in [0, 1]
-    "width",          # box width / page width, in (0, 1]
-    "height",         # box height / page height, in (0, 1]
-    "log_aspect",     # log(box width / box height) in pixels, any finite value
-    "area",           # box area / page area, in (0, 1]
+    "centre_x",  # box centre x / page width, in [0, 1]
+    "centre_y",  # box centre y / page height, in [0, 1]
+    "width",  # box width / page width, in (0, 1]
+    "height",  # box height / page height, in (0, 1]
+    "log_aspect",  # log(box width / box height) in pixels, any finite value
+    "area",  # box area / page area, in (0, 1]
     "edge_distance",  # distance from the box to the nearest page edge / min(page width, page height), in [0, 0.5]
 )
 
@@ -28,8 +28,15 @@ def composition_features(boxes: Sequence[Sequence[float]], width: float, height:
     x1, y1, x2, y2 = xyxy.T
     w, h = x2 - x1, y2 - y1
     edge = np.minimum.reduce([x1, y1, width - x2, height - y2])
-    feats = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, w / width, h / height, np.log(w / h),
-             w * h / (width * height), np.clip(edge, 0, None) / min(width, height)]
+    feats = [
+        (x1 + x2) / 2 / width,
+        (y1 + y2) / 2 / height,
+        w / width,
+        h / height,
+        np.log(w / h),
+        w * h / (width * height),
+        np.clip(edge, 0, None) / min(width, height),
+    ]
     return np.stack(feats, axis=1).astype(np.float32)  # (panels, 7)
 
 

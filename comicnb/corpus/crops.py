@@ -22,8 +22,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def crop_panels(image: Image.Image, boxes: Sequence[Sequence[float]], size: int | tuple[int, int] | None = None, *,
-                min_side: int | None = None) -> list[Image.Image]:
+def crop_panels(
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    size: int | tuple[int, int] | None = None,
+    *,
+    min_side: int | None = None,
+) -> list[Image.Image]:
     """Convert the page to RGB once and crop each [x1, y1, x2, y2] box; resized to size (w, h or square) if given.
 
     With min_side, a JPEG not yet decoded is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) as long as every crop
@@ -31,8 +36,9 @@ def crop_panels(image: Image.Image, boxes: Sequence[Sequence[float]], size: int 
     """
     sx, sy = _draft_scale(image, boxes, min_side) if min_side else (1.0, 1.0)
     page = to_rgb(image)
-    crops = [page.crop(_pixel_box([x1 * sx, y1 * sy, x2 * sx, y2 * sy], page.width, page.height))
-             for x1, y1, x2, y2 in boxes]
+    crops = [
+        page.crop(_pixel_box([x1 * sx, y1 * sy, x2 * sx, y2 * sy], page.width, page.height)) for x1, y1, x2, y2 in boxes
+    ]
     if size is None:
         return crops
     target = (size, size) if isinstance(size, int) else tuple(size)

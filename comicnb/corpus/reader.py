@@ -27,8 +27,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _FILE_KINDS = {**{suffix: "image" for suffix in IMAGE_SUFFIXES}, ".json": "json"}
 PROBLEM_COLUMNS = ("book_id", "page_name", "panel", "file", "problem", "action", "detail")
 PAGE_COLUMNS = (
-    "page_id", "book_id", "page_name", "part", "label", "image_path", "image_width", "image_height", "image_mode",
-    "num_panels", "panel_index", "boxes", "texts", "descriptions", "text_boxes", "split",
+    "page_id",
+    "book_id",
+    "page_name",
+    "part",
+    "label",
+    "image_path",
+    "image_width",
+    "image_height",
+    "image_mode",
+    "num_panels",
+    "panel_index",
+    "boxes",
+    "texts",
+    "descriptions",
+    "text_boxes",
+    "split",
 )
 
 
@@ -74,8 +88,17 @@ class _PageLog:
 
     def add(self, problem: str, action: str, detail: str, file: str | None = None, panel: int | None = None) -> None:
         """Record one problem row."""
-        self.rows.append(dict(book_id=self.book_id, page_name=self.page_name, panel=panel, file=file,
-                              problem=problem, action=action, detail=detail))
+        self.rows.append(
+            dict(
+                book_id=self.book_id,
+                page_name=self.page_name,
+                panel=panel,
+                file=file,
+                problem=problem,
+                action=action,
+                detail=detail,
+            )
+        )
 
 
 def load_corpus(
@@ -102,8 +125,14 @@ def load_corpus(
         raise ValueError(f"bad options: bbox_format={bbox_format!r} unlabelled={unlabelled!r} max_panels={max_panels}")
     root = Path(data_root)
     labels = read_labels(root / "pss_labels.json" if pss_labels is None else pss_labels)
-    opts = _Options(frozenset(n.lower() for n in narrative_labels), bbox_format, max_panels, unlabelled,
-                    max_image_pixels, decode_check)
+    opts = _Options(
+        frozenset(n.lower() for n in narrative_labels),
+        bbox_format,
+        max_panels,
+        unlabelled,
+        max_image_pixels,
+        decode_check,
+    )
     files, problems = _scan(root)
     rows: list[dict] = []
     for book_id, page_name in sorted(files.keys() | labels.keys(), key=_natural_key):
@@ -114,9 +143,16 @@ def load_corpus(
     assignment = split_books(pages["book_id"], split, seed)
     pages["split"] = pages["book_id"].map(assignment)
     problem_table = pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)).astype({"panel": "Int64"})
-    options = dict(narrative_labels=sorted(opts.narrative), bbox_format=bbox_format, max_panels=max_panels,
-                   unlabelled=unlabelled, max_image_pixels=max_image_pixels, split=list(split), seed=seed,
-                   decode_check=decode_check)
+    options = dict(
+        narrative_labels=sorted(opts.narrative),
+        bbox_format=bbox_format,
+        max_panels=max_panels,
+        unlabelled=unlabelled,
+        max_image_pixels=max_image_pixels,
+        split=list(split),
+        seed=seed,
+        decode_check=decode_check,
+    )
     return Corpus(pages, problem_table, root, options)
 
 
@@ -164,8 +200,12 @@ def _scan(root: Path) -> tuple[dict[tuple[str, str], dict[str, Path]], list[dict
             entry = files.setdefault((book.name, path.stem), {})
             if kind in entry:
                 log = _PageLog(book.name, path.stem, problems)
-                log.add(f"duplicate_{kind}", "noted", f"same stem as {entry[kind].name}, which is used",
-                        _relative(path, root))
+                log.add(
+                    f"duplicate_{kind}",
+                    "noted",
+                    f"same stem as {entry[kind].name}, which is used",
+                    _relative(path, root),
+                )
                 continue
             entry[kind] = path
     return files, problems
@@ -176,8 +216,9 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _read_labelled_page(root: Path, files: dict[str, Path] | None, label: str | None, opts: _Options,
-                        log: _PageLog) -> list[dict]:
+def _read_labelled_page(
+    root: Path, files: dict[str, Path] | None, label: str | None, opts: _Options, log: _PageLog
+) -> list[dict]:
     """Apply the label rules to one (book, page) and read it if it is narrative."""
     if files is None:
         log.add("label_without_page", "noted", f"labelled {label!r} but no image or JSON on disk")
@@ -213,8 +254,15 @@ def _read_page(root: Path, files: dict[str, Path], label: str, opts: _Options, l
     if not kept:
         log.add("no_panels", "skipped_page", f"{len(panels)} panels listed, none usable", json_file)
         return []
-    base = dict(book_id=log.book_id, page_name=log.page_name, label=label, image_path=image_file,
-                image_width=width, image_height=height, image_mode=mode)
+    base = dict(
+        book_id=log.book_id,
+        page_name=log.page_name,
+        label=label,
+        image_path=image_file,
+        image_width=width,
+        image_height=height,
+        image_mode=mode,
+    )
     return _page_parts(base, kept, opts.max_panels, json_file, log)
 
 
@@ -226,8 +274,9 @@ def _read_json(path: Path, file: str, log: _PageLog) -> Any:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as err:
             text, encoding = _decode_legacy(raw)
-            log.add("text_encoding", "repaired", f"not UTF-8 ({err.reason} at byte {err.start}); read as {encoding}",
-                    file)
+            log.add(
+                "text_encoding", "repaired", f"not UTF-8 ({err.reason} at byte {err.start}); read as {encoding}", file
+            )
         return json.loads(text)
     except (OSError, ValueError, RecursionError) as err:
         log.add("invalid_json", "skipped_page", f"{type(err).__name__}: {err}", file)
@@ -267,8 +316,12 @@ def _shape_error(doc: Any) -> str | None:
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite_number(v) for v in bbox)):
             return f"panel {i} bbox {bbox!r} is not 4 finite numbers"
         text_boxes = panel.get("text_boxes") or []
-        if not (_is_optional_str(panel.get("text")) and _is_optional_str(panel.get("description"))
-                and isinstance(text_boxes, list) and all(isinstance(t, str) for t in text_boxes)):
+        if not (
+            _is_optional_str(panel.get("text"))
+            and _is_optional_str(panel.get("description"))
+            and isinstance(text_boxes, list)
+            and all(isinstance(t, str) for t in text_boxes)
+        ):
             return f"panel {i} text, description or text_boxes is not text"
     return None
 
@@ -315,8 +368,9 @@ def _decode_small(img: Image.Image) -> None:
     img.load()
 
 
-def _repair_panels(panels: list[dict], width: int, height: int, bbox_format: str, file: str,
-                   log: _PageLog) -> list[dict]:
+def _repair_panels(
+    panels: list[dict], width: int, height: int, bbox_format: str, file: str, log: _PageLog
+) -> list[dict]:
     """Kept panels as dicts with index, box (x1, y1, x2, y2), cleaned text, description and text_boxes."""
     kept = []
     for i, panel in enumerate(panels):
@@ -343,23 +397,36 @@ def _clean_panel_text(panel: dict, file: str, index: int, log: _PageLog) -> dict
 def clean_text(text: str) -> str:
     """Drop control, zero-width and bidi-control characters, NFC-normalise, collapse whitespace."""
     # Cf holds the zero-width and bidi controls; lone surrogates (Cs, legal in JSON) cannot be written as UTF-8.
-    kept = "".join(" " if ch.isspace() else ch for ch in text
-                   if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
+    kept = "".join(
+        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
+    )
     return " ".join(unicodedata.normalize("NFC", kept).split())
 
 
 def _page_parts(base: dict, panels: list[dict], max_panels: int, file: str, log: _PageLog) -> list[dict]:
     """Pages-table rows for one page, split into consecutive parts of at most max_panels panels."""
-    parts = [panels] if len(panels) <= max_panels else [
-        list(chunk) for chunk in np.array_split(np.array(panels, dtype=object), math.ceil(len(panels) / max_panels))]
+    parts = (
+        [panels]
+        if len(panels) <= max_panels
+        else [
+            list(chunk) for chunk in np.array_split(np.array(panels, dtype=object), math.ceil(len(panels) / max_panels))
+        ]
+    )
     if len(parts) > 1:
         sizes = ", ".join(str(len(p)) for p in parts)
         log.add("too_many_panels", "split", f"{len(panels)} panels > {max_panels}: parts of {sizes}", file)
     page_id = f"{base['book_id']}/{base['page_name']}"
-    return [dict(base, page_id=page_id if len(parts) == 1 else f"{page_id}#{k}", part=k, num_panels=len(part),
-                 panel_index=[p["index"] for p in part], boxes=[p["box"] for p in part],
-                 texts=[p["text"] for p in part], descriptions=[p["description"] for p in part],
-                 text_boxes=[p["text_boxes"] for p in part])
-            for k, part in enumerate(parts)]
-
-
+    return [
+        dict(
+            base,
+            page_id=page_id if len(parts) == 1 else f"{page_id}#{k}",
+            part=k,
+            num_panels=len(part),
+            panel_index=[p["index"] for p in part],
+            boxes=[p["box"] for p in part],
+            texts=[p["text"] for p in part],
+            descriptions=[p["description"] for p in part],
+            text_boxes=[p["text_boxes"] for p in part],
+        )
+        for k, part in enumerate(parts)
+    ]

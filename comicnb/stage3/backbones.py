@@ -32,8 +32,14 @@ CPU_MICRO_BATCH = 16
 # timm families built of convolutions, where the NHWC layout pays; transformers gain nothing from it.
 CNN_FAMILIES = (timm.models.EfficientNet, timm.models.ResNet)
 TINY_IMAGE_SIZE = 32
-TINY_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                   image_size=TINY_IMAGE_SIZE, patch_size=8)
+TINY_SIGLIP = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=TINY_IMAGE_SIZE,
+    patch_size=8,
+)
 
 
 @contextlib.contextmanager
@@ -54,14 +60,18 @@ class MissingWeightsError(RuntimeError):
 
 def missing_weights_message(model: str, source: str, how: str, err: BaseException) -> str:
     """Name the model, where it was looked for, and how to supply its weights offline."""
-    return (f"Pretrained weights for '{model}' could not be loaded from '{source}' ({type(err).__name__}: {err}). "
-            f"Supply them offline: {how}. For random weights in tests use tiny=True.")
+    return (
+        f"Pretrained weights for '{model}' could not be loaded from '{source}' ({type(err).__name__}: {err}). "
+        f"Supply them offline: {how}. For random weights in tests use tiny=True."
+    )
 
 
 def hub_hint(hub_id: str) -> str:
     """How to fill the Hugging Face cache for an offline machine."""
-    return (f"or pre-populate the Hugging Face cache (HF_HOME) on a machine with network (`hf download {hub_id}`), "
-            f"copy it over and set HF_HUB_OFFLINE=1")
+    return (
+        f"or pre-populate the Hugging Face cache (HF_HOME) on a machine with network (`hf download {hub_id}`), "
+        f"copy it over and set HF_HUB_OFFLINE=1"
+    )
 
 
 class PretrainedWrapper(nn.Module):
@@ -89,9 +99,18 @@ class PretrainedWrapper(nn.Module):
 class Backbone(PretrainedWrapper):
     """Pooled features from [0, 1] images, preprocessed with the model's own size and statistics."""
 
-    def __init__(self, name: str, model: nn.Module, out_dim: int, input_size: Sequence[int], mean: Sequence[float],
-                 std: Sequence[float], interpolation: str, transform: Callable[[Image.Image], Tensor],
-                 frozen: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        out_dim: int,
+        input_size: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str,
+        transform: Callable[[Image.Image], Tensor],
+        frozen: bool,
+    ) -> None:
         super().__init__(model, frozen)
         self.name = name
         self.out_dim = out_dim
@@ -107,8 +126,9 @@ class Backbone(PretrainedWrapper):
     def preprocess(self, images: Tensor) -> Tensor:
         """Resize (B, 3, H, W) [0, 1] images to this model's input size and apply its mean/std."""
         if tuple(images.shape[-2:]) != self.input_size:
-            images = F.interpolate(images, size=self.input_size, mode=self.interpolation, align_corners=False,
-                                   antialias=True).clamp(0, 1)  # bicubic overshoots [0, 1]
+            images = F.interpolate(
+                images, size=self.input_size, mode=self.interpolation, align_corners=False, antialias=True
+            ).clamp(0, 1)  # bicubic overshoots [0, 1]
         pixels = (images - self.mean) / self.std
         return pixels.contiguous(memory_format=torch.channels_last) if self.channels_last else pixels
 
@@ -156,13 +176,15 @@ class DomainAdapter(nn.Module):
 
 def wrap_timm(name: str, model: nn.Module, frozen: bool, image_size: int | None = None) -> Backbone:
     """Wrap a classifier-less timm model with the preprocessing of its own pretrained config (size overridable)."""
-    cfg = timm.data.resolve_data_config({} if image_size is None else {"input_size": (3, image_size, image_size)},
-                                        model=model)
+    cfg = timm.data.resolve_data_config(
+        {} if image_size is None else {"input_size": (3, image_size, image_size)}, model=model
+    )
     pipeline = timm.data.create_transform(**cfg)
     transform = T.Compose([t for t in pipeline.transforms if not isinstance(t, T.Normalize)])  # forward normalises
     out_dim = getattr(model, "head_hidden_size", None) or model.num_features
-    backbone = Backbone(name, model, out_dim, cfg["input_size"][1:], cfg["mean"], cfg["std"], cfg["interpolation"],
-                        transform, frozen)
+    backbone = Backbone(
+        name, model, out_dim, cfg["input_size"][1:], cfg["mean"], cfg["std"], cfg["interpolation"], transform, frozen
+    )
     return backbone.use_channels_last() if isinstance(model, CNN_FAMILIES) else backbone
 
 
@@ -175,8 +197,10 @@ def timm_backbone(name: str, weights: str | None, frozen: bool, pretrained: bool
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
     except OSError as err:
         hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) or f"timm/{name}"
-        how = (f"backbone_weights={{'{name}': '/path/to/model.safetensors (or .pth, or a timm model folder)'}}, "
-               + hub_hint(hub_id))
+        how = (
+            f"backbone_weights={{'{name}': '/path/to/model.safetensors (or .pth, or a timm model folder)'}}, "
+            + hub_hint(hub_id)
+        )
         raise MissingWeightsError(missing_weights_message(name, weights or hub_id, how, err)) from err
     return wrap_timm(name, model, frozen)
 
@@ -189,8 +213,9 @@ def load_by_order(model: nn.Module, source: Mapping[str, Tensor]) -> None:
         raise ValueError(f"weights have {len(tensors)} tensors without classifier, the model {len(target)}")
     for (key, expected), tensor in zip(target.items(), tensors, strict=True):
         if expected.shape != tensor.shape:
-            raise ValueError(f"weights do not map by order: {key} is {tuple(expected.shape)}, "
-                             f"got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"weights do not map by order: {key} is {tuple(expected.shape)}, got {tuple(tensor.shape)}"
+            )
     model.load_state_dict(dict(zip(target, tensors, strict=True)), strict=True)
 
 
@@ -219,8 +244,17 @@ def wrap_siglip(model: SiglipVisionModel, processor: SiglipImageProcessor, froze
     size = (processor.size.height, processor.size.width)
     interpolation = Image.Resampling(processor.resample).name.lower()
     transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode(interpolation)), T.ToTensor()])
-    return SiglipBackbone("siglip", model, model.config.hidden_size, size, processor.image_mean, processor.image_std,
-                          interpolation, transform, frozen)
+    return SiglipBackbone(
+        "siglip",
+        model,
+        model.config.hidden_size,
+        size,
+        processor.image_mean,
+        processor.image_std,
+        interpolation,
+        transform,
+        frozen,
+    )
 
 
 def siglip(weights: str | None, frozen: bool) -> SiglipBackbone:
@@ -231,8 +265,10 @@ def siglip(weights: str | None, frozen: bool) -> SiglipBackbone:
             model = SiglipVisionModel.from_pretrained(source)
             processor = AutoImageProcessor.from_pretrained(source)
     except OSError as err:
-        how = ("backbone_weights={'siglip': '/path/to/folder'} holding config.json, model.safetensors and "
-               "preprocessor_config.json, " + hub_hint(SIGLIP_HUB_ID))
+        how = (
+            "backbone_weights={'siglip': '/path/to/folder'} holding config.json, model.safetensors and "
+            "preprocessor_config.json, " + hub_hint(SIGLIP_HUB_ID)
+        )
         raise MissingWeightsError(missing_weights_message("siglip", source, how, err)) from err
     return wrap_siglip(model, processor, frozen)
 
@@ -257,10 +293,13 @@ def tiny_timm(name: str, arch: str, frozen: bool) -> Backbone:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(efficientnet_lite0,
-                                       lambda frozen: tiny_timm("efficientnet_lite0", "test_efficientnet", frozen)),
-    "resnet50": BackboneSpec(lambda weights, frozen: timm_backbone("resnet50", weights, frozen),
-                             lambda frozen: tiny_timm("resnet50", "test_resnet", frozen)),
+    "efficientnet_lite0": BackboneSpec(
+        efficientnet_lite0, lambda frozen: tiny_timm("efficientnet_lite0", "test_efficientnet", frozen)
+    ),
+    "resnet50": BackboneSpec(
+        lambda weights, frozen: timm_backbone("resnet50", weights, frozen),
+        lambda frozen: tiny_timm("resnet50", "test_resnet", frozen),
+    ),
     "siglip": BackboneSpec(siglip, tiny_siglip),
 }
 # The seed's names: 'resnet' meant ResNet-50, 'both' meant SigLIP + ResNet-50.
@@ -273,8 +312,10 @@ def resolve_backbone_names(visual_backbone: str | Sequence[str]) -> list[str]:
     resolved = [n for name in names for n in ALIASES.get(name, (name,))]
     unknown = [n for n in resolved if n not in BACKBONES and not timm.is_model(n)]
     if unknown or not resolved:
-        raise ValueError(f"unknown visual backbone(s) {unknown or names}: use {sorted(BACKBONES)}, "
-                         f"{sorted(ALIASES)} or a timm model name")
+        raise ValueError(
+            f"unknown visual backbone(s) {unknown or names}: use {sorted(BACKBONES)}, "
+            f"{sorted(ALIASES)} or a timm model name"
+        )
     return resolved
 
 

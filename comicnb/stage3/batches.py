@@ -33,9 +33,14 @@ class PanelPageDataset(Dataset):
     at reduced scale (see crop_panels); pass the backbone's input size along with its transform.
     """
 
-    def __init__(self, pages: pd.DataFrame, data_root: str | Path,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None, image_size: int = 224,
-                 max_panels: int = 12) -> None:
+    def __init__(
+        self,
+        pages: pd.DataFrame,
+        data_root: str | Path,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        image_size: int = 224,
+        max_panels: int = 12,
+    ) -> None:
         too_long = pages.loc[pages["num_panels"] > max_panels, "page_id"].tolist()
         if too_long:
             # Cutting panels here would lose them silently; load_corpus(max_panels=...) splits pages instead.
@@ -57,8 +62,9 @@ class PanelPageDataset(Dataset):
             crops = crop_panels(page, record["boxes"], min_side=self.image_size)
         images = torch.stack([self.transform(crop) for crop in crops])  # (panels, 3, H, W)
         feats = composition_features(record["boxes"], record["image_width"], record["image_height"])
-        return dict(images=images, texts=list(record["texts"]), comp_feats=torch.from_numpy(feats),
-                    page_id=record["page_id"])
+        return dict(
+            images=images, texts=list(record["texts"]), comp_feats=torch.from_numpy(feats), page_id=record["page_id"]
+        )
 
 
 class Stage3PanelDataset(PanelPageDataset):
@@ -68,19 +74,28 @@ class Stage3PanelDataset(PanelPageDataset):
     table is kept as ``.corpus.problems``. Notebook 01's pages table (``PanelPageDataset``) is the usual route.
     """
 
-    def __init__(self, root_dir: str | Path, pss_labels_path: str | Path | None = None, only_narrative: bool = True,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None, image_size: int = 224,
-                 max_panels: int = 12, bbox_format: str = "xywh") -> None:
+    def __init__(
+        self,
+        root_dir: str | Path,
+        pss_labels_path: str | Path | None = None,
+        only_narrative: bool = True,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        image_size: int = 224,
+        max_panels: int = 12,
+        bbox_format: str = "xywh",
+    ) -> None:
         root = Path(root_dir)
         labels_path = Path(pss_labels_path) if pss_labels_path else root / "pss_labels.json"
         kept = ("narrative", "story") if only_narrative else set(read_labels(labels_path).values())
-        self.corpus = load_corpus(root, labels_path, narrative_labels=kept, max_panels=max_panels,
-                                  bbox_format=bbox_format)
+        self.corpus = load_corpus(
+            root, labels_path, narrative_labels=kept, max_panels=max_panels, bbox_format=bbox_format
+        )
         super().__init__(self.corpus.pages, root, transform, image_size, max_panels)
 
 
-def collate_pages(items: Sequence[dict[str, Any]], tokenizer: Any = None, max_length: int = 64,
-                  max_panels: int | None = None) -> dict[str, Any]:
+def collate_pages(
+    items: Sequence[dict[str, Any]], tokenizer: Any = None, max_length: int = 64, max_panels: int | None = None
+) -> dict[str, Any]:
     """Pad pages to the batch's most panels (or max_panels); padding is all-zero images, features and masks.
 
     Keys: images (B, N, 3, H, W), comp_feats (B, N, 7), panel_mask (B, N), modality_mask (B, N, 3) with the
@@ -100,9 +115,14 @@ def collate_pages(items: Sequence[dict[str, Any]], tokenizer: Any = None, max_le
         comp_feats[b, :n] = item["comp_feats"]
         modality_mask[b, :n, 0] = modality_mask[b, :n, 2] = 1.0
         modality_mask[b, :n, 1] = torch.tensor([float(bool(t.strip())) for t in item["texts"]])
-    batch = dict(images=images, comp_feats=comp_feats, panel_mask=modality_mask[..., 0].clone(),
-                 modality_mask=modality_mask, texts=[list(item["texts"]) for item in items],
-                 page_ids=[item["page_id"] for item in items])
+    batch = dict(
+        images=images,
+        comp_feats=comp_feats,
+        panel_mask=modality_mask[..., 0].clone(),
+        modality_mask=modality_mask,
+        texts=[list(item["texts"]) for item in items],
+        page_ids=[item["page_id"] for item in items],
+    )
     if tokenizer is not None:
         batch.update(_tokenize(batch["texts"], n_max, tokenizer, max_length))
     return batch
@@ -135,24 +155,33 @@ def packaged_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(packaged_minilm())
 
 
-def make_collate(tokenizer: Any = None, max_length: int = 64,
-                 max_panels: int | None = None) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
+def make_collate(
+    tokenizer: Any = None, max_length: int = 64, max_panels: int | None = None
+) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
     """collate_pages with its options bound; picklable, so it works with DataLoader(num_workers > 0)."""
     return functools.partial(collate_pages, tokenizer=tokenizer, max_length=max_length, max_panels=max_panels)
 
 
 def page_chunks(num_pages: int, pages_per_chunk: int) -> list[list[int]]:
     """Page rows in consecutive runs of pages_per_chunk (the last may be shorter)."""
-    return [list(range(start, min(start + pages_per_chunk, num_pages)))
-            for start in range(0, num_pages, pages_per_chunk)]
+    return [
+        list(range(start, min(start + pages_per_chunk, num_pages))) for start in range(0, num_pages, pages_per_chunk)
+    ]
 
 
-def page_loader(pages: pd.DataFrame, data_root: str | Path, model: Any, batches: Sequence[Sequence[int]],
-                max_panels: int, num_workers: int = 0) -> DataLoader:
+def page_loader(
+    pages: pd.DataFrame,
+    data_root: str | Path,
+    model: Any,
+    batches: Sequence[Sequence[int]],
+    max_panels: int,
+    num_workers: int = 0,
+) -> DataLoader:
     """Batches of whole pages for a PanelFeatureExtractor: each page decoded once, cropped with the model's transform,
     tokenised with its tokenizer, padded to max_panels; ``batches`` lists the page rows of each batch."""
-    dataset = PanelPageDataset(pages, data_root, transform=model.image_transform,
-                               image_size=model.visual.image_size, max_panels=max_panels)
+    dataset = PanelPageDataset(
+        pages, data_root, transform=model.image_transform, image_size=model.visual.image_size, max_panels=max_panels
+    )
     collate = make_collate(model.tokenizer, max_length=model.cfg.max_text_length, max_panels=max_panels)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
 

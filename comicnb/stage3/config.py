@@ -106,8 +106,9 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[PanelModelConfig, Objec
     model = PanelModelConfig(**{k: settings[k] for k in names(PanelModelConfig) if k in settings})
     train = TrainConfig(**{k: settings[k] for k in names(TrainConfig) if k in settings})
     settable = [k for k in names(ObjectiveConfig) if k in settings and k not in DERIVED]
-    objective = ObjectiveConfig(**{k: settings[k] for k in settable},
-                                feature_dim=model.feature_dim, max_panels=train.max_panels)
+    objective = ObjectiveConfig(
+        **{k: settings[k] for k in settable}, feature_dim=model.feature_dim, max_panels=train.max_panels
+    )
     return model, objective, train
 
 

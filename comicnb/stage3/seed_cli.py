@@ -19,11 +19,19 @@ from comicnb.corpus.reader import load_corpus, read_labels
 from comicnb.corpus.tables import save_corpus
 
 # The seed's model and training flags, with the comicnb setting each one sets.
-SEED_SETTINGS = {"visual_backbone": str, "visual_fusion": str, "feature_dim": int, "batch_size": int, "epochs": int,
-                 "lr": float}
-WANDB_MESSAGE = ("--use_wandb: wandb is not installed in comicnb's environment and nothing is sent anywhere; every "
-                 "loss term per step and every validation figure per epoch go to the checkpoint's history "
-                 "(<run>/stage3/checkpoint.pt) and the table printed at the end, and notebook 02 plots them")
+SEED_SETTINGS = {
+    "visual_backbone": str,
+    "visual_fusion": str,
+    "feature_dim": int,
+    "batch_size": int,
+    "epochs": int,
+    "lr": float,
+}
+WANDB_MESSAGE = (
+    "--use_wandb: wandb is not installed in comicnb's environment and nothing is sent anywhere; every "
+    "loss term per step and every validation figure per epoch go to the checkpoint's history "
+    "(<run>/stage3/checkpoint.pt) and the table printed at the end, and notebook 02 plots them"
+)
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,21 +39,55 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     seed = parser.add_argument_group("the seed's train_stage3.py flags")
     for flag, kind in SEED_SETTINGS.items():
         spellings = dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}"))  # --lr has one spelling
-        seed.add_argument(*spellings, dest=flag, type=kind, default=None,
-                          help=f"sets {flag} (default: the params file's, else comicnb's)")
-    seed.add_argument("--data_root", "--data-root", dest="data_root", default=None,
-                      help="corpus folder (book/page.jpg + page.json): read it into a new run folder first")
-    seed.add_argument("--train_pss_labels", "--train-pss-labels", dest="train_pss_labels", default=None,
-                      help="PSS labels of the training pages (with --data_root; default <data_root>/pss_labels.json "
-                           "split by book)")
-    seed.add_argument("--val_pss_labels", "--val-pss-labels", dest="val_pss_labels", default=None,
-                      help="PSS labels of the validation pages (with --train_pss_labels)")
-    seed.add_argument("--output_dir", "--output-dir", dest="output_dir", default="outputs",
-                      help="folder the run folder is made in (with --data_root)")
-    seed.add_argument("--run_name", "--run-name", dest="run_name", default=None,
-                      help="run folder name under --output_dir (default stage3-<time>)")
-    seed.add_argument("--use_wandb", "--use-wandb", dest="use_wandb", action="store_true",
-                      help="accepted for the seed's sake: wandb is not installed; says what is logged instead")
+        seed.add_argument(
+            *spellings,
+            dest=flag,
+            type=kind,
+            default=None,
+            help=f"sets {flag} (default: the params file's, else comicnb's)",
+        )
+    seed.add_argument(
+        "--data_root",
+        "--data-root",
+        dest="data_root",
+        default=None,
+        help="corpus folder (book/page.jpg + page.json): read it into a new run folder first",
+    )
+    seed.add_argument(
+        "--train_pss_labels",
+        "--train-pss-labels",
+        dest="train_pss_labels",
+        default=None,
+        help="PSS labels of the training pages (with --data_root; default <data_root>/pss_labels.json split by book)",
+    )
+    seed.add_argument(
+        "--val_pss_labels",
+        "--val-pss-labels",
+        dest="val_pss_labels",
+        default=None,
+        help="PSS labels of the validation pages (with --train_pss_labels)",
+    )
+    seed.add_argument(
+        "--output_dir",
+        "--output-dir",
+        dest="output_dir",
+        default="outputs",
+        help="folder the run folder is made in (with --data_root)",
+    )
+    seed.add_argument(
+        "--run_name",
+        "--run-name",
+        dest="run_name",
+        default=None,
+        help="run folder name under --output_dir (default stage3-<time>)",
+    )
+    seed.add_argument(
+        "--use_wandb",
+        "--use-wandb",
+        dest="use_wandb",
+        action="store_true",
+        help="accepted for the seed's sake: wandb is not installed; says what is logged instead",
+    )
 
 
 def seed_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,8 +100,11 @@ def split_labels(train: Mapping, val: Mapping) -> tuple[dict, dict[tuple[str, st
     split = {**{page: "val" for page in val}, **{page: "train" for page in train}}
     shared = {book for book, _ in train} & {book for book, _ in val}
     if shared:
-        warnings.warn(f"{len(shared)} books have pages in both label files (e.g. {sorted(shared)[:3]}): validation "
-                      f"then measures pages of books seen in training, not unseen books", stacklevel=2)
+        warnings.warn(
+            f"{len(shared)} books have pages in both label files (e.g. {sorted(shared)[:3]}): validation "
+            f"then measures pages of books seen in training, not unseen books",
+            stacklevel=2,
+        )
     return {**val, **train}, split
 
 
@@ -81,6 +126,8 @@ def prepare_run(args: argparse.Namespace, settings: Mapping[str, Any]) -> Path:
         corpus = load_corpus(root, **options)
     save_corpus(corpus, run_dir)
     splits = json.dumps(corpus.pages.split.value_counts().to_dict())
-    print(f"[comicnb] read {len(corpus.pages)} narrative pages ({splits}), {len(corpus.problems)} problem rows "
-          f"-> {run_dir}/")
+    print(
+        f"[comicnb] read {len(corpus.pages)} narrative pages ({splits}), {len(corpus.problems)} problem rows "
+        f"-> {run_dir}/"
+    )
     return run_dir

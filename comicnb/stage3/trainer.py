@@ -93,15 +93,20 @@ class PageTensors:
 
 
 @torch.no_grad()
-def build_feature_cache(model: PanelFeatureExtractor, pages: pd.DataFrame, data_root: Path,
-                        cfg: TrainConfig, device: torch.device) -> PageTensors:
+def build_feature_cache(
+    model: PanelFeatureExtractor, pages: pd.DataFrame, data_root: Path, cfg: TrainConfig, device: torch.device
+) -> PageTensors:
     """Run the frozen encoders once over every panel of ``pages``; keep their outputs with the other inputs."""
     chunks = page_chunks(len(pages), cfg.encode_batch_pages)
     parts: dict[str, list[Tensor]] = {}
     for batch in page_loader(pages, data_root, model, chunks, cfg.max_panels, cfg.num_workers):
         inputs = tensors_only(batch, device)
-        cached = {**model.frozen_features(inputs), "comp_feats": inputs["comp_feats"],
-                  "modality_mask": inputs["modality_mask"], "panel_mask": inputs["panel_mask"]}
+        cached = {
+            **model.frozen_features(inputs),
+            "comp_feats": inputs["comp_feats"],
+            "modality_mask": inputs["modality_mask"],
+            "panel_mask": inputs["panel_mask"],
+        }
         for key, value in cached.items():
             parts.setdefault(key, []).append(value.cpu())
     return PageTensors({key: torch.cat(values) for key, values in parts.items()})
@@ -110,8 +115,9 @@ def build_feature_cache(model: PanelFeatureExtractor, pages: pd.DataFrame, data_
 class BatchSource:
     """Page-shaped batches for a list of page-index batches: from the feature cache, or decoded from images."""
 
-    def __init__(self, pages: pd.DataFrame, data_root: Path, model: PanelFeatureExtractor, cfg: TrainConfig,
-                 device: torch.device) -> None:
+    def __init__(
+        self, pages: pd.DataFrame, data_root: Path, model: PanelFeatureExtractor, cfg: TrainConfig, device: torch.device
+    ) -> None:
         self.pages, self.data_root, self.model, self.cfg, self.device = pages, data_root, model, cfg, device
         self.cached = cfg.cache_features and model.cfg.freeze_backbones
         self.cache: PageTensors | None = None  # filled by the first pass, so the first epoch pays for it
@@ -127,12 +133,12 @@ class BatchSource:
                     self.cache = build_feature_cache(self.model, self.pages, self.data_root, self.cfg, self.device)
             yield from (self.cache.batch(indices, self.device) for indices in batches)
         elif batches:
-            loader = page_loader(self.pages, self.data_root, self.model, batches, self.cfg.max_panels,
-                                 self.cfg.num_workers)
+            loader = page_loader(
+                self.pages, self.data_root, self.model, batches, self.cfg.max_panels, self.cfg.num_workers
+            )
             with isolated_rng():  # a DataLoader iterator draws its base seed from torch
                 batches_iter = iter(loader)
             yield from (tensors_only(batch, self.device) for batch in batches_iter)
-
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -141,15 +147,24 @@ class BatchSource:
 class Stage3Trainer:
     """Trains a PanelFeatureExtractor on the train pages and measures it on the validation pages."""
 
-    def __init__(self, model: PanelFeatureExtractor, objective: Stage3Objective, cfg: TrainConfig,
-                 train_pages: pd.DataFrame, val_pages: pd.DataFrame, data_root: str | Path) -> None:
+    def __init__(
+        self,
+        model: PanelFeatureExtractor,
+        objective: Stage3Objective,
+        cfg: TrainConfig,
+        train_pages: pd.DataFrame,
+        val_pages: pd.DataFrame,
+        data_root: str | Path,
+    ) -> None:
         if train_pages.empty:
             raise ValueError("no training pages: the pages table has no row with split == 'train'")
         set_seed(cfg.seed)
         self.cfg = cfg
         # A batch without any text leaves the text adapter unused; DDP must not wait for its gradients.
-        self.accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(cfg.precision),
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.accelerator = Accelerator(
+            mixed_precision=accelerate_mixed_precision(cfg.precision),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
         self.trainable = Stage3Trainable(model, objective)
         device = self.accelerator.device
         self.trainable.to(device)
@@ -162,8 +177,9 @@ class Stage3Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, optimizer)
         # Not prepared: Accelerate would step it once per process, and our steps already count synchronised steps.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.total_steps,
-                                                                                    cfg.warmup_fraction))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.total_steps, cfg.warmup_fraction)
+        )
         self.step = 0
         self.best: dict[str, Any] = {}  # {"metric", "value", "epoch", "step"} of best_model.pt
         self.history = History()
@@ -199,7 +215,7 @@ class Stage3Trainer:
             batches = epoch_batches(len(self.train_source), self.cfg.batch_size, self.cfg.seed, epoch)
             mine = shard_batches(batches, self.accelerator.process_index, self.accelerator.num_processes)
             start = time.perf_counter()
-            for batch in self.train_source.iterate(mine[offset:offset + stop - self.step]):
+            for batch in self.train_source.iterate(mine[offset : offset + stop - self.step]):
                 self.train_step(batch)
                 if files is not None and self.mid_epoch_checkpoint_due():
                     self.save(files.last)
@@ -247,8 +263,11 @@ class Stage3Trainer:
         self.step += 1
         torch.manual_seed(step_seed(self.cfg.seed, self.step))  # the next step's draws
         self.rng = rng_state()  # what a checkpoint written now stores
-        logged = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                  **{name: float(value.detach()) for name, value in terms.items()}}
+        logged = {
+            "step": self.step,
+            "lr": self.scheduler.get_last_lr()[0],
+            **{name: float(value.detach()) for name, value in terms.items()},
+        }
         self.history.steps.append(logged)
         return logged
 
@@ -272,22 +291,33 @@ class Stage3Trainer:
             second = self.trainable.objective.second_view(self.model, encoding, None)
             queries = self.model.query_embeddings(encoding)
         valid = encoding.panel_mask
-        return dict(terms={k: float(v) for k, v in terms.items()}, fused=encoding.fused.float().cpu(),
-                    panel_mask=valid.cpu(), view1=encoding.fused[valid].float().cpu(),
-                    view2=second[valid].float().cpu(), gates=encoding.gate_weights[valid].float().cpu(),
-                    modality_mask=encoding.modality_mask[valid].cpu(),
-                    image_queries=queries["vision"][valid].float().cpu(),
-                    text_queries=queries["text"][valid].float().cpu())
+        return dict(
+            terms={k: float(v) for k, v in terms.items()},
+            fused=encoding.fused.float().cpu(),
+            panel_mask=valid.cpu(),
+            view1=encoding.fused[valid].float().cpu(),
+            view2=second[valid].float().cpu(),
+            gates=encoding.gate_weights[valid].float().cpu(),
+            modality_mask=encoding.modality_mask[valid].cpu(),
+            image_queries=queries["vision"][valid].float().cpu(),
+            text_queries=queries["text"][valid].float().cpu(),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint with everything needed to resume and to rebuild the model (atomically)."""
         objective = self.trainable.objective
         checkpoint = dict(
-            model_state_dict=self.model.state_dict(), objective_state_dict=objective.state_dict(),
-            optimizer_state_dict=self.optimizer.state_dict(), scheduler_state_dict=self.scheduler.state_dict(),
+            model_state_dict=self.model.state_dict(),
+            objective_state_dict=objective.state_dict(),
+            optimizer_state_dict=self.optimizer.state_dict(),
+            scheduler_state_dict=self.scheduler.state_dict(),
             config=dict(model=self.model.config, objective=objective.config, train=asdict(self.cfg)),
-            step=self.step, epoch=self.step // self.steps_per_epoch, rng=self.rng, best=dict(self.best),
-            history=dict(steps=self.history.steps, epochs=self.history.epochs))
+            step=self.step,
+            epoch=self.step // self.steps_per_epoch,
+            rng=self.rng,
+            best=dict(self.best),
+            history=dict(steps=self.history.steps, epochs=self.history.epochs),
+        )
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_checkpoint(checkpoint, path)
@@ -299,8 +329,10 @@ class Stage3Trainer:
         mine = dict(model=self.model.config, objective=self.trainable.objective.config, train=asdict(self.cfg))
         differ = resume_conflicts(checkpoint["config"], mine, RESUMABLE_CHANGES)
         if differ:
-            raise ValueError(f"the checkpoint is from another configuration ({', '.join(differ)}); resume with "
-                             f"the settings it was trained with, or start a new run")
+            raise ValueError(
+                f"the checkpoint is from another configuration ({', '.join(differ)}); resume with "
+                f"the settings it was trained with, or start a new run"
+            )
         self.model.load_state_dict(checkpoint["model_state_dict"])
         self.trainable.objective.load_state_dict(checkpoint["objective_state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
@@ -314,17 +346,23 @@ class Stage3Trainer:
 def summarise_validation(outputs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Mean loss terms, collapse diagnostics, same-panel and image->text retrieval over all validation pages."""
     terms = {f"val_{name}": float(np.mean([o["terms"][name] for o in outputs])) for name in (*TERMS, "total")}
-    cat = {key: torch.cat([o[key] for o in outputs]) for key in
-           ("view1", "view2", "gates", "modality_mask", "image_queries", "text_queries")}
+    cat = {
+        key: torch.cat([o[key] for o in outputs])
+        for key in ("view1", "view2", "gates", "modality_mask", "image_queries", "text_queries")
+    }
     width = max(o["fused"].shape[1] for o in outputs)
     fused = torch.cat([nn.functional.pad(o["fused"], (0, 0, 0, width - o["fused"].shape[1])) for o in outputs])
     mask = torch.cat([nn.functional.pad(o["panel_mask"], (0, width - o["panel_mask"].shape[1])) for o in outputs])
     with_text = cat["modality_mask"][:, 0] & cat["modality_mask"][:, 1]
     image_to_text = recall_at_k(cat["image_queries"][with_text], cat["text_queries"][with_text])
-    scalars = {**terms, **collapse_diagnostics(fused, mask),
-               "same_panel_recall@1": same_panel_retrieval(cat["view1"], cat["view2"]),
-               **{f"image_to_text_{k}": v for k, v in image_to_text.items()},
-               "image_to_text_panels": int(with_text.sum()), "image_to_text_chance@1": 1 / max(1, int(with_text.sum()))}
+    scalars = {
+        **terms,
+        **collapse_diagnostics(fused, mask),
+        "same_panel_recall@1": same_panel_retrieval(cat["view1"], cat["view2"]),
+        **{f"image_to_text_{k}": v for k, v in image_to_text.items()},
+        "image_to_text_panels": int(with_text.sum()),
+        "image_to_text_chance@1": 1 / max(1, int(with_text.sum())),
+    }
     return scalars, {"gate_weights": cat["gates"], "modality_mask": cat["modality_mask"]}
 
 
@@ -335,7 +373,7 @@ def parameter_summary(model: nn.Module) -> pd.DataFrame:
     """Trainable and frozen parameter counts of each named part of the model."""
     rows = {}
     for name, param in model.named_parameters():
-        part = ".".join(name.split(".")[:3 if name.startswith("visual.backbones") else 2])
+        part = ".".join(name.split(".")[: 3 if name.startswith("visual.backbones") else 2])
         counts = rows.setdefault(part, {"trainable": 0, "frozen": 0})
         counts["trainable" if param.requires_grad else "frozen"] += param.numel()
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("part")
@@ -349,8 +387,9 @@ def build_trainer(run_dir: str | Path, settings: Mapping[str, Any]) -> Stage3Tra
     return trainer_for(run_dir, model_cfg, objective_cfg, cfg)
 
 
-def trainer_for(run_dir: str | Path, model_cfg: PanelModelConfig, objective_cfg: ObjectiveConfig,
-                cfg: TrainConfig) -> Stage3Trainer:
+def trainer_for(
+    run_dir: str | Path, model_cfg: PanelModelConfig, objective_cfg: ObjectiveConfig, cfg: TrainConfig
+) -> Stage3Trainer:
     """A trainer for the three configs over ``run_dir``'s pages table."""
     set_seed(cfg.seed)
     pages, data_root = checked_run_pages(run_dir)

@@ -25,9 +25,23 @@ from comicnb.store.schema import (
 from comicnb.store.verify import verify_store
 
 __all__ = [
-    "CONTENT_ATTRS", "DONE", "EMBEDDINGS", "MASKS", "METADATA", "MODALITY_EMBEDDINGS", "MODALITY_MASKS", "STORE_NAME",
-    "EmbedConfig", "StoreMismatchError", "file_sha256", "generate", "load_metadata", "open_embeddings", "parse_shard",
-    "store_metadata", "verify_store",
+    "CONTENT_ATTRS",
+    "DONE",
+    "EMBEDDINGS",
+    "MASKS",
+    "METADATA",
+    "MODALITY_EMBEDDINGS",
+    "MODALITY_MASKS",
+    "STORE_NAME",
+    "EmbedConfig",
+    "StoreMismatchError",
+    "file_sha256",
+    "generate",
+    "load_metadata",
+    "open_embeddings",
+    "parse_shard",
+    "store_metadata",
+    "verify_store",
 ]
 
 WRITER_NAMES = frozenset({"EmbedConfig", "generate", "parse_shard"})

@@ -17,8 +17,10 @@ def open_embeddings(store: str | Path) -> zarr.Group:
     group = zarr.open_group(str(store), mode="r")
     missing = int((~np.asarray(group["done"][:])).sum())
     if missing:
-        raise RuntimeError(f"{store} is unfinished: {missing} of {group['done'].shape[0]} pages not yet encoded; "
-                           f"run the generation again to resume it")
+        raise RuntimeError(
+            f"{store} is unfinished: {missing} of {group['done'].shape[0]} pages not yet encoded; "
+            f"run the generation again to resume it"
+        )
     return group
 
 

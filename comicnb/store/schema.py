@@ -56,8 +56,18 @@ def store_metadata(pages: pd.DataFrame, max_panels: int) -> list[dict[str, Any]]
     """One record per page, in store order: the seed's fields (embedding_indices = flat panel ids) and provenance."""
     records = []
     for index, page in enumerate(pages.itertuples(index=False)):
-        records.append(dict(book_id=page.book_id, page_name=page.page_name, num_panels=int(page.num_panels),
-                            embedding_indices=[index * max_panels + slot for slot in range(page.num_panels)],
-                            page_index=index, page_id=page.page_id, part=int(page.part), split=page.split,
-                            image_path=page.image_path, panel_index=[int(i) for i in page.panel_index]))
+        records.append(
+            dict(
+                book_id=page.book_id,
+                page_name=page.page_name,
+                num_panels=int(page.num_panels),
+                embedding_indices=[index * max_panels + slot for slot in range(page.num_panels)],
+                page_index=index,
+                page_id=page.page_id,
+                part=int(page.part),
+                split=page.split,
+                image_path=page.image_path,
+                panel_index=[int(i) for i in page.panel_index],
+            )
+        )
     return records

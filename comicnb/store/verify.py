@@ -19,12 +19,19 @@ def verify_store(store: str | Path, pages: pd.DataFrame) -> dict[str, Any]:
     counts_match = len(masks) == len(pages) and masks.sum(axis=1).tolist() == pages.num_panels.tolist()
     padding_nonzero, norm_min, norm_max = 0, np.inf, 0.0
     for start in range(0, len(masks), group[EMBEDDINGS].chunks[0]):  # one chunk at a time: memory stays flat
-        block = np.asarray(group[EMBEDDINGS][start:start + group[EMBEDDINGS].chunks[0]])
-        real = masks[start:start + len(block)]
+        block = np.asarray(group[EMBEDDINGS][start : start + group[EMBEDDINGS].chunks[0]])
+        real = masks[start : start + len(block)]
         padding_nonzero += int(np.count_nonzero(block[~real]))
         norms = np.linalg.norm(block[real], axis=1)
         norm_min = min(norm_min, float(norms.min(initial=np.inf)))
         norm_max = max(norm_max, float(norms.max(initial=0)))
-    return dict(pages=len(masks), panels=int(masks.sum()), expected_panels=int(pages.num_panels.sum()),
-                counts_match=counts_match, padding_slots=int((~masks).sum()), padding_nonzero_values=padding_nonzero,
-                norm_min=norm_min, norm_max=norm_max)
+    return dict(
+        pages=len(masks),
+        panels=int(masks.sum()),
+        expected_panels=int(pages.num_panels.sum()),
+        counts_match=counts_match,
+        padding_slots=int((~masks).sum()),
+        padding_nonzero_values=padding_nonzero,
+        norm_min=norm_min,
+        norm_max=norm_max,
+    )

@@ -64,7 +64,6 @@ class EmbedConfig:
     precision: str = "auto"  # comicnb.precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
 
 
-
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/n' (0-based i) -> (i, n)."""
     try:
@@ -95,13 +94,30 @@ def _create_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chu
     Embeddings are stored uncompressed: float32 embeddings barely compress, and search streams them at memory speed.
     """
     modalities = len(MODALITIES)
-    group.create_array(EMBEDDINGS, shape=(pages, max_panels, dim), chunks=(chunk, max_panels, dim), dtype="float32",
-                       fill_value=0.0, compressors=None)
+    group.create_array(
+        EMBEDDINGS,
+        shape=(pages, max_panels, dim),
+        chunks=(chunk, max_panels, dim),
+        dtype="float32",
+        fill_value=0.0,
+        compressors=None,
+    )
     group.create_array(MASKS, shape=(pages, max_panels), chunks=(chunk, max_panels), dtype="bool", fill_value=False)
-    group.create_array(MODALITY_EMBEDDINGS, shape=(pages, max_panels, modalities, dim),
-                       chunks=(chunk, max_panels, modalities, dim), dtype="float32", fill_value=0.0, compressors=None)
-    group.create_array(MODALITY_MASKS, shape=(pages, max_panels, modalities),
-                       chunks=(chunk, max_panels, modalities), dtype="bool", fill_value=False)
+    group.create_array(
+        MODALITY_EMBEDDINGS,
+        shape=(pages, max_panels, modalities, dim),
+        chunks=(chunk, max_panels, modalities, dim),
+        dtype="float32",
+        fill_value=0.0,
+        compressors=None,
+    )
+    group.create_array(
+        MODALITY_MASKS,
+        shape=(pages, max_panels, modalities),
+        chunks=(chunk, max_panels, modalities),
+        dtype="bool",
+        fill_value=False,
+    )
     group.create_array(DONE, shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
 
 
@@ -115,8 +131,10 @@ def open_store(path: Path, metadata: list[dict], attrs: dict[str, Any], overwrit
             differ = {k: (group.attrs.get(k), attrs[k]) for k in CONTENT_ATTRS if group.attrs.get(k) != attrs[k]}
             if differ:
                 detail = "; ".join(f"{k}: store has {old!r}, this run {new!r}" for k, (old, new) in differ.items())
-                raise StoreMismatchError(f"{path} holds another store ({detail}); choose another store path or "
-                                         f"pass --overwrite (overwrite=True in notebook 03) to replace it")
+                raise StoreMismatchError(
+                    f"{path} holds another store ({detail}); choose another store path or "
+                    f"pass --overwrite (overwrite=True in notebook 03) to replace it"
+                )
         else:
             group = zarr.open_group(str(path), mode="w", attributes=attrs)
             _create_arrays(group, len(metadata), attrs["max_panels"], attrs["feature_dim"], attrs["pages_per_chunk"])
@@ -125,28 +143,47 @@ def open_store(path: Path, metadata: list[dict], attrs: dict[str, Any], overwrit
         return group
 
 
-def store_attrs(checkpoint: Mapping[str, Any], checkpoint_path: Path, metadata: list[dict], cfg: EmbedConfig,
-                max_panels: int, precision: str) -> dict[str, Any]:
+def store_attrs(
+    checkpoint: Mapping[str, Any],
+    checkpoint_path: Path,
+    metadata: list[dict],
+    cfg: EmbedConfig,
+    max_panels: int,
+    precision: str,
+) -> dict[str, Any]:
     """Attributes of a new store: what defines its content (CONTENT_ATTRS) and where it came from."""
     model_config = dict(checkpoint["config"]["model"])
     return dict(
         checkpoint_sha256=file_sha256(checkpoint_path),
         metadata_sha256=hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest(),
-        feature_dim=int(model_config["feature_dim"]), max_panels=max_panels, pages_per_chunk=cfg.pages_per_chunk,
-        precision=precision, modalities=list(MODALITIES), checkpoint=str(checkpoint_path), model=model_config,
-        seed=checkpoint["config"].get("train", {}).get("seed"), params=asdict(cfg), git_revision=git_revision(),
-        comicnb_version=__version__, created=datetime.now(UTC).isoformat(timespec="seconds"))
+        feature_dim=int(model_config["feature_dim"]),
+        max_panels=max_panels,
+        pages_per_chunk=cfg.pages_per_chunk,
+        precision=precision,
+        modalities=list(MODALITIES),
+        checkpoint=str(checkpoint_path),
+        model=model_config,
+        seed=checkpoint["config"].get("train", {}).get("seed"),
+        params=asdict(cfg),
+        git_revision=git_revision(),
+        comicnb_version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
-def encode_chunk(model: PanelFeatureExtractor, batch: Mapping[str, Any], device: torch.device,
-                 precision: str) -> dict[str, np.ndarray]:
+def encode_chunk(
+    model: PanelFeatureExtractor, batch: Mapping[str, Any], device: torch.device, precision: str
+) -> dict[str, np.ndarray]:
     """The arrays of one chunk of pages, from one forward pass over all their panels."""
     inputs = tensors_only(batch, device)
     with torch.inference_mode(), autocast(precision, device):
         encoding = model.encode(inputs)
-    return {EMBEDDINGS: encoding.fused.float().cpu().numpy(), MASKS: encoding.panel_mask.cpu().numpy(),
-            MODALITY_EMBEDDINGS: encoding.modalities.float().cpu().numpy(),
-            MODALITY_MASKS: encoding.modality_mask.cpu().numpy()}
+    return {
+        EMBEDDINGS: encoding.fused.float().cpu().numpy(),
+        MASKS: encoding.panel_mask.cpu().numpy(),
+        MODALITY_EMBEDDINGS: encoding.modalities.float().cpu().numpy(),
+        MODALITY_MASKS: encoding.modality_mask.cpu().numpy(),
+    }
 
 
 def write_chunk(group: zarr.Group, region: slice, arrays: Mapping[str, np.ndarray]) -> None:
@@ -174,9 +211,15 @@ def max_panels_of(run_dir: Path, pages: pd.DataFrame) -> int:
     return int(options.get("max_panels") or pages.num_panels.max())
 
 
-def generate(run_dir: str | Path, checkpoint: str | Path | None = None, store: str | Path | None = None, *,
-             cfg: EmbedConfig | None = None, shard: tuple[int, int] | None = None,
-             overwrite: bool = False) -> dict[str, Any]:
+def generate(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    store: str | Path | None = None,
+    *,
+    cfg: EmbedConfig | None = None,
+    shard: tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Encode the pages table of ``run_dir`` into the store (default ``run_dir/panel_embeddings.zarr``).
 
     Resumes a store made from the same checkpoint and pages, computing only the chunks not yet done. ``shard``
@@ -195,10 +238,11 @@ def generate(run_dir: str | Path, checkpoint: str | Path | None = None, store: s
     loaded = load_checkpoint(checkpoint_path)
     precision = resolve_precision(cfg.precision, state.device)
     metadata = store_metadata(pages, max_panels)
-    group = open_store(store_path, metadata, store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision),
-                       overwrite)
+    group = open_store(
+        store_path, metadata, store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision), overwrite
+    )
     model = model_from_checkpoint(loaded).to(state.device)
-    chunks = page_chunks(len(pages), cfg.pages_per_chunk)[shard[0]::shard[1]]
+    chunks = page_chunks(len(pages), cfg.pages_per_chunk)[shard[0] :: shard[1]]
     done = np.asarray(group[DONE][:])
     todo = [chunk for chunk in chunks if not done[chunk].all()]
     start, panels = time.perf_counter(), 0
@@ -216,10 +260,17 @@ def generate(run_dir: str | Path, checkpoint: str | Path | None = None, store: s
         for write in writes:
             write.result()  # re-raise a failed write
     seconds = time.perf_counter() - start
-    return dict(store=str(store_path), shard=f"{shard[0]}/{shard[1]}", pages=len(pages),
-                panels=int(pages.num_panels.sum()), chunks=len(chunks), computed_chunks=len(todo),
-                skipped_chunks=len(chunks) - len(todo), encoded_panels=panels, seconds=seconds,
-                panels_per_s=panels / seconds if seconds > 0 else float("nan"), precision=precision,
-                complete=bool(np.asarray(group[DONE][:]).all()))
-
-
+    return dict(
+        store=str(store_path),
+        shard=f"{shard[0]}/{shard[1]}",
+        pages=len(pages),
+        panels=int(pages.num_panels.sum()),
+        chunks=len(chunks),
+        computed_chunks=len(todo),
+        skipped_chunks=len(chunks) - len(todo),
+        encoded_panels=panels,
+        seconds=seconds,
+        panels_per_s=panels / seconds if seconds > 0 else float("nan"),
+        precision=precision,
+        complete=bool(np.asarray(group[DONE][:]).all()),
+    )

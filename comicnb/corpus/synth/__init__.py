@@ -25,6 +25,7 @@ The modules, in the order a page is made: story (the story grammar), layouts (pa
 as plain dicts), defects (the dirty mode), primitives, scenery, actors and paint (drawing), truth (the
 sidecar) and generator (writing files, the command line).
 """
+
 from comicnb.corpus.synth.defects import BOMB_SIDE, DEFECTS, PANEL_DEFECTS
 from comicnb.corpus.synth.generator import add_arguments, generate, main, ocr_noise, page_doc, page_files
 from comicnb.corpus.synth.layouts import LAYOUTS, Box, mirror, naive_order_correct, page_area, to_bbox
@@ -32,6 +33,25 @@ from comicnb.corpus.synth.paint import render_page
 from comicnb.corpus.synth.plan import plan_corpus
 from comicnb.corpus.synth.truth import VERSION, ground_truth, panel_truth
 
-__all__ = ["BOMB_SIDE", "DEFECTS", "LAYOUTS", "PANEL_DEFECTS", "VERSION", "Box", "add_arguments", "generate",
-           "ground_truth", "main", "mirror", "naive_order_correct", "ocr_noise", "page_area", "page_doc", "page_files",
-           "panel_truth", "plan_corpus", "render_page", "to_bbox"]
+__all__ = [
+    "BOMB_SIDE",
+    "DEFECTS",
+    "LAYOUTS",
+    "PANEL_DEFECTS",
+    "VERSION",
+    "Box",
+    "add_arguments",
+    "generate",
+    "ground_truth",
+    "main",
+    "mirror",
+    "naive_order_correct",
+    "ocr_noise",
+    "page_area",
+    "page_doc",
+    "page_files",
+    "panel_truth",
+    "plan_corpus",
+    "render_page",
+    "to_bbox",
+]

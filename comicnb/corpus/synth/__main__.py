@@ -1,4 +1,5 @@
 """`python -m comicnb.corpus.synth`: the generator's command line on its own."""
+
 import argparse
 import sys
 

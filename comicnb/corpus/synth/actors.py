@@ -1,4 +1,5 @@
 """The actors of a narrative panel: cast members drawn from their looks, where they stand, each action's prop."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,8 @@ def _draw_accessory(draw: ImageDraw.ImageDraw, name: str, cx: float, hy: float, 
             draw.ellipse(xy, outline=colour, width=2)
         else:
             {"rect": draw.rectangle, "ellipse": draw.ellipse, "poly": draw.polygon}[kind](
-                xy, fill=colour, outline=INK, width=2)
+                xy, fill=colour, outline=INK, width=2
+            )
 
 
 def draw_character(draw: ImageDraw.ImageDraw, cid: str, cx: float, feet: float, s: float) -> tuple[float, float]:
@@ -84,8 +86,12 @@ def _kite(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: t
     kx = min(stage[0][0] + (0.1 + 0.35 * t) * w, 0.92 * w)
     ky, d = hand[1] - 0.1 * s - t * (hand[1] - 0.1 * s - 0.12 * h), 0.09 * s
     draw.line([hand, (kx, ky + d)], fill=INK, width=1)
-    draw.polygon([(kx, ky - d), (kx + 0.7 * d, ky), (kx, ky + d), (kx - 0.7 * d, ky)],
-                 fill=COLOURS[panel["props"]["colour"]], outline=INK, width=2)
+    draw.polygon(
+        [(kx, ky - d), (kx + 0.7 * d, ky), (kx, ky + d), (kx - 0.7 * d, ky)],
+        fill=COLOURS[panel["props"]["colour"]],
+        outline=INK,
+        width=2,
+    )
 
 
 def _lamp(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: tuple[int, int], s: float) -> None:
@@ -96,8 +102,9 @@ def _lamp(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: t
         draw.ellipse((x - 0.35 * s, top - 0.3 * s, x + 0.35 * s, top + 0.25 * s), fill=tint(colour, 0.5))
     draw.line([(x, 0.95 * h), (x, top)], fill=INK, width=3)
     unlit = tuple(c // 2 for c in colour)  # the glass shows its colour, dimly, before it is switched on
-    draw.rectangle((x - 0.08 * s, top - 0.12 * s, x + 0.08 * s, top), fill=colour if t >= 1 else unlit,
-                   outline=INK, width=2)
+    draw.rectangle(
+        (x - 0.08 * s, top - 0.12 * s, x + 0.08 * s, top), fill=colour if t >= 1 else unlit, outline=INK, width=2
+    )
 
 
 def _parcel(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: tuple[int, int], s: float) -> None:
@@ -115,8 +122,12 @@ def _rain(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: t
     colour = COLOURS[panel["props"]["colour"]]
     if t < 1:
         x, feet = ax - 0.3 * s, 0.95 * h
-        draw.polygon([(x, feet - 0.6 * s), (x + 0.05 * s, feet - 0.1 * s), (x - 0.05 * s, feet - 0.1 * s)],
-                     fill=colour, outline=INK, width=2)
+        draw.polygon(
+            [(x, feet - 0.6 * s), (x + 0.05 * s, feet - 0.1 * s), (x - 0.05 * s, feet - 0.1 * s)],
+            fill=colour,
+            outline=INK,
+            width=2,
+        )
         return
     cx, r = (ax + bx) / 2, abs(bx - ax) / 2 + 0.25 * s
     draw.line([(cx, top - 0.1 * r), (cx, top + 0.35 * r)], fill=INK, width=2)
@@ -128,8 +139,12 @@ def _plant(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: 
     x, base = (stage[0][0] + stage[1][0]) / 2, 0.95 * size[1]
     rim, top = base - 0.15 * s, base - (0.2 + 0.6 * t) * s
     draw.line([(x, rim), (x, top)], fill=(40, 140, 50), width=3)
-    draw.polygon([(x - 0.12 * s, rim), (x + 0.12 * s, rim), (x + 0.08 * s, base), (x - 0.08 * s, base)],
-                 fill=(170, 90, 50), outline=INK, width=2)
+    draw.polygon(
+        [(x - 0.12 * s, rim), (x + 0.12 * s, rim), (x + 0.08 * s, base), (x - 0.08 * s, base)],
+        fill=(170, 90, 50),
+        outline=INK,
+        width=2,
+    )
     if t >= 0.3:
         draw.ellipse((x, (rim + top) / 2 - 0.04 * s, x + 0.14 * s, (rim + top) / 2 + 0.04 * s), fill=(60, 170, 70))
     if t >= 1:
@@ -137,8 +152,14 @@ def _plant(draw: ImageDraw.ImageDraw, panel: dict, stage: list, t: float, size: 
         dot(draw, x, top, 0.03 * s, (250, 220, 60))
 
 
-PROPS = {"ball_throw": _ball, "kite_rise": _kite, "nightfall": _lamp, "approach": _parcel, "rain_start": _rain,
-         "plant_grow": _plant}
+PROPS = {
+    "ball_throw": _ball,
+    "kite_rise": _kite,
+    "nightfall": _lamp,
+    "approach": _parcel,
+    "rain_start": _rain,
+    "plant_grow": _plant,
+}
 
 
 def positions(panel: dict, t: float) -> list[float]:
@@ -147,4 +168,4 @@ def positions(panel: dict, t: float) -> list[float]:
     xs = [0.28, 0.72] if len(panel["characters"]) < 3 else [0.17, 0.55, 0.86]
     if panel["action"] == "approach":
         xs[1] = 0.92 - 0.5 * t
-    return xs[:len(panel["characters"])]
+    return xs[: len(panel["characters"])]

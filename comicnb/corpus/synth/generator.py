@@ -1,4 +1,5 @@
 """Writing a corpus: page JSON with OCR-like noise, page files with their defects, `generate` and its command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,15 @@ def page_doc(page: dict, book: dict, bbox_format: str, noise: float, rng: np.ran
     panels = []
     for box, panel in zip(page["boxes"], page["panels"]):
         texts = [ocr_noise(line["text"], noise, rng) for line in panel["lines"]]
-        panels.append({"bbox": to_bbox(box, bbox_format), "text": " ".join(texts),
-                       "confidence": round(float(rng.uniform(0.8, 0.995)), 3), "text_boxes": texts,
-                       "description": panel["caption"]})
+        panels.append(
+            {
+                "bbox": to_bbox(box, bbox_format),
+                "text": " ".join(texts),
+                "confidence": round(float(rng.uniform(0.8, 0.995)), 3),
+                "text_boxes": texts,
+                "description": panel["caption"],
+            }
+        )
     return {"image_width": book["size"][0], "image_height": book["size"][1], "panels": panels}
 
 
@@ -55,15 +62,17 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def page_files(name: str, page: dict, book: dict, bbox_format: str, noise: float,
-               rng: np.random.Generator) -> dict[str, bytes]:
+def page_files(
+    name: str, page: dict, book: dict, bbox_format: str, noise: float, rng: np.random.Generator
+) -> dict[str, bytes]:
     """The files of one page with its defect applied, as {file name: bytes}."""
     variant = page["defect"]["variant"] if page["defect"] else None
     image, doc = f"{name}.{page['format']}", f"{name}.json"
-    text = json.dumps(break_doc(page_doc(page, book, bbox_format, noise, rng), page, bbox_format),
-                      ensure_ascii=False)
-    files = {image: _encode(break_image(render_page(page, book), variant), page["format"]),
-             doc: text.encode("cp1252" if variant == "cp1252" else "utf-8")}
+    text = json.dumps(break_doc(page_doc(page, book, bbox_format, noise, rng), page, bbox_format), ensure_ascii=False)
+    files = {
+        image: _encode(break_image(render_page(page, book), variant), page["format"]),
+        doc: text.encode("cp1252" if variant == "cp1252" else "utf-8"),
+    }
     break_files(files, variant, image, doc, rng)
     return files
 
@@ -99,9 +108,16 @@ def _summary(plan: dict, out: Path, seconds: float) -> dict:
     pages = [page for book in plan["books"].values() for page in book["pages"].values()]
     story = [page for page in pages if page["label"] == "narrative"]
     panels = [panel for page in story for panel in page["panels"]]
-    return {"out": str(out), "books": len(plan["books"]), "pages": len(pages), "narrative_pages": len(story),
-            "panels": len(panels), "text_panels": sum(bool(panel["lines"]) for panel in panels),
-            "dirty": len(plan["dirty"]), "seconds": round(seconds, 2)}
+    return {
+        "out": str(out),
+        "books": len(plan["books"]),
+        "pages": len(pages),
+        "narrative_pages": len(story),
+        "panels": len(panels),
+        "text_panels": sum(bool(panel["lines"]) for panel in panels),
+        "dirty": len(plan["dirty"]),
+        "seconds": round(seconds, 2),
+    }
 
 
 def _write_json(path: Path, obj) -> None:
@@ -109,14 +125,24 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
-def generate(out: str | Path, books: int = 12, pages: int = 10, seed: int = 0, dirty: bool = False, *,
-             page_size: tuple[int, int] = (640, 960), bbox_format: str = "xywh", rtl_fraction: float = 0.2,
-             ocr_noise: float = 0.0, max_panels: int = 12, overwrite: bool = False) -> dict:
+def generate(
+    out: str | Path,
+    books: int = 12,
+    pages: int = 10,
+    seed: int = 0,
+    dirty: bool = False,
+    *,
+    page_size: tuple[int, int] = (640, 960),
+    bbox_format: str = "xywh",
+    rtl_fraction: float = 0.2,
+    ocr_noise: float = 0.0,
+    max_panels: int = 12,
+    overwrite: bool = False,
+) -> dict:
     """Write a corpus of books x pages to out (docs/corpus.md) and return a summary of what was written."""
     start, out = time.perf_counter(), Path(out)
     _check(books, pages, bbox_format, rtl_fraction, ocr_noise, max_panels)
-    plan = plan_corpus(books, pages, seed, dirty, page_size=page_size, rtl_fraction=rtl_fraction,
-                       max_panels=max_panels)
+    plan = plan_corpus(books, pages, seed, dirty, page_size=page_size, rtl_fraction=rtl_fraction, max_panels=max_panels)
     _prepare(out, overwrite)
     for b, (book_id, book) in enumerate(plan["books"].items()):
         (out / book_id).mkdir()
@@ -138,23 +164,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dirty", action="store_true", help="inject one page of each class of bad input")
     parser.add_argument("--bbox-format", choices=("xywh", "xyxy"), default="xywh", help="box form in page JSON")
     parser.add_argument("--rtl-fraction", type=float, default=0.2, help="share of right-to-left books")
-    parser.add_argument("--ocr-noise", type=float, default=0.0,
-                        help="per-character drop/substitution probability in the JSON text")
+    parser.add_argument(
+        "--ocr-noise", type=float, default=0.0, help="per-character drop/substitution probability in the JSON text"
+    )
     parser.add_argument("--max-panels", type=int, default=12, help="most panels on a clean page")
-    parser.add_argument("--page-size", type=int, nargs=2, default=(640, 960), metavar=("W", "H"),
-                        help="nominal page size in pixels (each book varies it by a few percent)")
+    parser.add_argument(
+        "--page-size",
+        type=int,
+        nargs=2,
+        default=(640, 960),
+        metavar=("W", "H"),
+        help="nominal page size in pixels (each book varies it by a few percent)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `synth` from parsed arguments and print the summary; 2 on a refused output folder or argument."""
     try:
-        s = generate(args.out, args.books, args.pages, args.seed, args.dirty, page_size=tuple(args.page_size),
-                     bbox_format=args.bbox_format, rtl_fraction=args.rtl_fraction, ocr_noise=args.ocr_noise,
-                     max_panels=args.max_panels, overwrite=args.overwrite)
+        s = generate(
+            args.out,
+            args.books,
+            args.pages,
+            args.seed,
+            args.dirty,
+            page_size=tuple(args.page_size),
+            bbox_format=args.bbox_format,
+            rtl_fraction=args.rtl_fraction,
+            ocr_noise=args.ocr_noise,
+            max_panels=args.max_panels,
+            overwrite=args.overwrite,
+        )
     except (FileExistsError, ValueError) as err:
         print(f"synth: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {s['books']} books, {s['pages']} pages ({s['narrative_pages']} narrative, {s['panels']} panels, "
-          f"{s['text_panels']} with text, {s['dirty']} injected defects) to {s['out']} in {s['seconds']} s")
+    print(
+        f"wrote {s['books']} books, {s['pages']} pages ({s['narrative_pages']} narrative, {s['panels']} panels, "
+        f"{s['text_panels']} with text, {s['dirty']} injected defects) to {s['out']} in {s['seconds']} s"
+    )
     return 0

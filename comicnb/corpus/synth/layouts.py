@@ -1,4 +1,5 @@
 """Page geometry: margins, the panel layouts, right-to-left mirroring, the naive reading order, bbox formats."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -14,23 +15,26 @@ def spans(lo: int, hi: int, weights, gap: int) -> list[tuple[int, int]]:
     """Cut [lo, hi) into spans proportional to weights, gap pixels apart."""
     free = hi - lo - gap * (len(weights) - 1)
     edges = np.concatenate([[0.0], np.cumsum(weights)]) / np.sum(weights) * free
-    return [(lo + int(round(edges[i])) + i * gap, lo + int(round(edges[i + 1])) + i * gap)
-            for i in range(len(weights))]
+    return [(lo + int(round(edges[i])) + i * gap, lo + int(round(edges[i + 1])) + i * gap) for i in range(len(weights))]
 
 
 def _rows(rng: np.random.Generator, area: Box, gap: int, counts: list[int]) -> list[Box]:
     """Rows of unequal heights, each cut into panels of unequal widths; read row by row."""
     x0, y0, x1, y1 = area
     rows = spans(y0, y1, rng.uniform(0.75, 1.3, len(counts)), gap)
-    return [(a, top, b, bottom) for (top, bottom), n in zip(rows, counts)
-            for a, b in spans(x0, x1, rng.uniform(0.6, 1.4, n), gap)]
+    return [
+        (a, top, b, bottom)
+        for (top, bottom), n in zip(rows, counts)
+        for a, b in spans(x0, x1, rng.uniform(0.6, 1.4, n), gap)
+    ]
 
 
 def _grid(rng: np.random.Generator, area: Box, gap: int, limit: int, cols: int, rows: int) -> list[Box]:
     """A regular grid of cols x rows panels."""
     x0, y0, x1, y1 = area
-    return [(a, top, b, bottom) for top, bottom in spans(y0, y1, [1] * rows, gap)
-            for a, b in spans(x0, x1, [1] * cols, gap)]
+    return [
+        (a, top, b, bottom) for top, bottom in spans(y0, y1, [1] * rows, gap) for a, b in spans(x0, x1, [1] * cols, gap)
+    ]
 
 
 def _unequal_rows(rng: np.random.Generator, area: Box, gap: int, limit: int) -> list[Box]:
@@ -53,8 +57,11 @@ def _tall(rng: np.random.Generator, area: Box, gap: int, limit: int, side: str) 
     top, bottom = cuts[-1] if strip_first else cuts[0]
     (la, lb), (ra, rb) = spans(x0, x1, rng.uniform(0.8, 1.25, 2), gap)
     (u0, u1), (d0, d1) = spans(top, bottom, [1, 1], gap)
-    block = ([(la, top, lb, bottom), (ra, u0, rb, u1), (ra, d0, rb, d1)] if side == "left"
-             else [(la, u0, lb, u1), (la, d0, lb, d1), (ra, top, rb, bottom)])
+    block = (
+        [(la, top, lb, bottom), (ra, u0, rb, u1), (ra, d0, rb, d1)]
+        if side == "left"
+        else [(la, u0, lb, u1), (la, d0, lb, d1), (ra, top, rb, bottom)]
+    )
     if not strip:
         return block
     s0, s1 = cuts[0] if strip_first else cuts[-1]
@@ -78,10 +85,15 @@ def _staggered(rng: np.random.Generator, area: Box, gap: int, limit: int) -> lis
     cols, rows = pick(rng, [s for s in [(2, 2), (2, 3), (3, 2), (2, 4), (3, 3)] if s[0] * s[1] <= limit])
     xs = spans(x0, x1, rng.uniform(0.8, 1.2, cols), gap)
     row_h, half = (y1 - y0) / rows, gap // 2
-    cuts = [[y0] + [int(round(y0 + (r + rng.uniform(-0.22, 0.22)) * row_h)) for r in range(1, rows)] + [y1]
-            for _ in range(cols)]
-    return [(a, cuts[c][r] + (half if r else 0), b, cuts[c][r + 1] - (half if r < rows - 1 else 0))
-            for r in range(rows) for c, (a, b) in enumerate(xs)]
+    cuts = [
+        [y0] + [int(round(y0 + (r + rng.uniform(-0.22, 0.22)) * row_h)) for r in range(1, rows)] + [y1]
+        for _ in range(cols)
+    ]
+    return [
+        (a, cuts[c][r] + (half if r else 0), b, cuts[c][r + 1] - (half if r < rows - 1 else 0))
+        for r in range(rows)
+        for c, (a, b) in enumerate(xs)
+    ]
 
 
 def dense(rng: np.random.Generator, area: Box, gap: int, n: int) -> list[Box]:
@@ -135,10 +147,17 @@ def page_plan(label: str, layout: str, boxes: list[Box], panels: list[dict], boo
     """A planned page; boxes are given left-to-right and mirrored here for right-to-left books."""
     direction = book["direction"]
     boxes = mirror(boxes, book["size"][0]) if direction == "rtl" else boxes
-    return {"label": label, "layout": layout, "reading_direction": direction,
-            "naive_order_correct": naive_order_correct(boxes, direction),
-            "scene": panels[0]["scene"] if panels else None, "panels": panels, "boxes": boxes, "format": fmt,
-            "defect": None}
+    return {
+        "label": label,
+        "layout": layout,
+        "reading_direction": direction,
+        "naive_order_correct": naive_order_correct(boxes, direction),
+        "scene": panels[0]["scene"] if panels else None,
+        "panels": panels,
+        "boxes": boxes,
+        "format": fmt,
+        "defect": None,
+    }
 
 
 def to_bbox(box: Box, bbox_format: str) -> list[int]:

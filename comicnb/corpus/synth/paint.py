@@ -1,4 +1,5 @@
 """Painting pages: text and balloons, each kind of panel on its own canvas, and the framed page."""
+
 from __future__ import annotations
 
 import unicodedata
@@ -55,8 +56,9 @@ def _caption_box(draw: ImageDraw.ImageDraw, text: str, top: int, w: int, font) -
     return bottom
 
 
-def _balloon(draw: ImageDraw.ImageDraw, text: str, slot: tuple[int, int, int], speaker: tuple[float, float],
-             font) -> None:
+def _balloon(
+    draw: ImageDraw.ImageDraw, text: str, slot: tuple[int, int, int], speaker: tuple[float, float], font
+) -> None:
     """An ellipse round the wrapped text, its tail pointing at the speaker's head."""
     x0, y0, x1 = slot
     rows, lh = _wrap(text, font, 0.68 * (x1 - x0)), _line_height(font)
@@ -92,8 +94,7 @@ def _paint_story(panel: dict, size: tuple[int, int], rtl: bool, fs: int) -> Imag
     if panel["action"] == "nightfall":  # the light fades on the backdrop only; the cast stays visible
         img.paste((10, 12, 40), (0, 0, w, h), Image.new("L", size, int(170 * t)))
     s = min(0.45 * h, 0.4 * w)
-    stage = [draw_character(draw, cid, x * w, 0.95 * h, s)
-             for cid, x in zip(panel["characters"], positions(panel, t))]
+    stage = [draw_character(draw, cid, x * w, 0.95 * h, s) for cid, x in zip(panel["characters"], positions(panel, t))]
     PROPS[panel["action"]](draw, panel, stage, t, size, s)
     for i in range(panel["props"]["birds"]):
         x, y, d = (0.15 + 0.14 * i) * w, (0.38 + 0.04 * (i % 2)) * h, 0.025 * w

@@ -1,4 +1,5 @@
 """The corpus plan: books, their page kinds, layouts and story, as plain dicts; nothing drawn or written."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,18 +12,30 @@ from comicnb.corpus.synth.story import CAST, advert_panel, book_title, cover_pan
 CORPUS_KEY, BOOK_KEY, PAGE_KEY, DEFECT_KEY = range(4)
 
 
-def plan_corpus(books: int = 12, pages: int = 10, seed: int = 0, dirty: bool = False, *,
-                page_size: tuple[int, int] = (640, 960), rtl_fraction: float = 0.2, max_panels: int = 12) -> dict:
+def plan_corpus(
+    books: int = 12,
+    pages: int = 10,
+    seed: int = 0,
+    dirty: bool = False,
+    *,
+    page_size: tuple[int, int] = (640, 960),
+    rtl_fraction: float = 0.2,
+    max_panels: int = 12,
+) -> dict:
     """The whole corpus as plain dicts (books, pages, boxes, story truth, labels, defects); nothing drawn."""
     rng = np.random.default_rng([seed, CORPUS_KEY])
     # A fixed share rather than a coin per book, so a small corpus with rtl_fraction > 0 has a right-to-left book.
     n_rtl = min(books, max(round(books * rtl_fraction), int(rtl_fraction > 0)))
     rtl = {int(b) for b in rng.choice(books, n_rtl, replace=False)}
-    plan = {"seed": seed, "dirty": [], "books": {
-        f"book_{b:03d}": _plan_book(seed, b, pages, page_size, "rtl" if b in rtl else "ltr", max_panels)
-        for b in range(books)}}
-    plan["labels"] = {b: {p: page["label"] for p, page in book["pages"].items()}
-                      for b, book in plan["books"].items()}
+    plan = {
+        "seed": seed,
+        "dirty": [],
+        "books": {
+            f"book_{b:03d}": _plan_book(seed, b, pages, page_size, "rtl" if b in rtl else "ltr", max_panels)
+            for b in range(books)
+        },
+    }
+    plan["labels"] = {b: {p: page["label"] for p, page in book["pages"].items()} for b, book in plan["books"].items()}
     if dirty:
         plan_defects(plan, np.random.default_rng([seed, DEFECT_KEY]), pages, max_panels)
     return plan
@@ -54,7 +67,7 @@ def _plan_book(seed: int, b: int, pages: int, page_size: tuple[int, int], direct
     cursor = 0
     for p, (label, (layout, boxes)) in enumerate(zip(labels, layouts)):
         if label == "narrative":
-            panels, cursor = story[cursor:cursor + len(boxes)], cursor + len(boxes)
+            panels, cursor = story[cursor : cursor + len(boxes)], cursor + len(boxes)
         else:
             boxes, panels = [page_area(size)[0]], [_single_panel(rng, label, book, story[:cursor])]
         book["pages"][f"page_{p:03d}"] = page_plan(label, layout, boxes, panels, book, _image_format(b, p, pages))

@@ -1,4 +1,5 @@
 """Drawing basics shared by the painters: paper and ink colours, tints, outlined dots, fixed scatter patterns."""
+
 from __future__ import annotations
 
 from PIL import ImageDraw

@@ -1,4 +1,5 @@
 """Scene backdrops: sky or wall, ground, and each scene's pattern and landmark."""
+
 from __future__ import annotations
 
 from PIL import ImageDraw
@@ -22,8 +23,9 @@ def _forest(draw: ImageDraw.ImageDraw, w: int, h: int, hy: int) -> None:
     """Pines along the horizon and a broad old oak."""
     for fx, _ in scatter(6):
         x = fx * w
-        draw.polygon([(x, hy - 0.3 * h), (x + 0.08 * w, hy + 2), (x - 0.08 * w, hy + 2)], fill=(40, 95, 50),
-                     outline=INK)
+        draw.polygon(
+            [(x, hy - 0.3 * h), (x + 0.08 * w, hy + 2), (x - 0.08 * w, hy + 2)], fill=(40, 95, 50), outline=INK
+        )
     draw.rectangle((0.86 * w, hy - 0.22 * h, 0.9 * w, hy + 0.05 * h), fill=(110, 70, 40), outline=INK)
     draw.ellipse((0.76 * w, hy - 0.42 * h, w, hy - 0.16 * h), fill=(60, 130, 55), outline=INK, width=2)
 
@@ -46,8 +48,9 @@ def _desert(draw: ImageDraw.ImageDraw, w: int, h: int, hy: int) -> None:
         x, y = fx * w, hy + fy * (h - hy)
         draw.arc((x - 0.2 * w, y - 12, x + 0.2 * w, y + 12), 180, 360, fill=(200, 150, 80), width=3)
     for box in [(0.86, hy / h - 0.25, 0.91, hy / h + 0.03), (0.81, hy / h - 0.17, 0.86, hy / h - 0.13)]:  # trunk, arm
-        draw.rounded_rectangle((box[0] * w, box[1] * h, box[2] * w, box[3] * h), 0.008 * w, fill=(50, 140, 60),
-                               outline=INK, width=2)
+        draw.rounded_rectangle(
+            (box[0] * w, box[1] * h, box[2] * w, box[3] * h), 0.008 * w, fill=(50, 140, 60), outline=INK, width=2
+        )
 
 
 def _kitchen(draw: ImageDraw.ImageDraw, w: int, h: int, hy: int) -> None:
@@ -91,8 +94,16 @@ def _garden(draw: ImageDraw.ImageDraw, w: int, h: int, hy: int) -> None:
     draw.arc((0.82 * w, hy - 0.18 * h, 0.94 * w, hy - 0.05 * h), 180, 360, fill=(90, 160, 230), width=3)
 
 
-_SCENERY = {"harbour": _harbour, "forest": _forest, "city": _city, "desert": _desert, "kitchen": _kitchen,
-            "rooftop": _rooftop, "beach": _beach, "garden": _garden}
+_SCENERY = {
+    "harbour": _harbour,
+    "forest": _forest,
+    "city": _city,
+    "desert": _desert,
+    "kitchen": _kitchen,
+    "rooftop": _rooftop,
+    "beach": _beach,
+    "garden": _garden,
+}
 
 
 def backdrop(draw: ImageDraw.ImageDraw, scene: str, w: int, h: int) -> None:

@@ -11,6 +11,7 @@ from context but not from the words alone. Some panels stay silent.
 Everything here is pure: functions take a numpy Generator and return plain dicts, which the rest of
 comicnb.corpus.synth draws and writes. A panel's `characters` list the actor first and the partner second.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,46 +19,130 @@ from collections.abc import Sequence
 import numpy as np
 
 CAST: dict[str, dict] = {
-    "c0": {"name": "Mira", "body": "round", "palette": [[222, 84, 64], [250, 218, 186], [52, 64, 160]],
-           "accessory": "hat"},
-    "c1": {"name": "Bolt", "body": "square", "palette": [[120, 130, 150], [200, 210, 220], [240, 200, 40]],
-           "accessory": "antenna"},
-    "c2": {"name": "Pip", "body": "triangle", "palette": [[60, 170, 90], [240, 200, 160], [230, 60, 120]],
-           "accessory": "scarf"},
-    "c3": {"name": "Juno", "body": "tall", "palette": [[150, 80, 190], [190, 140, 100], [30, 30, 30]],
-           "accessory": "glasses"},
-    "c4": {"name": "Tavo", "body": "pear", "palette": [[240, 150, 40], [160, 110, 80], [70, 120, 60]],
-           "accessory": "backpack"},
-    "c5": {"name": "Odile", "body": "bell", "palette": [[240, 120, 170], [250, 225, 200], [200, 40, 60]],
-           "accessory": "bow"},
-    "c6": {"name": "Rex", "body": "wide", "palette": [[110, 75, 45], [230, 190, 150], [250, 210, 0]],
-           "accessory": "crown"},
-    "c7": {"name": "Lumi", "body": "diamond", "palette": [[40, 170, 200], [245, 235, 220], [120, 30, 140]],
-           "accessory": "cape"},
+    "c0": {
+        "name": "Mira",
+        "body": "round",
+        "palette": [[222, 84, 64], [250, 218, 186], [52, 64, 160]],
+        "accessory": "hat",
+    },
+    "c1": {
+        "name": "Bolt",
+        "body": "square",
+        "palette": [[120, 130, 150], [200, 210, 220], [240, 200, 40]],
+        "accessory": "antenna",
+    },
+    "c2": {
+        "name": "Pip",
+        "body": "triangle",
+        "palette": [[60, 170, 90], [240, 200, 160], [230, 60, 120]],
+        "accessory": "scarf",
+    },
+    "c3": {
+        "name": "Juno",
+        "body": "tall",
+        "palette": [[150, 80, 190], [190, 140, 100], [30, 30, 30]],
+        "accessory": "glasses",
+    },
+    "c4": {
+        "name": "Tavo",
+        "body": "pear",
+        "palette": [[240, 150, 40], [160, 110, 80], [70, 120, 60]],
+        "accessory": "backpack",
+    },
+    "c5": {
+        "name": "Odile",
+        "body": "bell",
+        "palette": [[240, 120, 170], [250, 225, 200], [200, 40, 60]],
+        "accessory": "bow",
+    },
+    "c6": {
+        "name": "Rex",
+        "body": "wide",
+        "palette": [[110, 75, 45], [230, 190, 150], [250, 210, 0]],
+        "accessory": "crown",
+    },
+    "c7": {
+        "name": "Lumi",
+        "body": "diamond",
+        "palette": [[40, 170, 200], [245, 235, 220], [120, 30, 140]],
+        "accessory": "cape",
+    },
 }
 
 SCENES: dict[str, dict] = {
-    "harbour": {"place": "at the harbour", "landmark": "the lighthouse", "sky": (160, 205, 235),
-                "ground": (50, 100, 160), "horizon": 0.58, "outdoor": True},
-    "forest": {"place": "in the forest", "landmark": "the old oak", "sky": (195, 228, 195),
-               "ground": (70, 120, 60), "horizon": 0.62, "outdoor": True},
-    "city": {"place": "in the city", "landmark": "the clock tower", "sky": (205, 205, 220),
-             "ground": (115, 115, 125), "horizon": 0.66, "outdoor": True},
-    "desert": {"place": "in the desert", "landmark": "the tall cactus", "sky": (250, 215, 150),
-               "ground": (225, 180, 110), "horizon": 0.55, "outdoor": True},
-    "kitchen": {"place": "in the kitchen", "landmark": "the stove", "sky": (240, 230, 200),
-                "ground": (170, 120, 80), "horizon": 0.7, "outdoor": False},
-    "rooftop": {"place": "on the rooftop", "landmark": "the chimney", "sky": (40, 42, 95),
-                "ground": (95, 60, 60), "horizon": 0.7, "outdoor": True},
-    "beach": {"place": "at the beach", "landmark": "the pier", "sky": (170, 220, 250),
-              "ground": (240, 220, 160), "horizon": 0.52, "outdoor": True},
-    "garden": {"place": "in the garden", "landmark": "the fountain", "sky": (215, 238, 250),
-               "ground": (120, 170, 80), "horizon": 0.62, "outdoor": True},
+    "harbour": {
+        "place": "at the harbour",
+        "landmark": "the lighthouse",
+        "sky": (160, 205, 235),
+        "ground": (50, 100, 160),
+        "horizon": 0.58,
+        "outdoor": True,
+    },
+    "forest": {
+        "place": "in the forest",
+        "landmark": "the old oak",
+        "sky": (195, 228, 195),
+        "ground": (70, 120, 60),
+        "horizon": 0.62,
+        "outdoor": True,
+    },
+    "city": {
+        "place": "in the city",
+        "landmark": "the clock tower",
+        "sky": (205, 205, 220),
+        "ground": (115, 115, 125),
+        "horizon": 0.66,
+        "outdoor": True,
+    },
+    "desert": {
+        "place": "in the desert",
+        "landmark": "the tall cactus",
+        "sky": (250, 215, 150),
+        "ground": (225, 180, 110),
+        "horizon": 0.55,
+        "outdoor": True,
+    },
+    "kitchen": {
+        "place": "in the kitchen",
+        "landmark": "the stove",
+        "sky": (240, 230, 200),
+        "ground": (170, 120, 80),
+        "horizon": 0.7,
+        "outdoor": False,
+    },
+    "rooftop": {
+        "place": "on the rooftop",
+        "landmark": "the chimney",
+        "sky": (40, 42, 95),
+        "ground": (95, 60, 60),
+        "horizon": 0.7,
+        "outdoor": True,
+    },
+    "beach": {
+        "place": "at the beach",
+        "landmark": "the pier",
+        "sky": (170, 220, 250),
+        "ground": (240, 220, 160),
+        "horizon": 0.52,
+        "outdoor": True,
+    },
+    "garden": {
+        "place": "in the garden",
+        "landmark": "the fountain",
+        "sky": (215, 238, 250),
+        "ground": (120, 170, 80),
+        "horizon": 0.62,
+        "outdoor": True,
+    },
 }
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 45, 45), "blue": (45, 85, 215), "green": (35, 150, 60), "yellow": (245, 205, 30),
-    "purple": (135, 65, 180), "orange": (245, 135, 25),
+    "red": (215, 45, 45),
+    "blue": (45, 85, 215),
+    "green": (35, 150, 60),
+    "yellow": (245, 205, 30),
+    "purple": (135, 65, 180),
+    "orange": (245, 135, 25),
 }
 NUMBERS = ["none", "one", "two", "three", "four", "five"]
 
@@ -66,60 +151,108 @@ NUMBERS = ["none", "one", "two", "three", "four", "five"]
 # start / middle / end, and who says what: opener (role, question, reply), exclamation and outcome (role, text).
 ACTIONS: dict[str, dict] = {
     "ball_throw": {
-        "prop": "ball", "outdoor": False, "colour_seen": True, "intro": "{a} wants to play catch with {b}.",
-        "start": "{a} holds up the {colour} ball", "middle": "the {colour} ball flies towards {b}",
+        "prop": "ball",
+        "outdoor": False,
+        "colour_seen": True,
+        "intro": "{a} wants to play catch with {b}.",
+        "start": "{a} holds up the {colour} ball",
+        "middle": "the {colour} ball flies towards {b}",
         "end": "{b} catches the {colour} ball",
         "opener": ("a", "{b}, are you ready to catch?", "Throw it, {a}!"),
-        "exclaim": ("a", "Here it comes!"), "outcome": ("b", "Got it!")},
+        "exclaim": ("a", "Here it comes!"),
+        "outcome": ("b", "Got it!"),
+    },
     "kite_rise": {
-        "prop": "kite", "outdoor": True, "colour_seen": True, "intro": "{a} has brought a {colour} kite.",
-        "start": "{a} holds the {colour} kite low", "middle": "the {colour} kite climbs into the sky",
+        "prop": "kite",
+        "outdoor": True,
+        "colour_seen": True,
+        "intro": "{a} has brought a {colour} kite.",
+        "start": "{a} holds the {colour} kite low",
+        "middle": "the {colour} kite climbs into the sky",
         "end": "the {colour} kite flies high above {a}",
         "opener": ("a", "Will the wind lift it, {b}?", "Let it go, {a}!"),
-        "exclaim": ("b", "Higher, higher!"), "outcome": ("a", "It's touching the clouds!")},
+        "exclaim": ("b", "Higher, higher!"),
+        "outcome": ("a", "It's touching the clouds!"),
+    },
     "nightfall": {
-        "prop": "lamp", "outdoor": False, "colour_seen": True, "intro": "The sun goes down on {a} and {b}.",
-        "start": "{a} and {b} watch the light fade", "middle": "the sky grows dark around {a} and {b}",
+        "prop": "lamp",
+        "outdoor": False,
+        "colour_seen": True,
+        "intro": "The sun goes down on {a} and {b}.",
+        "start": "{a} and {b} watch the light fade",
+        "middle": "the sky grows dark around {a} and {b}",
         "end": "{a} switches on the {colour} lamp",
         "opener": ("b", "Is it getting dark, {a}?", "Yes. I'll find the lamp."),
-        "exclaim": ("b", "I can hardly see you!"), "outcome": ("a", "There, the {colour} lamp is on.")},
+        "exclaim": ("b", "I can hardly see you!"),
+        "outcome": ("a", "There, the {colour} lamp is on."),
+    },
     "approach": {
-        "prop": "parcel", "outdoor": False, "colour_seen": True, "intro": "{b} comes to visit {a}.",
-        "start": "{b} appears far away from {a}", "middle": "{b} walks towards {a} with a {colour} parcel",
+        "prop": "parcel",
+        "outdoor": False,
+        "colour_seen": True,
+        "intro": "{b} comes to visit {a}.",
+        "start": "{b} appears far away from {a}",
+        "middle": "{b} walks towards {a} with a {colour} parcel",
         "end": "{b} reaches {a} and hands over the {colour} parcel",
         "opener": ("b", "{a}! Wait for me!", "Hurry up, {b}!"),
-        "exclaim": ("b", "Almost there!"), "outcome": ("b", "This {colour} parcel is for you.")},
+        "exclaim": ("b", "Almost there!"),
+        "outcome": ("b", "This {colour} parcel is for you."),
+    },
     "rain_start": {
-        "prop": "umbrella", "outdoor": True, "colour_seen": True, "intro": "Clouds gather over {a} and {b}.",
-        "start": "a first raindrop falls near {a}", "middle": "the rain pours down on {a} and {b}",
+        "prop": "umbrella",
+        "outdoor": True,
+        "colour_seen": True,
+        "intro": "Clouds gather over {a} and {b}.",
+        "start": "a first raindrop falls near {a}",
+        "middle": "the rain pours down on {a} and {b}",
         "end": "{a} opens the {colour} umbrella over {b}",
         "opener": ("a", "Was that a raindrop, {b}?", "I felt one too!"),
-        "exclaim": ("b", "It's pouring!"), "outcome": ("a", "Quick, under my {colour} umbrella!")},
+        "exclaim": ("b", "It's pouring!"),
+        "outcome": ("a", "Quick, under my {colour} umbrella!"),
+    },
     "plant_grow": {
-        "prop": "flower", "outdoor": False, "colour_seen": False, "intro": "{a} plants a seed while {b} watches.",
-        "start": "{a} plants a tiny seed", "middle": "a green stem grows in front of {a}",
+        "prop": "flower",
+        "outdoor": False,
+        "colour_seen": False,
+        "intro": "{a} plants a seed while {b} watches.",
+        "start": "{a} plants a tiny seed",
+        "middle": "a green stem grows in front of {a}",
         "end": "a {colour} flower blooms for {a} and {b}",
         "opener": ("b", "Will it ever grow, {a}?", "Give it time, {b}."),
-        "exclaim": ("b", "Look, a leaf!"), "outcome": ("a", "A {colour} flower, just as I said.")},
+        "exclaim": ("b", "Look, a leaf!"),
+        "outcome": ("a", "A {colour} flower, just as I said."),
+    },
 }
 
 # Questions whose answers need context: x asks, y answers. {wrong} and {wrong_count} are decoys, so the
 # answer cannot be copied from the question.
 EXCHANGES: dict[str, list[tuple[str, str]]] = {
-    "where": [("Where shall we meet tomorrow, {y}?", "By {landmark}, {x}."),
-              ("Which way is home from here?", "Just past {landmark}.")],
-    "colour": [("What colour is the {prop}, {y}?", "It's {colour}."),
-               ("Is the {prop} {wrong}?", "No, {x}, it's {colour}.")],
-    "count": [("How many birds can you see?", "I count {count}."),
-              ("Are there {wrong_count} birds up there?", "No, only {count}.")],
+    "where": [
+        ("Where shall we meet tomorrow, {y}?", "By {landmark}, {x}."),
+        ("Which way is home from here?", "Just past {landmark}."),
+    ],
+    "colour": [
+        ("What colour is the {prop}, {y}?", "It's {colour}."),
+        ("Is the {prop} {wrong}?", "No, {x}, it's {colour}."),
+    ],
+    "count": [
+        ("How many birds can you see?", "I count {count}."),
+        ("Are there {wrong_count} birds up there?", "No, only {count}."),
+    ],
     "call": [("Hey, {y}!", "What is it, {x}?"), ("{y}, come over here!", "Coming, {x}!")],
 }
 WHEN = ["Meanwhile", "Later", "That morning", "That evening", "Soon after", "Next day"]
-TITLE_WORDS = (["Lost", "Silver", "Hidden", "Windy", "Midnight", "Giant"],
-               ["Lighthouse", "Kite", "Parcel", "Garden", "Storm", "Map"])
-ADVERTS = [("ZOOM sneakers", "Run faster than the wind!"), ("SPARKLE soap", "Clean as a whistle."),
-           ("CRUNCH cereal", "The breakfast of heroes."), ("GLOW torch", "Never fear the dark again."),
-           ("FIZZ soda", "Bubbles in every sip!")]
+TITLE_WORDS = (
+    ["Lost", "Silver", "Hidden", "Windy", "Midnight", "Giant"],
+    ["Lighthouse", "Kite", "Parcel", "Garden", "Storm", "Map"],
+)
+ADVERTS = [
+    ("ZOOM sneakers", "Run faster than the wind!"),
+    ("SPARKLE soap", "Clean as a whistle."),
+    ("CRUNCH cereal", "The breakfast of heroes."),
+    ("GLOW torch", "Never fear the dark again."),
+    ("FIZZ soda", "Bubbles in every sip!"),
+]
 
 
 def pick(rng: np.random.Generator, items: Sequence):
@@ -152,28 +285,47 @@ def plan_story(rng: np.random.Generator, cast: Sequence[str], n_panels: int) -> 
     return panels
 
 
-def plan_beat(rng: np.random.Generator, cast: Sequence[str], scene: str, steps: int, new_scene: bool,
-              after: str | None = None) -> list[dict]:
+def plan_beat(
+    rng: np.random.Generator, cast: Sequence[str], scene: str, steps: int, new_scene: bool, after: str | None = None
+) -> list[dict]:
     """The panels of one action in one scene (never the action just played, `after`), with their dialogue."""
     ctx = _context(rng, cast, scene, after)
     slots = _beat_lines(rng, ctx, steps, new_scene)
-    return [{"characters": list(ctx["who"]), "scene": scene, "action": ctx["action"], "action_step": k,
-             "action_steps": steps, "caption": _description(ctx, k, steps), "lines": slots[k],
-             "props": {"colour": ctx["words"]["colour"], "birds": ctx["birds"]}} for k in range(steps)]
+    return [
+        {
+            "characters": list(ctx["who"]),
+            "scene": scene,
+            "action": ctx["action"],
+            "action_step": k,
+            "action_steps": steps,
+            "caption": _description(ctx, k, steps),
+            "lines": slots[k],
+            "props": {"colour": ctx["words"]["colour"], "birds": ctx["birds"]},
+        }
+        for k in range(steps)
+    ]
 
 
 def _context(rng: np.random.Generator, cast: Sequence[str], scene: str, after: str | None) -> dict:
     """Who plays which action with what prop, and the words the templates may use."""
-    action = pick(rng, [a for a, spec in ACTIONS.items()
-                        if a != after and (SCENES[scene]["outdoor"] or not spec["outdoor"])])
+    action = pick(
+        rng, [a for a, spec in ACTIONS.items() if a != after and (SCENES[scene]["outdoor"] or not spec["outdoor"])]
+    )
     size = 3 if len(cast) > 2 and rng.random() < 0.25 else 2
     who = [str(c) for c in rng.permutation(list(cast))[:size]]
     colour, wrong = (str(c) for c in rng.permutation(list(COLOURS))[:2])
     birds = int(rng.integers(0, 6)) if SCENES[scene]["outdoor"] else 0
-    words = {"a": CAST[who[0]]["name"], "b": CAST[who[1]]["name"], "colour": colour, "wrong": wrong,
-             "prop": ACTIONS[action]["prop"], "place": SCENES[scene]["place"],
-             "landmark": SCENES[scene]["landmark"], "count": NUMBERS[birds],
-             "wrong_count": NUMBERS[pick(rng, [n for n in range(2, 6) if n != birds])]}
+    words = {
+        "a": CAST[who[0]]["name"],
+        "b": CAST[who[1]]["name"],
+        "colour": colour,
+        "wrong": wrong,
+        "prop": ACTIONS[action]["prop"],
+        "place": SCENES[scene]["place"],
+        "landmark": SCENES[scene]["landmark"],
+        "count": NUMBERS[birds],
+        "wrong_count": NUMBERS[pick(rng, [n for n in range(2, 6) if n != birds])],
+    }
     return {"action": action, "scene": scene, "who": who, "birds": birds, "words": words}
 
 
@@ -209,8 +361,16 @@ def _groups(rng: np.random.Generator, ctx: dict) -> list[tuple[str, list[dict]]]
     groups = [("any", middle[i]) for i in rng.permutation(len(middle))]
     if rng.random() < 0.75:
         asker, question, reply = spec["opener"]
-        groups.insert(0, ("start", [speech(role[asker], question.format(**ctx["words"])),
-                                    speech(role[other[asker]], reply.format(**ctx["words"]))]))
+        groups.insert(
+            0,
+            (
+                "start",
+                [
+                    speech(role[asker], question.format(**ctx["words"])),
+                    speech(role[other[asker]], reply.format(**ctx["words"])),
+                ],
+            ),
+        )
     if rng.random() < 0.7:
         groups.append(("end", [speech(role[spec["outcome"][0]], spec["outcome"][1].format(**ctx["words"]))]))
     return groups
@@ -218,8 +378,11 @@ def _groups(rng: np.random.Generator, ctx: dict) -> list[tuple[str, list[dict]]]
 
 def _exchange(rng: np.random.Generator, ctx: dict) -> list[dict]:
     """A question from one participant and the answer of another; the answer needs context."""
-    kinds = [k for k in EXCHANGES if (k != "count" or ctx["birds"] > 0)
-             and (k != "colour" or ACTIONS[ctx["action"]]["colour_seen"])]
+    kinds = [
+        k
+        for k in EXCHANGES
+        if (k != "count" or ctx["birds"] > 0) and (k != "colour" or ACTIONS[ctx["action"]]["colour_seen"])
+    ]
     question, answer = pick(rng, EXCHANGES[pick(rng, kinds)])
     x, y = (str(c) for c in rng.permutation(ctx["who"])[:2])
     words = {**ctx["words"], "x": CAST[x]["name"], "y": CAST[y]["name"]}
@@ -233,8 +396,7 @@ def _place(rng: np.random.Generator, slots: list[list[dict]], cursor: int, at: s
     start = {"start": 0, "end": last}.get(at, cursor + int(rng.random() < 0.5))
     split = len(group) == 2 and start < last and rng.random() < 0.6
     targets = [start, start + 1] if split else [start] * len(group)
-    load = {t: sum(line["kind"] == "speech" for line in slots[t]) + targets.count(t)
-            for t in targets if t <= last}
+    load = {t: sum(line["kind"] == "speech" for line in slots[t]) + targets.count(t) for t in targets if t <= last}
     if start < cursor or targets[-1] > last or max(load.values()) > 2:
         return cursor
     for target, line in zip(targets, group):
@@ -250,24 +412,45 @@ def book_title(rng: np.random.Generator, cast: Sequence[str]) -> str:
 def cover_panel(rng: np.random.Generator, cast: Sequence[str], title: str) -> dict:
     """The single panel of a cover: the cast in a scene under the title."""
     names = [CAST[c]["name"] for c in cast]
-    return {"characters": list(cast), "scene": pick(rng, list(SCENES)), "action": None, "action_step": None,
-            "action_steps": None, "caption": f"Cover of {title}, showing {', '.join(names[:-1])} and {names[-1]}.",
-            "lines": [caption(title)], "props": {"colour": pick(rng, list(COLOURS)), "birds": 0}}
+    return {
+        "characters": list(cast),
+        "scene": pick(rng, list(SCENES)),
+        "action": None,
+        "action_step": None,
+        "action_steps": None,
+        "caption": f"Cover of {title}, showing {', '.join(names[:-1])} and {names[-1]}.",
+        "lines": [caption(title)],
+        "props": {"colour": pick(rng, list(COLOURS)), "birds": 0},
+    }
 
 
 def advert_panel(rng: np.random.Generator) -> dict:
     """The single panel of an advertisement page: product, slogan, price."""
     product, slogan = pick(rng, ADVERTS)
     lines = [caption(product), caption(slogan), caption(f"Only {5 * int(rng.integers(1, 10))} cents!")]
-    return {"characters": [], "scene": None, "action": None, "action_step": None, "action_steps": None,
-            "caption": f"An advertisement for {product}.", "lines": lines,
-            "props": {"colour": pick(rng, list(COLOURS)), "birds": 0}}
+    return {
+        "characters": [],
+        "scene": None,
+        "action": None,
+        "action_step": None,
+        "action_steps": None,
+        "caption": f"An advertisement for {product}.",
+        "lines": lines,
+        "props": {"colour": pick(rng, list(COLOURS)), "birds": 0},
+    }
 
 
 def prose_panel(story: Sequence[dict]) -> dict:
     """The single panel of a text page: the story so far, as prose."""
     chosen = story[:: max(1, len(story) // 4)][:4]
     lines = [caption("The story so far.")] + [caption(p["caption"]) for p in chosen]
-    return {"characters": [], "scene": None, "action": None, "action_step": None, "action_steps": None,
-            "caption": "A page of prose telling the story so far.", "lines": lines,
-            "props": {"colour": "yellow", "birds": 0}}
+    return {
+        "characters": [],
+        "scene": None,
+        "action": None,
+        "action_step": None,
+        "action_steps": None,
+        "caption": "A page of prose telling the story so far.",
+        "lines": lines,
+        "props": {"colour": "yellow", "birds": 0},
+    }

@@ -1,4 +1,5 @@
 """The ground truth: the sidecar written beside a corpus, and the per-panel truth read back from it."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,30 @@ _PANEL_TRUTH = ("characters", "scene", "action", "action_step", "action_steps", 
 
 def ground_truth(plan: dict, bbox_format: str) -> dict:
     """The sidecar (docs/corpus.md section 3): the plan without its drawing details."""
-    books = {b: {"direction": book["direction"], "pages": {
-        p: {**{k: page[k] for k in _PAGE_TRUTH}, "panels": [
-            {"reading_position": i, **{k: panel[k] for k in _PANEL_TRUTH}} for i, panel in enumerate(page["panels"])]}
-        for p, page in book["pages"].items()}} for b, book in plan["books"].items()}
-    return {"seed": plan["seed"], "version": VERSION, "bbox_format": bbox_format, "characters": CAST,
-            "books": books, "dirty": plan["dirty"]}
+    books = {
+        b: {
+            "direction": book["direction"],
+            "pages": {
+                p: {
+                    **{k: page[k] for k in _PAGE_TRUTH},
+                    "panels": [
+                        {"reading_position": i, **{k: panel[k] for k in _PANEL_TRUTH}}
+                        for i, panel in enumerate(page["panels"])
+                    ],
+                }
+                for p, page in book["pages"].items()
+            },
+        }
+        for b, book in plan["books"].items()
+    }
+    return {
+        "seed": plan["seed"],
+        "version": VERSION,
+        "bbox_format": bbox_format,
+        "characters": CAST,
+        "books": books,
+        "dirty": plan["dirty"],
+    }
 
 
 def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> pd.DataFrame:
@@ -38,8 +57,16 @@ def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> p
         panels = truth["books"][page["book_id"]]["pages"][page["page_name"]]["panels"]
         for panel_id, index in zip(page["embedding_indices"], page["panel_index"], strict=True):
             panel = panels[index]
-            rows.append({"panel_id": panel_id, "page_index": page["page_index"], "book_id": page["book_id"],
-                         "page_name": page["page_name"], "characters": panel["characters"],
-                         "character": names[panel["characters"][0]] if panel["characters"] else "none",
-                         "scene": panel["scene"], "caption": panel["caption"]})
+            rows.append(
+                {
+                    "panel_id": panel_id,
+                    "page_index": page["page_index"],
+                    "book_id": page["book_id"],
+                    "page_name": page["page_name"],
+                    "characters": panel["characters"],
+                    "character": names[panel["characters"][0]] if panel["characters"] else "none",
+                    "scene": panel["scene"],
+                    "caption": panel["caption"],
+                }
+            )
     return pd.DataFrame(rows)
