@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from comicnb.checkpoint import rng_state
-from comicnb.corpus import load_corpus, load_pages, save_corpus, synth
+from comicnb.corpus import load_pages
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.trainer import build_trainer, train_stage3
 
@@ -39,12 +39,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Notebook 01's artefacts for a small synthetic corpus (3 books of 6 pages, one book for training)."""
-    root = tmp_path_factory.mktemp("resume")
-    synth.generate(root / "data", books=3, pages=6, seed=3, page_size=(320, 480))
-    save_corpus(load_corpus(root / "data", split=(0.34, 0.33, 0.33), seed=0), root / "run")
-    return root / "run"
+def run_dir(small_run: Path) -> Path:
+    """The small run folder of tests/conftest.py."""
+    return small_run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from comicnb import cli
-from comicnb.corpus import load_corpus, load_pages, save_corpus, synth
+from comicnb.corpus import load_pages
 from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import model_from_checkpoint
@@ -27,12 +27,9 @@ SETTINGS_BEST_METRIC = "image_to_text_recall@5"  # TrainConfig's default best_me
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder holding notebook 01's artefacts for a small clean synthetic corpus (3 books of 6 pages)."""
-    root = tmp_path_factory.mktemp("corpus")
-    synth.generate(root / "data", books=3, pages=6, seed=3, page_size=(320, 480))
-    save_corpus(load_corpus(root / "data", split=(0.34, 0.33, 0.33), seed=0), root / "run")
-    return root / "run"
+def run_dir(small_run: Path) -> Path:
+    """The small run folder of tests/conftest.py."""
+    return small_run
 
 
 @pytest.fixture(scope="module")
