@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,14 @@ from comicnb.schedule import epoch_batches, shard_batches, step_seed, warmup_cos
 from comicnb.seed import isolated_rng, set_seed
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.batches import page_chunks, page_loader, tensors_only
-from comicnb.stage3.config import RESUMABLE_CHANGES, ObjectiveConfig, PanelModelConfig, TrainConfig, split_settings
+from comicnb.stage3.config import (
+    RESUMABLE_CHANGES,
+    ObjectiveConfig,
+    PanelModelConfig,
+    TrainConfig,
+    config_dicts,
+    split_settings,
+)
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage3.objectives import TERMS, Stage3Objective
 
@@ -311,7 +318,7 @@ class Stage3Trainer:
             objective_state_dict=objective.state_dict(),
             optimizer_state_dict=self.optimizer.state_dict(),
             scheduler_state_dict=self.scheduler.state_dict(),
-            config=dict(model=self.model.config, objective=objective.config, train=asdict(self.cfg)),
+            config=self.configs(),
             step=self.step,
             epoch=self.step // self.steps_per_epoch,
             rng=self.rng,
@@ -323,11 +330,14 @@ class Stage3Trainer:
             save_checkpoint(checkpoint, path)
         return Path(path)
 
+    def configs(self) -> dict[str, dict]:
+        """The ``config`` entry of this run's checkpoints."""
+        return config_dicts(self.model.cfg, self.trainable.objective.cfg, self.cfg)
+
     def resume(self, checkpoint: Mapping[str, Any] | str | Path) -> None:
         """Continue from a checkpoint of the same run (same pages, same configs)."""
         checkpoint = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-        mine = dict(model=self.model.config, objective=self.trainable.objective.config, train=asdict(self.cfg))
-        differ = resume_conflicts(checkpoint["config"], mine, RESUMABLE_CHANGES)
+        differ = resume_conflicts(checkpoint["config"], self.configs(), RESUMABLE_CHANGES)
         if differ:
             raise ValueError(
                 f"the checkpoint is from another configuration ({', '.join(differ)}); resume with "
