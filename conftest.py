@@ -65,7 +65,7 @@ def notebook_inputs(name: str) -> dict[str, str]:
     """The parameters that point notebook ``name`` at inputs made for it, in a fresh run folder of its own."""
     run = scratch() / f"nb-{name[:2]}"
     if name.startswith("01_"):
-        return dict(run_dir=str(run), data_root=str(scratch() / "corpus01"))
+        return dict(run_dir=str(run), data_root=str(scratch() / "corpus01"), synthesize="always")
     source = {"02_": pages_run, "03_": checkpoint_run}.get(name[:3])
     if source is None:
         return {}

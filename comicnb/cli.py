@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -11,7 +12,7 @@ def _run(args: argparse.Namespace) -> int:
     from comicnb.runner import RunError, run
 
     try:
-        summary = run(args.profile, args.run, only=args.only, log_output=args.log_output)
+        summary = run(args.profile, args.run, only=args.only, start=args.start, log_output=args.log_output)
     except RunError as exc:
         print(f"comicnb run: {exc}", file=sys.stderr)
         return 1
@@ -43,6 +44,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"comicnb train: {WANDB_MESSAGE}", file=sys.stderr)
     try:
         split_settings(settings)  # a misnamed key fails before any run folder is made
+        if args.data_root and args.run_name:  # an existing run's checkpoints are refused before its pages are re-read
+            checkpoints(Path(args.output_dir) / args.run_name).prepare(args.resume, args.overwrite)
         run_dir = prepare_run(args, settings) if args.data_root else (args.run_dir or params_run_dir)
         if not run_dir:
             print(
@@ -51,8 +54,8 @@ def _train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        trainer = train_stage3(run_dir, settings, resume=args.resume)
-    except (UnknownSettingError, FileNotFoundError, ValueError) as exc:
+        trainer = train_stage3(run_dir, settings, resume=args.resume, overwrite=args.overwrite)
+    except (UnknownSettingError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"comicnb train: {exc}", file=sys.stderr)
         return 2
     if trainer.accelerator.is_main_process:
@@ -69,9 +72,11 @@ def _train(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     """Generate (or resume) a run's panel embedding store."""
     from comicnb.store import EmbedConfig, StoreMismatchError, generate, parse_shard
+    from comicnb.store.writer import run_pages_per_chunk
 
-    cfg = EmbedConfig(pages_per_chunk=args.pages_per_chunk, num_workers=args.num_workers, precision=args.precision)
     try:
+        chunk = args.pages_per_chunk or run_pages_per_chunk(args.run_dir, args.store, args.overwrite)
+        cfg = EmbedConfig(pages_per_chunk=chunk, num_workers=args.num_workers, precision=args.precision)
         summary = generate(
             args.run_dir,
             args.checkpoint,
@@ -79,6 +84,7 @@ def _embed(args: argparse.Namespace) -> int:
             cfg=cfg,
             shard=parse_shard(args.shard) if args.shard else None,
             overwrite=args.overwrite,
+            overwrite_hint="--overwrite",
         )
     except (StoreMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"comicnb embed: {exc}", file=sys.stderr)
@@ -119,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="demo", help="parameter set: a folder of params/ (default: demo)")
     run.add_argument("--run", default=None, help="name of the run folder under outputs/ (default: profile-time)")
     run.add_argument("--only", nargs="+", default=None, help="notebooks to run, by number or name (e.g. 01 02)")
+    run.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        metavar="NN",
+        help="continue the run folder of --run from this notebook: rerun it and every later one, keep the earlier "
+        "ones' artefacts",
+    )
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
     run.set_defaults(func=_run)
 
@@ -141,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--params", default=None, help="YAML with the stage notebook's parameters")
     train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: params)")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run's existing checkpoints (checkpoint.pt and best_model.pt) with a new training run",
+    )
     add_seed_arguments(train)
     train.set_defaults(func=_train)
 
@@ -159,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--store", default=None, help="store path (default: RUN_DIR/panel_embeddings.zarr)")
     embed.add_argument("--shard", default=None, help="i/n: encode every n-th chunk from the i-th (0-based)")
-    embed.add_argument("--pages-per-chunk", type=int, default=16, help="pages per forward batch and zarr chunk")
+    embed.add_argument(
+        "--pages-per-chunk",
+        type=int,
+        default=None,
+        help="pages per forward batch and zarr chunk (default: the existing store's, else notebook 03's in "
+        "RUN_DIR/params.yaml, else 16)",
+    )
     embed.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding pages")
     embed.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="inference precision")
     embed.add_argument("--overwrite", action="store_true", help="replace a store made from something else")

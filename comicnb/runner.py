@@ -2,13 +2,20 @@
 
 A run reads ``params/<profile>/<notebook>.yaml`` for each notebook, injects ``run_dir`` so every notebook of
 the run reads and writes the same ``outputs/<run>/``, and stops at the first failing notebook with an error
-that names the notebook and the cell.
+that names the notebook and the cell (``In [n]``, as the rendered report shows it).
+
+An existing run folder is continued from a named notebook (``start="02"``, the command line's ``--from 02``):
+the artefacts of the notebooks before it are kept and read, the named notebook and every later one run again and
+replace theirs (each notebook that declares an ``overwrite`` parameter gets ``overwrite=True``). ``summary.json``
+keeps the run folder's history: every invocation, with its notebooks, their parameters, status and seconds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,10 +25,33 @@ import nbformat
 import papermill
 import yaml
 from nbconvert import HTMLExporter
+from traitlets.config import Config
 
 from comicnb.paths import git_revision, project_root
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+SUMMARY = "summary.json"
+PARAMS = "params.yaml"
+
+# What each notebook of the workbook writes into its run folder and a later notebook reads (the README's pipeline
+# table). A notebook not listed here counts as done when the run's history records it as ok.
+ARTEFACTS: dict[str, tuple[str, ...]] = {
+    "01_data_inspection": ("pages.jsonl",),
+    "02_stage3_training": ("stage3/checkpoint.pt",),
+    "03_embedding_generation": ("panel_embeddings.zarr",),
+}
+
+
+def kernel_config(sockets: str) -> Config:
+    """The kernel talks to papermill over Unix sockets in the folder ``sockets`` rather than over TCP: nothing listens
+    on a port, and ipykernel has no reason to print "Kernel is running over TCP without encryption" into every run's
+    stderr. On Windows (no IPC transport), or where a socket's path would pass the 107-byte limit of its address, the
+    kernel keeps TCP.
+    """
+    prefix = str(Path(sockets, "kernel"))
+    if os.name != "posix" or len(f"{prefix}-99".encode()) > 100:
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": prefix}})
 
 
 class RunError(RuntimeError):
@@ -37,17 +67,21 @@ class NotebookResult:
     seconds: float = 0.0
     html: str | None = None
     error: str | None = None
+    started: str | None = None
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
 class RunSummary:
-    """The ``summary.json`` of a run."""
+    """One invocation of the runner on a run folder: an entry of ``summary.json``'s history."""
 
     run: str
     profile: str
     run_dir: str
     git_revision: str
     started: str
+    selection: str = "all"  # "all", "from 02" or "only 01 03"
+    finished: str | None = None
     notebooks: list[NotebookResult] = field(default_factory=list)
 
     @property
@@ -55,9 +89,65 @@ class RunSummary:
         """True when every notebook ran."""
         return all(n.status == "ok" for n in self.notebooks)
 
-    def write(self, path: Path) -> None:
-        """Write the summary as JSON."""
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+    @property
+    def status(self) -> str:
+        """``ok``, ``failed`` or ``running`` (while the runner is still at it)."""
+        if any(n.status == "failed" for n in self.notebooks):
+            return "failed"
+        return "ok" if self.finished else "running"
+
+    @property
+    def seconds(self) -> float:
+        """Wall seconds of the notebooks that ran."""
+        return sum(n.seconds for n in self.notebooks)
+
+    def entry(self) -> dict:
+        """This invocation as an entry of the history."""
+        fields = asdict(self)
+        del fields["run"], fields["run_dir"]
+        return {**fields, "status": self.status, "seconds": self.seconds}
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The history in a run folder's ``summary.json`` (oldest first); a summary of the old one-run form is one entry."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "history" in data:
+        return data["history"]
+    old = {key: value for key, value in data.items() if key not in ("run", "run_dir")}
+    failed = any(n.get("status") == "failed" for n in old.get("notebooks", []))
+    return [{**old, "selection": "all", "status": "failed" if failed else "ok"}]
+
+
+def latest_results(history: list[dict]) -> dict[str, dict]:
+    """Per notebook, its result in the latest invocation that ran it (a "not run" is no result)."""
+    latest = {}
+    for entry in history:
+        for result in entry.get("notebooks", []):
+            if result.get("status") != "not run":
+                latest[result["notebook"]] = result
+    return latest
+
+
+def write_summary(run_dir: Path, rel_run_dir: str, history: list[dict]) -> None:
+    """Write ``summary.json``: the run folder's current state per notebook, then every invocation (``history``)."""
+    latest = latest_results(history)
+    data = {
+        "run": run_dir.name,
+        "run_dir": rel_run_dir,
+        "notebooks": [latest[name] for name in sorted(latest)],
+        "history": history,
+    }
+    (run_dir / SUMMARY).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def write_params(run_dir: Path, history: list[dict]) -> None:
+    """Write ``params.yaml``: per notebook, the parameters its artefacts in the run folder were made with."""
+    latest = latest_results(history)
+    resolved = {name: latest[name].get("params", {}) for name in sorted(latest)}
+    (run_dir / PARAMS).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
 
 
 def numbered_notebooks(notebooks_dir: Path) -> list[Path]:
@@ -86,16 +176,22 @@ def unknown_parameters(notebook: Path, params: dict) -> list[str]:
 
 
 def check_params(notebooks: list[Path], params_dir: Path, profile: str) -> dict[str, dict]:
-    """Load every notebook's parameters for ``profile`` and fail on any key the notebook does not declare."""
-    resolved = {}
+    """Load every notebook's parameters for ``profile``; fail on the keys the notebooks do not declare, all at once."""
+    resolved, problems = {}, []
     for nb in notebooks:
         params = load_params(params_dir, profile, nb)
         unknown = unknown_parameters(nb, params)
         if unknown:
-            source = f"params/{profile}/{nb.stem}.yaml or the runner"
-            raise RunError(f"{nb.name} does not declare {unknown} (set by {source})")
+            problems.append(f"  {nb.name} does not declare {unknown} (set by params/{profile}/{nb.stem}.yaml)")
         resolved[nb.stem] = params
+    if problems:
+        raise RunError("parameters the notebooks do not declare:\n" + "\n".join(problems))
     return resolved
+
+
+def declares(notebook: Path, name: str) -> bool:
+    """True when the notebook's parameters cell declares ``name``."""
+    return name in papermill.inspect_notebook(str(notebook))
 
 
 def render_html(executed: Path) -> Path:
@@ -107,36 +203,88 @@ def render_html(executed: Path) -> Path:
 
 
 def describe_failure(nb: Path, exc: papermill.PapermillExecutionError) -> str:
-    """One line naming the notebook, the cell and the exception."""
+    """One line naming the notebook, the cell (by its execution count, ``In [n]`` as in the report) and the error."""
     first_line = (exc.source or "").strip().splitlines()[:1]
-    where = f"cell {exc.cell_index}" + (f" (`{first_line[0][:60]}`)" if first_line else "")
+    where = f"cell In [{exc.exec_count}]" if exc.exec_count is not None else f"cell {exc.cell_index}"
+    where += f" (`{first_line[0][:60]}`)" if first_line else ""
     return f"{nb.name}, {where}: {exc.ename}: {exc.evalue}"
 
 
 def execute(nb: Path, run_dir: Path, params: dict, root: Path, log_output: bool) -> NotebookResult:
     """Execute one notebook into ``run_dir`` and render it; a failure is returned, not raised."""
     executed = run_dir / nb.name
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(nb), str(executed), parameters=params, cwd=str(root), progress_bar=False, log_output=log_output
-        )
+        with tempfile.TemporaryDirectory(prefix="comicnb-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(nb),
+                str(executed),
+                parameters=params,
+                cwd=str(root),
+                progress_bar=False,
+                log_output=log_output,
+                config=kernel_config(sockets),
+            )
     except papermill.PapermillExecutionError as exc:
-        result = NotebookResult(nb.stem, "failed", time.perf_counter() - start, error=describe_failure(nb, exc))
+        status, error = "failed", describe_failure(nb, exc)
     else:
-        result = NotebookResult(nb.stem, "ok", time.perf_counter() - start)
+        status, error = "ok", None
+    result = NotebookResult(nb.stem, status, time.perf_counter() - start, error=error, started=started, params=params)
     if executed.exists():
         result.html = render_html(executed).name
     return result
 
 
-def new_run_dir(outputs: Path, profile: str, run: str | None) -> Path:
-    """A new, empty ``outputs/<run>/`` (default name: profile and time); an existing non-empty one is refused."""
+def select(notebooks: list[Path], start: str | None, only: list[str] | None) -> list[Path]:
+    """The notebooks to run: all of them, those from ``start`` on, or those named in ``only`` (number or name)."""
+
+    def named(nb: Path, names: list[str]) -> bool:
+        return nb.stem in names or nb.stem[:2] in names
+
+    if start and only:
+        raise RunError("give --from or --only, not both")
+    if start:
+        first = next((i for i, nb in enumerate(notebooks) if named(nb, [start])), None)
+        if first is None:
+            raise RunError(f"--from {start}: no such notebook (there are {[nb.stem for nb in notebooks]})")
+        return notebooks[first:]
+    if only:
+        unknown = [name for name in only if not any(named(nb, [name]) for nb in notebooks)]
+        if unknown:
+            raise RunError(f"--only {' '.join(unknown)}: no such notebook (there are {[nb.stem for nb in notebooks]})")
+        return [nb for nb in notebooks if named(nb, only)]
+    return notebooks
+
+
+def missing_upstream(notebooks: list[Path], selected: list[Path], run_dir: Path) -> dict[str, list[str]]:
+    """Per notebook before the last selected one and not itself selected: what the run folder lacks of it."""
+    latest = latest_results(read_history(run_dir)) if run_dir.is_dir() else {}
+    missing = {}
+    for nb in notebooks[: notebooks.index(selected[-1])]:
+        if nb in selected:
+            continue
+        result = latest.get(nb.stem)
+        if result is not None and result.get("status") != "ok":
+            missing[nb.stem] = [f"its last run {result.get('status')}"]
+        elif nb.stem in ARTEFACTS:
+            lacking = [name for name in ARTEFACTS[nb.stem] if not (run_dir / name).exists()]
+            if lacking:
+                missing[nb.stem] = lacking
+        elif result is None:
+            missing[nb.stem] = ["no record of it in summary.json"]
+    return missing
+
+
+def resolve_run_dir(outputs: Path, profile: str, run: str | None, continuing: bool) -> Path:
+    """``outputs/<run>/`` (default name: profile and time). An existing run is only continued, never rerun whole."""
     run = run or f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = outputs / run
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"{run_dir} already holds a run; choose another --run name")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and any(run_dir.iterdir()) and not continuing:
+        raise RunError(
+            f"{run_dir} already holds a run; choose another --run name, or continue it from a notebook with "
+            f"--run {run} --from NN (e.g. --from 02 reruns 02 and every later notebook, keeping 01's artefacts)"
+        )
     return run_dir
 
 
@@ -145,36 +293,66 @@ def run(
     run: str | None = None,
     *,
     only: list[str] | None = None,
+    start: str | None = None,
     root: str | Path | None = None,
     log_output: bool = False,
 ) -> RunSummary:
-    """Run the profile's notebooks in order into ``outputs/<run>/``; raise ``RunError`` at the first failure."""
+    """Run the profile's notebooks in order into ``outputs/<run>/``; raise ``RunError`` at the first failure.
+
+    ``start`` (``--from``) runs that notebook and every later one; ``only`` runs the named ones. Either may continue
+    an existing run folder, whose upstream artefacts must then be there; the error otherwise names what is missing.
+    """
     root = project_root(root)
-    notebooks = numbered_notebooks(root / "notebooks")
-    if only:
-        notebooks = [nb for nb in notebooks if nb.stem in only or nb.stem[:2] in only]
-    if not notebooks:
-        raise RunError(f"no notebooks to run in {root / 'notebooks'} (only={only})")
+    all_notebooks = numbered_notebooks(root / "notebooks")
+    if not all_notebooks:
+        raise RunError(f"no notebooks to run in {root / 'notebooks'}")
+    notebooks = select(all_notebooks, start, only)
     if not (root / "params" / profile).is_dir():
         raise RunError(f"no profile {profile!r}: {root / 'params' / profile} does not exist")
     all_params = check_params(notebooks, root / "params", profile)
-    run_dir = new_run_dir(root / "outputs", profile, run)
+    run_dir = resolve_run_dir(root / "outputs", profile, run, continuing=bool(start or only))
+    missing = missing_upstream(all_notebooks, notebooks, run_dir)
+    if missing:
+        earliest = next(nb.stem for nb in all_notebooks if nb.stem in missing)
+        what = "; ".join(f"{name}: {', '.join(items)}" for name, items in missing.items())
+        raise RunError(
+            f"{notebooks[0].name} reads what earlier notebooks write, and {run_dir} lacks it ({what}); "
+            f"run from there: --run {run_dir.name} --from {earliest[:2]}"
+        )
+    history = read_history(run_dir)
+    replacing = bool(history) or (run_dir.is_dir() and any(run_dir.iterdir()))
+    run_dir.mkdir(parents=True, exist_ok=True)
     rel_run_dir = str(run_dir.relative_to(root))
-    resolved = {stem: {**params, "run_dir": rel_run_dir} for stem, params in all_params.items()}
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    resolved = {}
+    for nb in notebooks:
+        resolved[nb.stem] = {**all_params[nb.stem], "run_dir": rel_run_dir}
+        if replacing and declares(nb, "overwrite"):
+            resolved[nb.stem]["overwrite"] = True  # continuing: the notebook replaces what it wrote before
+    selection = f"from {start}" if start else (f"only {' '.join(only)}" if only else "all")
     summary = RunSummary(
-        run_dir.name, profile, rel_run_dir, git_revision(root), datetime.now(UTC).isoformat(timespec="seconds")
+        run_dir.name,
+        profile,
+        rel_run_dir,
+        git_revision(root),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        selection=selection,
     )
+    history.append(summary.entry())
     for nb in notebooks:
         if not summary.ok:
-            summary.notebooks.append(NotebookResult(nb.stem, "not run"))
+            summary.notebooks.append(NotebookResult(nb.stem, "not run", params=resolved[nb.stem]))
             continue
         print(f"[comicnb] {nb.name} ...", flush=True)
         result = execute(nb, run_dir, resolved[nb.stem], root, log_output)
         print(f"[comicnb] {nb.name}: {result.status} in {result.seconds:.1f} s", flush=True)
         summary.notebooks.append(result)
-        summary.write(run_dir / "summary.json")
-    summary.write(run_dir / "summary.json")
+        history[-1] = summary.entry()
+        write_summary(run_dir, rel_run_dir, history)
+        write_params(run_dir, history)
+    summary.finished = datetime.now(UTC).isoformat(timespec="seconds")
+    history[-1] = summary.entry()
+    write_summary(run_dir, rel_run_dir, history)
+    write_params(run_dir, history)
     if not summary.ok:
         failed = next(n for n in summary.notebooks if n.status == "failed")
         executed = run_dir / f"{failed.notebook}.ipynb"

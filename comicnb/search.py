@@ -13,8 +13,10 @@ dependencies (already pinned in requirements.lock; faiss is not in the environme
 inner-product metric, which on our L2-normalised vectors is cosine similarity. Vectors are stored as float16 by
 default: it halves memory and distance cost at no measurable recall loss, where int8 capped recall@10 near 0.9.
 
-``PanelSearch`` opens a store folder and answers with pandas rows naming book, page and panel; it also ranks pages
-by their mean-pooled panel vectors, and strips (runs of consecutive panels on a page) by theirs.
+``PanelSearch`` opens a store folder and answers with pandas rows naming book, page and panel, with the panel's text,
+page image and box; it also ranks pages by their mean-pooled panel vectors, and strips (runs of consecutive panels on
+a page) by theirs. Its ``encode_query`` turns images and texts into queries only with the model of the checkpoint
+the store was made from (the store records that file's SHA-256): a model of another checkpoint is refused.
 """
 
 from __future__ import annotations
@@ -34,13 +36,27 @@ from torch import Tensor
 from usearch.index import BatchMatches, Index
 from zarr.buffer.cpu import NDBuffer
 
-from comicnb.store.reader import load_metadata
-from comicnb.store.schema import EMBEDDINGS, MASKS
+from comicnb.store.reader import check_checkpoint, load_metadata
+from comicnb.store.schema import EMBEDDINGS, MASKS, file_sha256
 
 Array = np.ndarray | Tensor | zarr.Array
 Vectors = Array | zarr.Group  # a group means its embeddings array, masked by its panel_masks
 # slot: the panel's position in the store's page row; panel_index: its position in the page JSON (comicnb.store.schema)
-PANEL_COLUMNS = ["query", "rank", "book_id", "page_name", "page_index", "slot", "panel_index", "panel_id", "score"]
+# text, image_path and box name the hit itself (empty / None for a store whose metadata predates them)
+PANEL_COLUMNS = [
+    "query",
+    "rank",
+    "book_id",
+    "page_name",
+    "page_index",
+    "slot",
+    "panel_index",
+    "panel_id",
+    "score",
+    "text",
+    "image_path",
+    "box",
+]
 PAGE_COLUMNS = ["query", "rank", "book_id", "page_name", "page_index", "score"]
 SCORE_ELEMENTS = 2**24  # (queries x rows) scores computed at once: 64 MiB, so many queries cannot blow up memory
 
@@ -282,18 +298,55 @@ class PanelSearch:
         self,
         store: str | Path,
         *,
+        checkpoint: str | Path | None = None,
         metadata: pd.DataFrame | list[dict] | None = None,
         index: ApproxIndex | None = None,
         chunk_rows: int = 65536,
     ) -> None:
-        """Open the store read-only; search is exact unless an ApproxIndex built over the same store is given."""
+        """Open the store read-only; search is exact unless an ApproxIndex built over the same store is given.
+
+        ``checkpoint``: the Stage 3 checkpoint file the store was made from, checked now against the SHA-256 the
+        store records (StoreMismatchError if it is another); ``encode_query`` then encodes with its model.
+        """
+        self.store = Path(store)
         group = zarr.open_group(str(store), mode="r")
+        self.attrs = dict(group.attrs)
         self.embeddings, self.masks = group[EMBEDDINGS], np.asarray(group[MASKS][:]).astype(bool)  # masks are small
         self.pages = load_metadata(store) if metadata is None else pd.DataFrame(metadata)
         if len(self.pages) != self.embeddings.shape[0]:
             raise ValueError(f"{len(self.pages)} metadata records for {self.embeddings.shape[0]} pages in {store}")
         self.index, self.chunk_rows = index, chunk_rows
         self._strips: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        if self.checkpoint is not None:
+            check_checkpoint(self.store, self.attrs, file_sha256(self.checkpoint), self.checkpoint)
+
+    @cached_property
+    def model(self) -> Any:
+        """The panel encoder of ``checkpoint`` (loaded on first use; the model code is imported only then)."""
+        if self.checkpoint is None:
+            raise ValueError(
+                f"no model for {self.store}: give PanelSearch(store, checkpoint=PATH), or pass a model from "
+                f"model_from_checkpoint(PATH) to encode_query"
+            )
+        from comicnb.stage3.model import model_from_checkpoint  # search alone never loads the model code
+
+        return model_from_checkpoint(self.checkpoint)
+
+    def check_model(self, model: Any) -> None:
+        """Refuse (StoreMismatchError) a model whose checkpoint is not the one this store was made from."""
+        sha256, path = getattr(model, "checkpoint_sha256", None), getattr(model, "checkpoint_path", None)
+        check_checkpoint(self.store, self.attrs, sha256, path)
+
+    def encode_query(
+        self, model: Any = None, *, images: Tensor | None = None, texts: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """(Q, D) query vectors in this store's space from images ([0, 1] tensors), texts, or both paired row by row,
+        encoded by ``model`` (default: the model of ``checkpoint``) after checking it is the store's checkpoint."""
+        model = self.model if model is None else model
+        self.check_model(model)
+        with torch.no_grad():
+            return model.encode_query(images=images, texts=texts).float().cpu().numpy()
 
     @cached_property
     def panel_ids(self) -> np.ndarray:
@@ -396,7 +449,28 @@ class PanelSearch:
             )
         )
         table["panel_index"] = self.json_panel_index(pages, slots)
+        table["text"] = self._per_panel("texts", pages, slots, "")
+        table["box"] = self._per_panel("boxes", pages, slots, None)
+        table["image_path"] = [self.image_paths[p] for p in pages]
         return table.join(self.pages[["book_id", "page_name"]], on="page_index")[PANEL_COLUMNS]
+
+    def _per_panel(self, field: str, pages: np.ndarray, slots: np.ndarray, missing: Any) -> list[Any]:
+        """The metadata's per-panel ``field`` of each (page, slot); ``missing`` where the store's metadata lacks it."""
+        if field not in self.pages:
+            return [missing] * len(pages)
+        values = self.pages[field]
+        return [values.iat[p][s] if isinstance(values.iat[p], list) else missing for p, s in zip(pages, slots)]
+
+    @cached_property
+    def image_paths(self) -> list[str | None]:
+        """Each page's image file: under the store's recorded data_root when it has one, else as the metadata says."""
+        if "image_path" not in self.pages:
+            return [None] * len(self.pages)
+        root = self.attrs.get("data_root")
+        return [
+            None if not isinstance(path, str) else str(Path(root) / path) if root else path
+            for path in self.pages.image_path
+        ]
 
     def json_panel_index(self, pages: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """The page-JSON index of the panel in each (page, slot); the slot itself where metadata has no such list."""

@@ -440,7 +440,10 @@ def test_images_and_json_matched_in_their_own_book_only(corpus_root: Path) -> No
     (corpus_root / ".ipynb_checkpoints").mkdir()
     (corpus_root / "empty_book").mkdir()
     corpus = load_corpus(corpus_root)
-    assert corpus.problems[["book_id", "problem"]].values.tolist() == [["book_001", "missing_json"]]
+    assert sorted(corpus.problems[["book_id", "problem", "file"]].values.tolist()) == [
+        ["book_001", "missing_json", "book_001/page_001.png"],
+        ["book_002", "unused_file", "book_002/notes.txt"],
+    ]
     assert corpus.pages.set_index("page_id").loc["book_002/page_001", "image_path"] == "book_002/page_001.JPEG"
 
 

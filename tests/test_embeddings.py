@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 import zarr
 
 from comicnb import checkpoint
@@ -169,6 +171,7 @@ def test_two_concurrent_shard_processes_fill_one_store_disjointly(store: Path, r
     outputs = [process.communicate(timeout=300) for process in processes]
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
+    assert not list(tmp_path.glob(".*.lock")), "a lock file was left beside the stores"
 
     written = [set(np.flatnonzero(read(tmp_path / f"alone{i}.zarr")[DONE]).tolist()) for i in (0, 1)]
     pages = len(read(store)[DONE])
@@ -298,3 +301,90 @@ def test_panel_ids_and_labels_follow_the_store_order(store: Path, run_dir: Path,
     without_truth = panel_labels(metadata, tmp_path)  # real data: no sidecar, only the book
     assert list(without_truth.columns) == ["book_id"]
     assert without_truth.book_id.tolist() == labels.book_id.tolist()
+
+
+def test_no_lock_file_is_left_beside_a_finished_store(store: Path, run_dir: Path, tmp_path: Path) -> None:
+    assert not list(run_dir.glob(".*.lock"))
+    generate(run_dir, store=tmp_path / "half.zarr", cfg=EmbedConfig(pages_per_chunk=3), shard=(0, 2))
+    assert not list(tmp_path.glob(".*.lock"))  # a shard that finished cleanly leaves none either
+
+
+def test_cli_resumes_with_the_stores_pages_per_chunk_and_names_its_own_flag(
+    store: Path, run_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from comicnb import cli
+
+    assert cli.main(["embed", "--run-dir", str(run_dir)]) == 0  # the store was made with 3 pages a chunk
+    assert "0 chunks encoded" in capsys.readouterr().out
+    assert cli.main(["embed", "--run-dir", str(run_dir), "--pages-per-chunk", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "pages_per_chunk" in err and "--overwrite" in err and "overwrite=True" not in err
+    with pytest.raises(StoreMismatchError) as refused:  # the Python API (notebook 03) names its parameter
+        generate(run_dir, cfg=EmbedConfig(pages_per_chunk=2))
+    assert "overwrite=True" in str(refused.value) and "--overwrite" not in str(refused.value)
+
+
+def copy_run(run_dir: Path, into: Path, *ignore: str) -> Path:
+    """A copy of the run folder without its store (and without what else ``ignore`` names)."""
+    shutil.copytree(run_dir, into, ignore=shutil.ignore_patterns(STORE_NAME, ".*.lock", *ignore))
+    return into
+
+
+def test_cli_takes_pages_per_chunk_from_the_runs_params(run_dir: Path, tmp_path: Path) -> None:
+    from comicnb import cli
+
+    run = copy_run(run_dir, tmp_path / "run")
+    resolved = {
+        "02_stage3_training": {"feature_dim": 16, "run_dir": str(run)},
+        "03_embedding_generation": {"pages_per_chunk": 5, "run_dir": str(run)},
+    }
+    (run / "params.yaml").write_text(yaml.safe_dump(resolved))  # as `comicnb run` writes it
+    assert cli.main(["embed", "--run-dir", str(run)]) == 0
+    assert zarr.open_group(str(run / STORE_NAME), mode="r").attrs["pages_per_chunk"] == 5
+
+
+def test_cli_without_a_checkpoint_names_what_makes_one(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from comicnb import cli
+
+    run = copy_run(run_dir, tmp_path / "run", "stage3")
+    assert cli.main(["embed", "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"no Stage 3 checkpoint in {run / 'stage3'}/: run notebook 02 or `comicnb train stage3 --run-dir" in err
+    assert cli.main(["embed", "--run-dir", str(run), "--checkpoint", str(tmp_path / "nope.pt")]) == 1
+    assert "nope.pt does not exist: run notebook 02" in capsys.readouterr().err
+
+
+def test_search_hits_read_without_look_up_and_only_the_stores_model_encodes_queries(
+    store: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    made_from = checkpoints(run_dir).last
+    search = PanelSearch(store, checkpoint=made_from)
+    pages, data_root = load_run_pages(run_dir)
+    hits = search.neighbours(search.panel_ids[::7], k=2)
+    for hit in hits.itertuples():
+        assert hit.text == pages.texts[hit.page_index][hit.slot] and hit.box == pages.boxes[hit.page_index][hit.slot]
+        assert hit.image_path == str(data_root / pages.image_path[hit.page_index]) and Path(hit.image_path).is_file()
+
+    text = next(t for t in pages.texts[0] if t)
+    model = model_from_checkpoint(made_from)
+    assert model.checkpoint_sha256 == file_sha256(made_from)
+    with torch.no_grad():
+        direct = model.encode_query(texts=[text], store=store).numpy()
+    assert np.allclose(search.encode_query(texts=[text]), direct, atol=1e-6)
+    assert np.array_equal(search.encode_query(model, texts=[text]), direct)
+
+    torch.manual_seed(1)
+    other = save_checkpoint(PanelFeatureExtractor(feature_dim=16, tiny=True), tmp_path / "other.pt")
+    with pytest.raises(StoreMismatchError) as refused:
+        PanelSearch(store, checkpoint=other)
+    assert str(other) in str(refused.value) and str(made_from) in str(refused.value)
+    wrong = model_from_checkpoint(other)
+    with pytest.raises(StoreMismatchError, match="other.pt"):
+        search.encode_query(wrong, texts=[text])
+    with pytest.raises(StoreMismatchError, match="other.pt"):
+        wrong.encode_query(texts=[text], store=store)
+    in_memory = model_from_checkpoint(torch.load(made_from, weights_only=True))  # cannot say which file it is
+    with pytest.raises(StoreMismatchError, match="model_from_checkpoint"):
+        search.encode_query(in_memory, texts=[text])

@@ -285,8 +285,11 @@ def test_flat_settings_split_into_the_three_configs() -> None:
     assert (train_cfg.lr, train_cfg.max_panels, train_cfg.epochs) == (0.01, 9, TrainConfig().epochs)
     assert objective_cfg == ObjectiveConfig(feature_dim=16, max_panels=9, temperature=0.1)
     assert settings_from({"lr": 0.5, "run_dir": "outputs/x", "tiny": True}) == {"lr": 0.5, "tiny": True}
-    with pytest.raises(UnknownSettingError, match=r"unknown Stage 3 settings \['learning_rate'\]"):
+    with pytest.raises(UnknownSettingError, match=r"^unknown Stage 3 setting 'learning_rate'") as err:
         split_settings(dict(lr=0.01, learning_rate=0.01))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UnknownSettingError, match=r"'epochz' \(did you mean 'epochs'\?\)"):
+        split_settings(dict(epochz=3))
     assert PanelModelConfig(visual_backbone="a, b").visual_backbone == ["a", "b"]
     assert PanelModelConfig(visual_backbone=("a",)).visual_backbone == ["a"]
     assert PanelModelConfig().visual_backbone == "efficientnet_lite0"

@@ -68,7 +68,7 @@ def test_each_term_is_finite_and_falls_when_trained(term: str) -> None:
 def test_total_is_the_weighted_sum_and_the_head_is_checkpointed() -> None:
     model, objective = tiny_model(), Stage3Objective(feature_dim=DIM, alignment_weight=2.0)
     terms = objective(model, page_batch())
-    weights = dict(contrastive=1.0, reconstruction=0.5, alignment=2.0, instance=1.0)
+    weights = dict(contrastive=1.0, reconstruction=0.5, alignment=2.0, instance=1.0, modality=0.0)
     assert torch.allclose(terms["total"], sum(weights[name] * terms[name] for name in TERMS))
     assert any(key.startswith("reconstruction_head.") for key in objective.state_dict())
     rebuilt = Stage3Objective.from_config(objective.config)

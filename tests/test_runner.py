@@ -1,11 +1,14 @@
-"""The runner executes notebooks in order, renders them, summarises, and stops at a failure naming the cell."""
+"""The runner executes notebooks in order, renders them, summarises, continues a run from a notebook, and stops at
+a failure naming the cell as the report shows it."""
 
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
+from comicnb import cli, runner
 from comicnb.runner import RunError, run
 
 
@@ -27,12 +30,15 @@ def project(tmp_path: Path) -> Path:
     notebook(
         tmp_path / "notebooks" / "01_first.ipynb",
         'run_dir: str = ""\nn: int = 1',
-        "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(str(n * 2))",
+        "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(str(n * 2))\n"
+        "with open(Path(run_dir, 'ran.txt'), 'a') as f: f.write('01 ')",
     )
     notebook(
         tmp_path / "notebooks" / "02_second.ipynb",
-        'run_dir: str = ""',
-        "from pathlib import Path\nassert Path(run_dir, 'first.txt').read_text() == '14'",
+        'run_dir: str = ""\noverwrite: bool = False\nm: int = 0',
+        "from pathlib import Path\nassert Path(run_dir, 'first.txt').read_text() == '14'\n"
+        "Path(run_dir, 'second.txt').write_text(f'{m} {overwrite}')\n"
+        "with open(Path(run_dir, 'ran.txt'), 'a') as f: f.write('02 ')",
     )
     (tmp_path / "params" / "p" / "01_first.yaml").write_text("n: 7\n")
     return tmp_path
@@ -43,20 +49,27 @@ def test_run_executes_in_order_with_params_and_writes_html_and_summary(project):
     run_dir = project / "outputs" / "r1"
     assert [n.status for n in summary.notebooks] == ["ok", "ok"]
     assert (run_dir / "first.txt").read_text() == "14"
+    assert (run_dir / "second.txt").read_text() == "0 False"  # a new run is not told to overwrite anything
     assert (run_dir / "01_first.html").read_text().lstrip().lower().startswith("<!doctype html")
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert [n["notebook"] for n in on_disk["notebooks"]] == ["01_first", "02_second"]
     assert all(n["seconds"] > 0 for n in on_disk["notebooks"])
+    [entry] = on_disk["history"]
+    assert entry["status"] == "ok" and entry["selection"] == "all" and entry["finished"]
+    assert entry["notebooks"][0]["params"] == {"n": 7, "run_dir": "outputs/r1"}
     assert "n: 7" in (run_dir / "params.yaml").read_text()
 
 
-def test_a_failing_notebook_stops_the_run_and_is_named_with_its_cell(project):
+def test_a_failing_notebook_stops_the_run_and_is_named_with_its_cell_as_the_report_shows_it(project):
     (project / "params" / "p" / "01_first.yaml").write_text("n: 3\n")
-    with pytest.raises(RunError, match=r"02_second\.ipynb, cell 2 .*AssertionError"):
+    # cell index 2, but the third cell executed (parameters, papermill's injected parameters, body): In [3]
+    with pytest.raises(RunError, match=r"02_second\.ipynb, cell In \[3\] .*AssertionError"):
         run("p", "r2", root=project)
     on_disk = json.loads((project / "outputs" / "r2" / "summary.json").read_text())
-    assert [n["status"] for n in on_disk["notebooks"]] == ["ok", "failed"]
-    assert (project / "outputs" / "r2" / "02_second.html").exists()
+    assert [n["status"] for n in on_disk["history"][0]["notebooks"]] == ["ok", "failed"]
+    assert on_disk["history"][0]["status"] == "failed"
+    html = (project / "outputs" / "r2" / "02_second.html").read_text()
+    assert "In&nbsp;[3]" in html or "In [3]" in html
 
 
 def test_unknown_parameter_fails_before_anything_runs(project):
@@ -66,7 +79,109 @@ def test_unknown_parameter_fails_before_anything_runs(project):
     assert not (project / "outputs" / "r3").exists()
 
 
-def test_an_existing_run_is_never_overwritten(project):
+def test_every_misnamed_key_of_every_notebook_is_reported_at_once(project):
+    (project / "params" / "p" / "01_first.yaml").write_text("n: 7\nnn: 1\n")
+    (project / "params" / "p" / "02_second.yaml").write_text("typo_epochs: 3\nlr_typo: 1\n")
+    with pytest.raises(RunError) as caught:
+        run("p", "r3", root=project)
+    message = str(caught.value)
+    assert "01_first.ipynb does not declare ['nn']" in message
+    assert "02_second.ipynb does not declare ['lr_typo', 'typo_epochs']" in message
+    assert not (project / "outputs" / "r3").exists()
+
+
+def test_an_existing_run_is_never_overwritten_whole_and_the_error_suggests_from(project):
     run("p", "r4", root=project, only=["01"])
-    with pytest.raises(RunError, match="already holds a run"):
+    with pytest.raises(RunError, match=r"already holds a run.*--run r4 --from NN"):
         run("p", "r4", root=project)
+
+
+def test_from_continues_an_existing_run_keeping_upstream_and_replacing_downstream(project):
+    run("p", "r5", root=project)
+    run_dir = project / "outputs" / "r5"
+    first_html = (run_dir / "01_first.ipynb").stat().st_mtime_ns
+    (project / "params" / "p" / "02_second.yaml").write_text("m: 5\n")
+    summary = run("p", "r5", root=project, start="02")
+    assert [n.notebook for n in summary.notebooks] == ["02_second"]
+    assert (run_dir / "ran.txt").read_text() == "01 02 02 "  # 01 ran once; its artefact was read again
+    assert (run_dir / "01_first.ipynb").stat().st_mtime_ns == first_html
+    assert (run_dir / "second.txt").read_text() == "5 True"  # replaced, told to overwrite (it declares it)
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert [e["selection"] for e in on_disk["history"]] == ["all", "from 02"]
+    second = on_disk["history"][1]
+    assert second["status"] == "ok" and second["started"] and second["seconds"] > 0
+    assert second["notebooks"][0]["params"] == {"m": 5, "run_dir": "outputs/r5", "overwrite": True}
+    # the current state: 01 from the first invocation, 02 from the second
+    assert [n["params"].get("m") for n in on_disk["notebooks"]] == [None, 5]
+    assert yaml.safe_load((run_dir / "params.yaml").read_text())["02_second"]["m"] == 5
+
+
+def test_from_on_the_command_line(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    assert cli.main(["run", "--profile", "p", "--run", "r6"]) == 0
+    assert cli.main(["run", "--profile", "p", "--run", "r6", "--from", "02"]) == 0
+    assert cli.main(["run", "--profile", "p", "--run", "r6"]) == 1
+    assert "--from" in capsys.readouterr().err
+    history = json.loads((project / "outputs" / "r6" / "summary.json").read_text())["history"]
+    assert [e["selection"] for e in history] == ["all", "from 02"]
+
+
+def test_only_on_a_new_run_names_the_missing_artefacts_and_the_from_to_use(project, monkeypatch):
+    monkeypatch.setitem(runner.ARTEFACTS, "01_first", ("first.txt",))
+    with pytest.raises(RunError, match=r"01_first: first\.txt.*--run r7 --from 01"):
+        run("p", "r7", root=project, only=["02"])
+    with pytest.raises(RunError, match=r"first\.txt.*--from 01"):
+        run("p", "r7", root=project, start="02")
+    assert not (project / "outputs" / "r7").exists()
+
+
+def test_only_continues_a_run_whose_upstream_is_there(project):
+    run("p", "r8", root=project, only=["01"])
+    run("p", "r8", root=project, only=["02"])
+    assert (project / "outputs" / "r8" / "ran.txt").read_text() == "01 02 "
+
+
+def test_a_notebook_without_a_record_or_artefacts_upstream_is_missing(project):
+    (project / "outputs" / "r9").mkdir(parents=True)
+    (project / "outputs" / "r9" / "stray.txt").write_text("")
+    with pytest.raises(RunError, match=r"01_first: no record of it in summary\.json.*--from 01"):
+        run("p", "r9", root=project, start="02")
+
+
+def test_the_workbook_artefacts_name_what_notebook_01_writes():
+    assert runner.ARTEFACTS["01_data_inspection"] == ("pages.jsonl",)
+
+
+def test_a_summary_of_the_old_form_becomes_the_first_entry_of_the_history(project):
+    run("p", "r10", root=project)
+    path = project / "outputs" / "r10" / "summary.json"
+    data = json.loads(path.read_text())
+    old = {key: data["history"][0][key] for key in ("profile", "git_revision", "started", "notebooks")}
+    path.write_text(json.dumps({"run": "r10", "run_dir": "outputs/r10", **old}))
+    run("p", "r10", root=project, start="02")
+    history = json.loads(path.read_text())["history"]
+    assert [len(e["notebooks"]) for e in history] == [2, 1]
+
+
+def test_reports_and_stderr_carry_no_kernel_or_progress_bar_noise(project, capfd):
+    notebook(
+        project / "notebooks" / "01_first.ipynb",
+        'run_dir: str = ""',
+        "from pathlib import Path\nfrom tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass\nprint('done')\n"
+        "from ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
+        "print('transport', app.transport, 'in a folder of its own:', Path(app.ip).is_absolute())",
+    )
+    (project / "params" / "p" / "01_first.yaml").write_text("")
+    run("p", "r11", root=project, only=["01"])
+    run_dir = project / "outputs" / "r11"
+    texts = {
+        "stderr": capfd.readouterr().err,
+        "notebook": (run_dir / "01_first.ipynb").read_text(),
+        "html": (run_dir / "01_first.html").read_text(),
+    }
+    assert "done" in texts["notebook"]
+    # the kernel's sockets: Unix sockets in a temporary folder, not TCP ports nor files in the project root
+    assert "transport ipc in a folder of its own: True" in texts["notebook"]
+    for where, text in texts.items():
+        for noise in ("without encryption", "IProgress not found", "TqdmWarning"):
+            assert noise not in text, f"{noise!r} in the {where}"

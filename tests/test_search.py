@@ -13,7 +13,7 @@ import zarr
 from comicnb import search
 from comicnb.evaluation.metrics import overlap_recall
 from comicnb.search import ApproxIndex, PanelSearch, exact_topk, page_vectors, panel_location, strip_vectors
-from comicnb.store import EMBEDDINGS, MASKS, METADATA, STORE_NAME
+from comicnb.store import EMBEDDINGS, MASKS, METADATA, STORE_NAME, StoreMismatchError, file_sha256
 
 DIM = 32
 
@@ -284,3 +284,74 @@ def test_overlap_recall_counts_shared_ids_per_row() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     assert overlap_recall(truth[:, ::-1], truth) == 1.0  # order within a row does not matter
     assert overlap_recall(np.array([[4, 3, 9, 9], [0, 0, 0, 0]]), truth) == 0.25
+
+
+def with_panel_fields(store: Path, data_root: Path | None) -> None:
+    """Add what a new store's metadata holds per panel (texts, boxes) and per page (image_path), and its data_root."""
+    path = store.parent / METADATA
+    records = json.loads(path.read_text())
+    for p, record in enumerate(records):
+        record["texts"] = [f"text {p}.{slot}" for slot in range(record["num_panels"])]
+        record["boxes"] = [[slot, p, slot + 1.0, p + 1.0] for slot in range(record["num_panels"])]
+        record["image_path"] = f"{record['book_id']}/{record['page_name']}.jpg"
+    path.write_text(json.dumps(records))
+    if data_root is not None:
+        zarr.open_group(str(store), mode="r+").attrs.update(data_root=str(data_root))
+
+
+def test_panel_search_hits_carry_text_image_and_box(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    store = write_store(tmp_path, vectors, mask)
+    with_panel_fields(store, tmp_path / "data")
+    hit = PanelSearch(store).query(vectors[12, 1], k=1).iloc[0]
+    assert (hit.page_index, hit.slot) == (12, 1)
+    assert hit.text == "text 12.1" and hit.box == [1.0, 12.0, 2.0, 13.0]
+    assert hit.image_path == str(tmp_path / "data" / "book_1" / "page_02.jpg")  # under the store's data_root
+    near = PanelSearch(store).neighbours(PanelSearch(store).panel_id(20, 0), k=3)
+    assert near.text.tolist() == [f"text {p}.{s}" for p, s in zip(near.page_index, near.slot)]
+
+
+def test_an_older_store_without_panel_texts_still_answers(tmp_path: Path) -> None:
+    vectors, mask = page_store()
+    hits = PanelSearch(write_store(tmp_path, vectors, mask)).query(vectors[12, 1], k=3)
+    assert list(hits.columns) == search.PANEL_COLUMNS
+    assert (hits.text == "").all() and hits.box.isna().all() and hits.image_path.isna().all()
+
+
+class FakeModel:
+    """A panel encoder as model_from_checkpoint returns it: which checkpoint file it came from, and encode_query."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.checkpoint_path = None if path is None else str(path)
+        self.checkpoint_sha256 = None if path is None else file_sha256(path)
+
+    def encode_query(self, images: torch.Tensor | None = None, texts: list[str] | None = None) -> torch.Tensor:
+        return torch.ones(len(texts), DIM, requires_grad=True)
+
+
+def test_panel_search_encodes_queries_only_with_the_stores_checkpoint(tmp_path: Path) -> None:
+    made_from, other = tmp_path / "best_model.pt", tmp_path / "other.pt"
+    made_from.write_bytes(b"the weights the store was made with")
+    other.write_bytes(b"other weights")
+    vectors, mask = page_store()
+    store = write_store(tmp_path, vectors, mask)
+    zarr.open_group(str(store), mode="r+").attrs.update(
+        checkpoint_sha256=file_sha256(made_from), checkpoint=str(made_from)
+    )
+    finder = PanelSearch(store)
+    queries = finder.encode_query(FakeModel(made_from), texts=["Is it getting dark?"])
+    assert isinstance(queries, np.ndarray) and queries.shape == (1, DIM)
+    with pytest.raises(StoreMismatchError) as refused:
+        finder.encode_query(FakeModel(other), texts=["Is it getting dark?"])
+    assert str(made_from) in str(refused.value) and str(other) in str(refused.value)
+    with pytest.raises(StoreMismatchError, match="model_from_checkpoint"):
+        finder.encode_query(FakeModel(None), texts=["Is it getting dark?"])  # a model that cannot say its checkpoint
+    with pytest.raises(StoreMismatchError, match=str(other)):
+        PanelSearch(store, checkpoint=other)
+    assert PanelSearch(store, checkpoint=made_from).checkpoint == made_from
+    with pytest.raises(ValueError, match="checkpoint=PATH"):
+        finder.encode_query(texts=["Is it getting dark?"])  # no model given and none to load
+    (tmp_path / "old").mkdir()
+    unrecorded = PanelSearch(write_store(tmp_path / "old", vectors, mask))  # a store made without provenance
+    with pytest.raises(StoreMismatchError, match="records no checkpoint_sha256"):
+        unrecorded.encode_query(FakeModel(made_from), texts=["Is it getting dark?"])

@@ -111,6 +111,35 @@ def test_the_seed_command_line_trains_into_its_run_folder(
     assert "Traceback" not in done.stderr
 
 
+def test_the_seed_command_line_refuses_to_train_over_a_finished_run(
+    seed_run: tuple[subprocess.CompletedProcess, Path], corpus: tuple[Path, Path, Path]
+) -> None:
+    done, run = seed_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    data_root, train, val = corpus
+    files = checkpoints(run)
+    before = {path: path.read_bytes() for path in (files.last, files.best, run / "pages.jsonl")}
+    again = comicnb(
+        "train",
+        "stage3",
+        "--data_root",
+        str(data_root),
+        "--train_pss_labels",
+        str(train),
+        "--val_pss_labels",
+        str(val),
+        "--epochs=1",
+        "--run_name",
+        run.name,
+        "--output_dir",
+        str(run.parent),
+    )
+    assert again.returncode == 2, again.stderr[-3000:]
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--resume" in lines[0] and "--overwrite" in lines[0], again.stderr[-3000:]
+    assert {path: path.read_bytes() for path in before} == before  # neither the checkpoints nor the pages re-read
+
+
 def test_an_unknown_setting_in_the_params_file_is_a_one_line_error(
     corpus: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -12,12 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_02 = ROOT / "notebooks" / "02_stage3_training.ipynb"
 # Settings a notebook user does not set: derived from others, or the model's own input width.
 NOT_IN_NOTEBOOK = DERIVED | {"comp_dim"}
+# Notebook 02's parameters that are not training settings: where the run lives, and what to do with its checkpoints.
+NOT_SETTINGS = {"run_dir", "overwrite"}
 
 
 def notebook_defaults() -> dict:
-    """Notebook 02's parameters (run_dir aside) with their default values."""
+    """Notebook 02's training parameters (run_dir and overwrite aside) with their default values."""
     found = papermill.inspect_notebook(str(NOTEBOOK_02))
-    return {key: ast.literal_eval(spec["default"]) for key, spec in found.items() if key != "run_dir"}
+    return {key: ast.literal_eval(spec["default"]) for key, spec in found.items() if key not in NOT_SETTINGS}
 
 
 def config_fields() -> set[str]:

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from comicnb import cli
+from comicnb.checkpoint import CheckpointExistsError
 from comicnb.corpus import load_pages
 from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.stage3 import checkpoints
@@ -212,3 +213,45 @@ def test_resuming_with_other_settings_is_refused(trained: Stage3Trainer, run_dir
     with pytest.raises(ValueError, match=r"train\.lr") as refused:
         other.resume(path)
     assert "num_workers" not in str(refused.value)  # loader workers cannot change the result
+
+
+def test_training_over_a_finished_run_needs_resume_or_overwrite(
+    trained: Stage3Trainer,
+    run_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("stage3"))
+    files = checkpoints(run)
+    settings = {**SETTINGS, "epochs": 1}
+    train_stage3(run, settings)
+    finished = files.last.read_bytes()
+    with pytest.raises(CheckpointExistsError, match="--resume") as refused:
+        train_stage3(run, settings)  # the checkpoint notebook 02's report describes stays
+    assert "--overwrite" in str(refused.value) and "overwrite=True" in str(refused.value)
+    assert files.last.read_bytes() == finished
+
+    params = tmp_path / "stage3.yaml"
+    params.write_text(yaml.safe_dump({**settings, "run_dir": str(run)}))
+    capsys.readouterr()
+    assert cli.main(["train", "stage3", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("comicnb train: ") and "--resume" in err and "--overwrite" in err
+    assert files.last.read_bytes() == finished
+
+    # --overwrite: a stale best_model.pt of an earlier run never survives into the new one.
+    files.best.write_bytes(b"stale best of an earlier run")
+    removed = []
+    original = Stage3Trainer.train
+
+    def spy(self: Stage3Trainer, *args: object, **kwargs: object) -> object:
+        removed.append(not files.last.exists() and not files.best.exists())  # checked as training starts
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stage3Trainer, "train", spy)
+    assert cli.main(["train", "stage3", "--params", str(params), "--overwrite"]) == 0
+    assert removed == [True]
+    assert torch.load(files.last, weights_only=True)["step"] == trained.steps_per_epoch
+    assert not files.best.is_file() or torch.load(files.best, weights_only=True)["step"] == trained.steps_per_epoch

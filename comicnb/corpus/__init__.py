@@ -8,7 +8,16 @@ from comicnb.corpus.boxes import BBOX_FORMATS, repair_box
 from comicnb.corpus.checks import bbox_fit, check_bbox_format, checked_run_pages, missed_injected_problems
 from comicnb.corpus.composition import COMPOSITION_FEATURES, composition_features, composition_table
 from comicnb.corpus.crops import crop_panels, to_rgb
-from comicnb.corpus.reader import PAGE_COLUMNS, PROBLEM_COLUMNS, Corpus, clean_text, load_corpus, read_labels
+from comicnb.corpus.location import SYNTHESIZE, embedded_corpus_home, prepare_data_root
+from comicnb.corpus.reader import (
+    PAGE_COLUMNS,
+    PROBLEM_COLUMNS,
+    Corpus,
+    clean_text,
+    label_report,
+    load_corpus,
+    read_labels,
+)
 from comicnb.corpus.splits import SPLITS, split_books, split_counts
 from comicnb.corpus.tables import load_pages, load_run_pages, save_corpus, save_pages
 
@@ -18,6 +27,7 @@ __all__ = [
     "PAGE_COLUMNS",
     "PROBLEM_COLUMNS",
     "SPLITS",
+    "SYNTHESIZE",
     "Corpus",
     "bbox_fit",
     "check_bbox_format",
@@ -26,10 +36,13 @@ __all__ = [
     "composition_features",
     "composition_table",
     "crop_panels",
+    "embedded_corpus_home",
+    "label_report",
     "load_corpus",
     "load_pages",
     "load_run_pages",
     "missed_injected_problems",
+    "prepare_data_root",
     "read_labels",
     "repair_box",
     "save_corpus",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import unicodedata
 import warnings
@@ -54,12 +55,17 @@ class Corpus:
     problems: pd.DataFrame
     data_root: Path
     options: dict = field(default_factory=dict)  # the load_corpus arguments, for provenance
+    labels: dict = field(default_factory=dict)  # the PSS labels read, {(book_id, page_name): label}
 
     def summary(self) -> pd.DataFrame:
         """Books, pages and panels per split."""
         grouped = self.pages.groupby("split", sort=False)
         table = grouped.agg(books=("book_id", "nunique"), pages=("page_id", "size"), panels=("num_panels", "sum"))
         return table.reindex([s for s in SPLITS if s in table.index])
+
+    def label_report(self) -> pd.DataFrame:
+        """Every PSS label in the labels file: pages carrying it and whether they were kept as narrative."""
+        return label_report(self.labels, self.options.get("narrative_labels", ()))
 
     def problem_summary(self) -> pd.DataFrame:
         """Number of problem rows per (problem, action)."""
@@ -124,16 +130,17 @@ def load_corpus(
     if bbox_format not in BBOX_FORMATS or unlabelled not in ("skip", "narrative") or max_panels < 1:
         raise ValueError(f"bad options: bbox_format={bbox_format!r} unlabelled={unlabelled!r} max_panels={max_panels}")
     root = Path(data_root)
-    labels = read_labels(root / "pss_labels.json" if pss_labels is None else pss_labels)
+    labels_source = root / "pss_labels.json" if pss_labels is None else pss_labels
+    labels = read_labels(labels_source)
     opts = _Options(
-        frozenset(n.lower() for n in narrative_labels),
+        frozenset(n.strip().lower() for n in narrative_labels),
         bbox_format,
         max_panels,
         unlabelled,
         max_image_pixels,
         decode_check,
     )
-    files, problems = _scan(root)
+    files, problems = _scan(root, None if isinstance(labels_source, Mapping) else Path(labels_source))
     rows: list[dict] = []
     for book_id, page_name in sorted(files.keys() | labels.keys(), key=_natural_key):
         log = _PageLog(book_id, page_name)
@@ -153,12 +160,33 @@ def load_corpus(
         seed=seed,
         decode_check=decode_check,
     )
-    return Corpus(pages, problem_table, root, options)
+    return Corpus(pages, problem_table, root, options, labels)
 
 
-def _natural_key(page: tuple[str, str]) -> tuple[list, list]:
-    """Sort key for (book_id, page_name) that puts page_2 before page_10."""
-    return tuple([int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)] for name in page)
+def _natural_key(page: tuple[str, ...]) -> tuple:
+    """Sort key for (book_id, page_name): numbers by value, case and separators ignored (page_3 < page-5 < Page 10).
+
+    Each name is read as its words and numbers; spaces, '_', '-', '.' and other punctuation only separate them. The
+    names themselves break ties ('page_3' and 'Page-3'), so the order is total.
+    """
+    return tuple(_name_key(name) for name in page), page
+
+
+def _name_key(name: str) -> list[tuple[int, int, str]]:
+    """Natural-sort tokens of one name: a number as (0, value, ''), a word as (1, 0, lower-cased word)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|[^\W\d_]+", name.lower())]
+
+
+def label_report(labels: Mapping[tuple[str, str], str], narrative_labels: Iterable[str]) -> pd.DataFrame:
+    """One row per distinct PSS label: the pages carrying it and whether those pages are kept (read as narrative).
+
+    Labels are matched as load_corpus matches them (case and surrounding spaces ignored); kept labels come first.
+    """
+    narrative = {n.strip().lower() for n in narrative_labels}
+    counts = pd.Series(list(labels.values()), dtype=object).value_counts()
+    table = pd.DataFrame({"pss label": counts.index, "pages": counts.to_numpy()})
+    table["kept"] = [str(label).strip().lower() in narrative for label in table["pss label"]]
+    return table.sort_values(["kept", "pages", "pss label"], ascending=[False, False, True], ignore_index=True)
 
 
 def read_labels(source: str | Path | Mapping) -> dict[tuple[str, str], str]:
@@ -188,18 +216,41 @@ def _strip_image_suffix(name: str) -> str:
     return stem if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES else name
 
 
-def _scan(root: Path) -> tuple[dict[tuple[str, str], dict[str, Path]], list[dict]]:
-    """Map (book_id, page_name) to its 'image' and 'json' files; book folders are root's non-hidden subfolders."""
+def _scan(root: Path, labels_file: Path | None = None) -> tuple[dict[tuple[str, str], dict[str, Path]], list[dict]]:
+    """Map (book_id, page_name) to its 'image' and 'json' files, and an unused_file row for every other file.
+
+    A book is any non-hidden folder under root that holds files, at any depth; its id is its path relative to root
+    ('series/book_a'). Hidden files and folders (name starting with '.') are not looked at. At the top level,
+    pss_labels.json, ground_truth.json and labels_file are the corpus's own files; anything else there is unused.
+    """
     files: dict[tuple[str, str], dict[str, Path]] = {}
     problems: list[dict] = []
-    for book in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(p for p in book.iterdir() if p.is_file() and not p.name.startswith(".")):
-            kind = _FILE_KINDS.get(path.suffix.lower())
-            if kind is None:
+    own = {root / "pss_labels.json", root / "ground_truth.json"}
+    if labels_file is not None:
+        own.add(Path(labels_file))
+    own_names = {p.name for p in own}
+    own = {p.resolve() for p in own}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        here = Path(folder)
+        book_id = _relative(here, root)
+        for name in sorted(n for n in names if not n.startswith(".")):
+            path = here / name
+            if name in own_names and path.resolve() in own:
                 continue
-            entry = files.setdefault((book.name, path.stem), {})
+            kind = _FILE_KINDS.get(path.suffix.lower())
+            if kind is None or book_id == ".":
+                if kind is None:
+                    reason = f"suffix {path.suffix or '(none)'!r} is neither a page image ({', '.join(IMAGE_SUFFIXES)})"
+                    reason += " nor a page JSON"
+                else:
+                    reason = "page file at the top of data_root, not in a book folder"
+                log = _PageLog("" if book_id == "." else book_id, path.stem, problems)
+                log.add("unused_file", "noted", reason, _relative(path, root))
+                continue
+            entry = files.setdefault((book_id, path.stem), {})
             if kind in entry:
-                log = _PageLog(book.name, path.stem, problems)
+                log = _PageLog(book_id, path.stem, problems)
                 log.add(
                     f"duplicate_{kind}",
                     "noted",
@@ -221,7 +272,9 @@ def _read_labelled_page(
 ) -> list[dict]:
     """Apply the label rules to one (book, page) and read it if it is narrative."""
     if files is None:
-        log.add("label_without_page", "noted", f"labelled {label!r} but no image or JSON on disk")
+        folder = root / log.book_id
+        where = f"no {log.page_name}.* in {log.book_id}/" if folder.is_dir() else f"no folder {log.book_id}/"
+        log.add("label_without_page", "noted", f"labelled {label!r} but {where} under data_root")
         return []
     if label is None:
         some_file = _relative(files.get("image") or files["json"], root)

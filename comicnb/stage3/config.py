@@ -6,6 +6,7 @@ from it; notebook 02's parameters and a ``--params`` file are one flat mapping, 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -38,7 +39,7 @@ class PanelModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The Stage 3 losses: weights of the four terms and the instance term's feature augmentation."""
+    """The Stage 3 losses: weights of the five terms and the instance term's feature augmentation."""
 
     feature_dim: int = 512  # taken from the model
     temperature: float = 0.07  # softmax temperature of every contrastive term
@@ -46,6 +47,7 @@ class ObjectiveConfig:
     reconstruction_weight: float = 0.5
     alignment_weight: float = 0.3
     instance_weight: float = 1.0
+    modality_weight: float = 0.0  # fused vector finds its single-modality queries; off: at 0.5 it over-weights vision
     max_panels: int = 64  # panel positions the reconstruction head knows; taken from training's max_panels
     feature_noise: float = 0.1  # instance view: Gaussian noise, relative to each embedding's spread
     feature_dropout: float = 0.1  # instance view: dropout on the per-modality embeddings
@@ -70,6 +72,7 @@ class TrainConfig:
     encode_batch_pages: int = 16  # pages per forward pass when filling the feature cache
     checkpoint_every: int = 0  # also write the last checkpoint every this many steps inside an epoch (0: epoch ends)
     best_metric: str = "image_to_text_recall@5"  # validation figure that picks best_model.pt (higher is better)
+    min_gate_weight: float = 0.1  # warn when a present modality's mean validation gate weight falls below this
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -77,7 +80,7 @@ class TrainConfig:
 
 
 # Settings that cannot change a run's result: a run may resume with other values.
-RESUMABLE_CHANGES = frozenset({"num_workers", "encode_batch_pages", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"num_workers", "encode_batch_pages", "checkpoint_every", "min_gate_weight"})
 DERIVED = frozenset({"feature_dim", "max_panels"})  # objective fields taken from the model and from training
 
 
@@ -93,6 +96,18 @@ class UnknownSettingError(ValueError):
     """A settings key that no Stage 3 config has."""
 
 
+def unknown_settings_message(unknown: list[str]) -> str:
+    """One line naming each unknown key with its closest known ones: ``unknown Stage 3 setting 'lr_rate' (did you
+    mean 'lr'?)``."""
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(SETTING_KEYS), n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        parts.append(f"{key!r}{hint}")
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown Stage 3 setting{plural} {', '.join(parts)}; the settings are notebook 02's parameters"
+
+
 def settings_from(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The training settings among a namespace's names (a notebook's parameters: ``settings_from(globals())``)."""
     return {key: value for key, value in namespace.items() if key in SETTING_KEYS}
@@ -102,7 +117,7 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[PanelModelConfig, Objec
     """Flat settings (a params file, notebook 02's parameters) -> the three configs; unknown keys are an error."""
     unknown = sorted(set(settings) - SETTING_KEYS)
     if unknown:
-        raise UnknownSettingError(f"unknown Stage 3 settings {unknown}; known: {sorted(SETTING_KEYS)}")
+        raise UnknownSettingError(unknown_settings_message(unknown))
     model = PanelModelConfig(**{k: settings[k] for k in names(PanelModelConfig) if k in settings})
     train = TrainConfig(**{k: settings[k] for k in names(TrainConfig) if k in settings})
     settable = [k for k in names(ObjectiveConfig) if k in settings and k not in DERIVED]

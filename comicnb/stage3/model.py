@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from comicnb.checkpoint import load_checkpoint
+from comicnb.checkpoint import file_sha256, load_checkpoint
 from comicnb.stage3.config import PanelModelConfig
 from comicnb.stage3.encoders import CompositionEncoder, MultiBackboneVisualEncoder, TextEncoder
 from comicnb.stage3.fusion import MODALITIES, AdaptiveFusion
@@ -233,8 +233,23 @@ class PanelFeatureExtractor(nn.Module):
         mask = modality_only("text", input_ids.shape[0], input_ids.device)
         return self({"input_ids": input_ids, "attention_mask": attention_mask, "modality_mask": mask})
 
-    def encode_query(self, images: Tensor | None = None, texts: Sequence[str] | None = None) -> Tensor:
-        """(P, D) search queries in the fused space from images, texts, or both paired row by row (layout masked)."""
+    def encode_query(
+        self, images: Tensor | None = None, texts: Sequence[str] | None = None, *, store: str | Path | None = None
+    ) -> Tensor:
+        """(P, D) search queries in the fused space from images, texts, or both paired row by row (layout masked).
+
+        With ``store`` (an embedding store's path) the queries are for that store: a model from another checkpoint
+        than the store's is a StoreMismatchError (``comicnb.store``), since its vectors would live in another space.
+        """
+        if store is not None:
+            import zarr
+
+            from comicnb.store.reader import check_checkpoint
+
+            attrs = zarr.open_group(str(store), mode="r").attrs
+            check_checkpoint(
+                store, attrs, getattr(self, "checkpoint_sha256", None), getattr(self, "checkpoint_path", None)
+            )
         if images is None and texts is None:
             raise ValueError("a query needs images, texts or both")
         if images is not None and texts is not None and len(images) != len(texts):
@@ -254,8 +269,15 @@ class PanelFeatureExtractor(nn.Module):
 
 
 def model_from_checkpoint(checkpoint: Mapping[str, Any] | str | Path) -> PanelFeatureExtractor:
-    """The trained panel encoder of a checkpoint (or checkpoint path), in eval mode."""
-    checkpoint = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    """The trained panel encoder of a checkpoint (or checkpoint path), in eval mode.
+
+    Loaded from a path, the model records the file (``checkpoint_path``) and its SHA-256 (``checkpoint_sha256``), which
+    embedding stores record too: search refuses to pair a store with a model of another checkpoint.
+    """
+    path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
+    checkpoint = load_checkpoint(path) if path is not None else checkpoint
     model = PanelFeatureExtractor.from_config(checkpoint["config"]["model"])
     model.load_state_dict(checkpoint["model_state_dict"])
+    model.checkpoint_path = None if path is None else str(path)
+    model.checkpoint_sha256 = None if path is None else file_sha256(path)
     return model.eval()

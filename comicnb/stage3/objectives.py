@@ -2,8 +2,9 @@
 
 ``Stage3Objective`` returns a dict of named loss terms plus their weighted ``total`` (open_clip's
 ``ClipLoss(output_dict=True)`` pattern): the seed's page contrastive, masked-panel reconstruction and vision-text
-alignment terms, and an instance term. The seed's three alone pull every panel of a page onto one point; the instance
-term makes a panel's own augmented view its strongest positive, against every other panel including its page-mates.
+alignment terms, an instance term and a modality term. The seed's three alone pull every panel of a page onto one
+point; the instance term makes a panel's own augmented view its strongest positive, against every other panel including
+its page-mates. The modality term keeps every present modality in the fused vector (see ``modality_keep``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from comicnb.stage3.config import ObjectiveConfig
 from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.model import PanelEncoding, PanelFeatureExtractor
 
-TERMS = ("contrastive", "reconstruction", "alignment", "instance")
+TERMS = ("contrastive", "reconstruction", "alignment", "instance", "modality")
 
 
 def zero_loss(like: Tensor) -> Tensor:
@@ -111,7 +112,13 @@ class Stage3Objective(nn.Module):
         cfg = config if config is not None else ObjectiveConfig(**settings)
         self.cfg = cfg
         self.temperature = cfg.temperature
-        weights = (cfg.contrastive_weight, cfg.reconstruction_weight, cfg.alignment_weight, cfg.instance_weight)
+        weights = (
+            cfg.contrastive_weight,
+            cfg.reconstruction_weight,
+            cfg.alignment_weight,
+            cfg.instance_weight,
+            cfg.modality_weight,
+        )
         self.weights = dict(zip(TERMS, weights, strict=True))
         self.reconstruction_head = MaskedPanelHead(cfg.feature_dim, cfg.max_panels)
 
@@ -139,6 +146,7 @@ class Stage3Objective(nn.Module):
             "reconstruction": self.reconstruction_head.loss(encoding.fused, valid, self.temperature),
             "alignment": self.alignment(model, encoding),
             "instance": info_nce(panels, self.second_view(model, encoding, view2)[valid], self.temperature),
+            "modality": self.modality_keep(model, encoding),
         }
         terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
@@ -151,6 +159,36 @@ class Stage3Objective(nn.Module):
         vision = model.fuse(modalities, only[0].expand(len(modalities), -1))  # (Q, D)
         text = model.fuse(modalities, only[1].expand(len(modalities), -1))  # (Q, D)
         return info_nce(vision, text, self.temperature)
+
+    def modality_keep(self, model: PanelFeatureExtractor, encoding: PanelEncoding) -> Tensor:
+        """Mean over modalities of InfoNCE between each panel's fused embedding and its single-modality query.
+
+        Why a term after fusion rather than a floor on the gate or more modality dropout: the gate can settle on the
+        modality that wins the other terms fastest (layout, against a random image backbone) and the softmax then
+        starves the others of gradient. A floor would keep a share of weight but not the information (the image
+        adapter, untrained, can put a constant there), and dropout only trains the masked views, not the stored
+        vector. Asking the fused vector to find each of its own modalities among the batch's panels is only
+        solvable when that modality's content survives fusion, so gate and adapter both stay trained. The queries are
+        detached targets: otherwise a modality could learn to imitate the fused vector (say, the layout) instead.
+
+        Off by default (``modality_weight=0``): at 0.5 it did not undo the random-ResNet-50 collapse in one epoch and
+        pushed notebook 02's pretrained smoke run onto vision alone (gates text 0.02, layout 0.01).
+        """
+        mask = encoding.modality_mask[encoding.panel_mask]  # (P, 3)
+        modalities = encoding.modalities[encoding.panel_mask]  # (P, 3, D)
+        fused = encoding.fused[encoding.panel_mask]  # (P, D)
+        losses = []
+        for i in range(len(MODALITIES)):
+            # Panels with only this modality are their own query: nothing to keep there.
+            rows = mask[:, i] & (mask.sum(dim=1) > 1)  # (P,)
+            if rows.sum() < 2:
+                continue
+            only = torch.zeros_like(mask[rows])
+            only[:, i] = True
+            # The query is the target (detached): the fused vector must carry the modality, not the reverse.
+            target = model.fuse(modalities[rows], only).detach()
+            losses.append(info_nce(fused[rows], target, self.temperature))
+        return torch.stack(losses).mean() if losses else zero_loss(fused)
 
     def second_view(
         self, model: PanelFeatureExtractor, encoding: PanelEncoding, view2: Mapping[str, Tensor] | None

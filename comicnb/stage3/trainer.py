@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from comicnb.stage3.config import (
     config_dicts,
     split_settings,
 )
+from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage3.objectives import TERMS, Stage3Objective
 
@@ -242,11 +244,28 @@ class Stage3Trainer:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
         scalars, self.last_validation = self.validate()
         self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
+        self.warn_low_gates(scalars, epoch)
         improved = self.update_best(scalars, epoch)
         if files is not None:
             self.save(files.last)
             if improved:
                 self.save(files.best)
+
+    def low_gates(self, scalars: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Present modalities whose mean validation gate weight is below ``min_gate_weight`` (latest epoch by default).
+
+        A modality under the floor hardly reaches the stored vectors: fusion has (nearly) collapsed onto the others.
+        """
+        scalars = scalars if scalars is not None else (self.history.epochs[-1] if self.history.epochs else {})
+        floor = self.cfg.min_gate_weight
+        found = {name: scalars.get(f"gate_{name}", math.nan) for name in MODALITIES}
+        return {name: value for name, value in found.items() if not math.isnan(value) and value < floor}
+
+    def warn_low_gates(self, scalars: Mapping[str, float], epoch: int) -> None:
+        """Warn (once per epoch, main process) naming each present modality below the gate floor."""
+        low = self.low_gates(scalars)
+        if low and self.accelerator.is_main_process:
+            warnings.warn(gate_warning(low, self.cfg.min_gate_weight, epoch), CollapseWarning, stacklevel=2)
 
     def update_best(self, scalars: Mapping[str, float], epoch: int) -> bool:
         """Whether this epoch's ``best_metric`` beats the best so far (higher is better; NaN never wins)."""
@@ -353,6 +372,30 @@ class Stage3Trainer:
         self.rng = checkpoint["rng"]  # the next step's draws; train() puts it in place
 
 
+class CollapseWarning(UserWarning):
+    """A run whose fused vectors lost a modality, or lost to a single modality: the run, not the code, went wrong."""
+
+
+def gate_warning(low: Mapping[str, float], floor: float, epoch: int | None = None) -> str:
+    """One line naming each modality whose mean gate weight is under ``floor``."""
+    names = ", ".join(f"{name} {value:.3f}" for name, value in low.items())
+    when = f" after epoch {epoch}" if epoch is not None else ""
+    return (
+        f"modality collapse{when}: mean validation gate weight under min_gate_weight={floor} for {names}; the "
+        f"stored vectors hardly carry {'it' if len(low) == 1 else 'them'} (try more epochs, a lower lr, or a "
+        f"higher modality_weight)"
+    )
+
+
+def mean_gate_weights(gates: Tensor, modality_mask: Tensor) -> dict[str, float]:
+    """``gate_<modality>``: mean gate weight of each modality over the panels that have it (NaN where none has)."""
+    out = {}
+    for i, name in enumerate(MODALITIES):
+        present = modality_mask[:, i].bool()
+        out[f"gate_{name}"] = float(gates[present, i].float().mean()) if present.any() else math.nan
+    return out
+
+
 def summarise_validation(outputs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Mean loss terms, collapse diagnostics, same-panel and image->text retrieval over all validation pages."""
     terms = {f"val_{name}": float(np.mean([o["terms"][name] for o in outputs])) for name in (*TERMS, "total")}
@@ -368,6 +411,7 @@ def summarise_validation(outputs: list[dict[str, Any]]) -> tuple[dict[str, float
     scalars = {
         **terms,
         **collapse_diagnostics(fused, mask),
+        **mean_gate_weights(cat["gates"], cat["modality_mask"]),
         "same_panel_recall@1": same_panel_retrieval(cat["view1"], cat["view2"]),
         **{f"image_to_text_{k}": v for k, v in image_to_text.items()},
         "image_to_text_panels": int(with_text.sum()),
@@ -408,12 +452,36 @@ def trainer_for(
     return Stage3Trainer(model, objective, cfg, pages[pages.split == "train"], pages[pages.split == "val"], data_root)
 
 
-def train_stage3(run_dir: str | Path, settings: Mapping[str, Any], resume: bool = False) -> Stage3Trainer:
+def ensure_fresh_checkpoints(files: StageCheckpoints, overwrite: bool) -> None:
+    """Before a new training run (notebook 02): refuse to replace a run's checkpoints unless ``overwrite``, and with
+    it remove both the last and the best one, so no best_model.pt of an earlier run survives into this one.
+
+    Raises CheckpointExistsError (a FileExistsError) naming the notebook's fix, ``overwrite=True``.
+    """
+    files.prepare(
+        resume=False,
+        overwrite=overwrite,
+        remedy=(
+            "set overwrite=True to replace them, or rerun the workbook from here: `comicnb run --run <run> --from 02` "
+            "(on the command line: --overwrite, or --resume to continue)"
+        ),
+    )
+
+
+def train_stage3(
+    run_dir: str | Path, settings: Mapping[str, Any], resume: bool = False, overwrite: bool = False
+) -> Stage3Trainer:
     """Train Stage 3 on ``run_dir``'s pages table into ``run_dir/stage3/`` (``checkpoint.pt`` written every epoch,
-    ``best_model.pt`` at the best validation figure); with ``resume``, continue from the last checkpoint."""
-    trainer = build_trainer(run_dir, settings)
+    ``best_model.pt`` at the best validation figure).
+
+    A run folder that already holds checkpoints is a CheckpointExistsError unless ``resume`` (continue from the
+    last checkpoint) or ``overwrite`` (remove the last and the best checkpoint first, then train anew) says what to
+    do with them; the check comes before any model is built.
+    """
     files = checkpoints(run_dir)
-    if resume and files.last.is_file():
+    resuming = files.prepare(resume=resume, overwrite=overwrite)
+    trainer = build_trainer(run_dir, settings)
+    if resuming:
         trainer.resume(files.last)
     trainer.train(files=files)
     return trainer

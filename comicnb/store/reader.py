@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import zarr
 
-from comicnb.store.schema import METADATA
+from comicnb.store.schema import METADATA, StoreMismatchError
 
 
 def open_embeddings(store: str | Path) -> zarr.Group:
@@ -31,3 +33,29 @@ def load_metadata(store: str | Path) -> pd.DataFrame:
     if path is None:
         raise FileNotFoundError(f"no {METADATA} in or beside {store}")
     return pd.DataFrame(json.loads(path.read_text()))
+
+
+def check_checkpoint(store: str | Path, attrs: Mapping[str, Any], sha256: str | None, checkpoint: Any = None) -> None:
+    """Refuse to pair a store with a model from another checkpoint: the store records its checkpoint's SHA-256.
+
+    ``sha256`` is the model's checkpoint file hash (``model.checkpoint_sha256``, set by ``model_from_checkpoint``
+    when given a path), ``checkpoint`` names that file in the message. A StoreMismatchError names both files.
+    """
+    recorded = attrs.get("checkpoint_sha256")
+    made_from = attrs.get("checkpoint", "an unrecorded checkpoint")
+    if recorded is None:
+        raise StoreMismatchError(
+            f"{store} records no checkpoint_sha256, so no model can be checked against it: regenerate it with "
+            f"`comicnb embed`, or search it with raw vectors (PanelSearch.query)"
+        )
+    if sha256 is None:
+        raise StoreMismatchError(
+            f"the model does not say which checkpoint it came from, so it cannot be checked against {store} (made "
+            f"from {made_from}): load it with model_from_checkpoint(PATH) or give PanelSearch(store, checkpoint=PATH)"
+        )
+    if sha256 != recorded:
+        raise StoreMismatchError(
+            f"{store} was made from {made_from} (sha256 {recorded[:12]}…), not from {checkpoint or 'this model'} "
+            f"(sha256 {sha256[:12]}…): its vectors live in another space. Search it with the model of {made_from}, "
+            f"or re-embed with `comicnb embed --checkpoint {checkpoint or 'PATH'} --overwrite`"
+        )

@@ -9,7 +9,8 @@ Layout of ``panel_embeddings.zarr`` (P pages, N = max_panels slots, D = feature_
     modality_masks    (P, N, M) bool        which modalities each panel has
     done              (P,)      bool        pages written; what a resumed or sharded run still has to do
     metadata.json                           one record per page: the seed's book_id, page_name, num_panels and
-                                            embedding_indices (flat panel ids, page * N + slot), plus split and more
+                                            embedding_indices (flat panel ids, page * N + slot), plus split,
+                                            image_path and, per stored panel, panel_index, texts and boxes
 
 Two words for a panel's place, never mixed: its *slot* is its position in the store's page row (0..N-1, what
 flat ids count), its *panel_index* is its position in the page JSON's panel list. They differ after the reader
@@ -18,11 +19,11 @@ skipped a panel (bad box) or split a long page into parts.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from comicnb.checkpoint import file_sha256 as file_sha256  # re-exported: the store records checkpoints by it
 
 EMBEDDINGS = "panel_embeddings"  # the fused array, named as in both seeds
 MASKS = "panel_masks"
@@ -43,15 +44,6 @@ class StoreMismatchError(RuntimeError):
     """A store exists at the path but was made from another checkpoint, other pages or other settings."""
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def store_metadata(pages: pd.DataFrame, max_panels: int) -> list[dict[str, Any]]:
     """One record per page, in store order: the seed's fields (embedding_indices = flat panel ids) and provenance."""
     records = []
@@ -68,6 +60,8 @@ def store_metadata(pages: pd.DataFrame, max_panels: int) -> list[dict[str, Any]]
                 split=page.split,
                 image_path=page.image_path,
                 panel_index=[int(i) for i in page.panel_index],
+                texts=[str(text) for text in page.texts],  # one per stored panel: a search hit reads without look-up
+                boxes=[[float(v) for v in box] for box in page.boxes],  # [x1, y1, x2, y2] on the page image
             )
         )
     return records

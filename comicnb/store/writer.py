@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -24,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 import zarr
 
 from comicnb import __version__
@@ -64,6 +66,30 @@ class EmbedConfig:
     precision: str = "auto"  # comicnb.precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
 
 
+OVERWRITE = "overwrite=True"  # how the Python API (and notebook 03) replaces a store; the command line: --overwrite
+DEFAULT_PAGES_PER_CHUNK = EmbedConfig.pages_per_chunk
+EMBED_NOTEBOOK = "03"  # the notebook whose parameters params.yaml records under its stem
+
+
+def run_pages_per_chunk(run_dir: str | Path, store: str | Path | None = None, overwrite: bool = False) -> int:
+    """The pages_per_chunk a run's store is made with when none is given: the existing store's (so resuming it
+    never fails on this setting; not when it is to be overwritten), else what notebook 03 was given in the run's
+    params.yaml (written by ``comicnb run``), else the default."""
+    run_dir = Path(run_dir)
+    store = Path(store) if store else run_dir / STORE_NAME
+    if not overwrite and (store / "zarr.json").is_file():
+        chunk = zarr.open_group(str(store), mode="r").attrs.get("pages_per_chunk")
+        if chunk:
+            return int(chunk)
+    params = run_dir / "params.yaml"
+    if params.is_file():
+        resolved = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
+        for stem, values in resolved.items():
+            if str(stem).startswith(f"{EMBED_NOTEBOOK}_") and (values or {}).get("pages_per_chunk"):
+                return int(values["pages_per_chunk"])
+    return DEFAULT_PAGES_PER_CHUNK
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/n' (0-based i) -> (i, n)."""
     try:
@@ -75,17 +101,50 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def lock_path(store: Path) -> Path:
+    """The lock file of a store: beside it, since creating the store empties its folder."""
+    return store.parent / f".{store.name}.lock"
+
+
+def _locked(path: Path, flags: int) -> IO[str] | None:
+    """An open handle holding ``flock(flags)`` on the file now at ``path`` (created if missing); None where a
+    non-blocking attempt finds it held. A lock taken on a file that was unlinked (or replaced) meanwhile is dropped
+    and taken again on the file now there, so removing the lock file under the lock is safe."""
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, flags)
+        except BlockingIOError:
+            handle.close()
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle
+        handle.close()
+
+
 @contextlib.contextmanager
 def store_lock(store: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the store while shards create or check it; the lock file lies beside the store,
-    since creating the store empties its folder."""
+    """Hold an exclusive lock on the store while shards create or check it (the lock file lies beside the store)."""
     store.parent.mkdir(parents=True, exist_ok=True)
-    with open(store.parent / f".{store.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    handle = _locked(lock_path(store), fcntl.LOCK_EX)
+    assert handle is not None  # a blocking attempt always ends holding the lock
+    with handle:
+        yield
+
+
+def remove_lock(store: Path) -> None:
+    """Remove the store's lock file unless another shard holds it right now (that one removes it when it ends)."""
+    path = lock_path(store)
+    if not path.exists():
+        return
+    handle = _locked(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if handle is not None:
+        with handle:
+            path.unlink(missing_ok=True)  # under the lock: a shard waiting on this file retries on a new one
 
 
 def _create_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chunk: int) -> None:
@@ -121,8 +180,13 @@ def _create_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chu
     group.create_array(DONE, shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
 
 
-def open_store(path: Path, metadata: list[dict], attrs: dict[str, Any], overwrite: bool = False) -> zarr.Group:
-    """Create the store (metadata and attributes first), or reopen it for resuming when its content attrs match."""
+def open_store(
+    path: Path, metadata: list[dict], attrs: dict[str, Any], overwrite: bool = False, overwrite_hint: str = OVERWRITE
+) -> zarr.Group:
+    """Create the store (metadata and attributes first), or reopen it for resuming when its content attrs match.
+
+    A store of other content is a StoreMismatchError naming the fix as the caller spells it (``overwrite_hint``).
+    """
     if overwrite and path.exists():
         shutil.rmtree(path)
     with store_lock(path):
@@ -132,8 +196,8 @@ def open_store(path: Path, metadata: list[dict], attrs: dict[str, Any], overwrit
             if differ:
                 detail = "; ".join(f"{k}: store has {old!r}, this run {new!r}" for k, (old, new) in differ.items())
                 raise StoreMismatchError(
-                    f"{path} holds another store ({detail}); choose another store path or "
-                    f"pass --overwrite (overwrite=True in notebook 03) to replace it"
+                    f"{path} holds another store ({detail}); choose another store path or pass {overwrite_hint} "
+                    f"to replace it"
                 )
         else:
             group = zarr.open_group(str(path), mode="w", attributes=attrs)
@@ -150,8 +214,10 @@ def store_attrs(
     cfg: EmbedConfig,
     max_panels: int,
     precision: str,
+    data_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Attributes of a new store: what defines its content (CONTENT_ATTRS) and where it came from."""
+    """Attributes of a new store: what defines its content (CONTENT_ATTRS) and where it came from (data_root: the
+    folder the metadata's image paths are relative to)."""
     model_config = dict(checkpoint["config"]["model"])
     return dict(
         checkpoint_sha256=file_sha256(checkpoint_path),
@@ -162,6 +228,7 @@ def store_attrs(
         precision=precision,
         modalities=list(MODALITIES),
         checkpoint=str(checkpoint_path),
+        data_root=None if data_root is None else str(data_root),
         model=model_config,
         seed=checkpoint["config"].get("train", {}).get("seed"),
         params=asdict(cfg),
@@ -219,18 +286,38 @@ def generate(
     cfg: EmbedConfig | None = None,
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
+    overwrite_hint: str = OVERWRITE,
 ) -> dict[str, Any]:
     """Encode the pages table of ``run_dir`` into the store (default ``run_dir/panel_embeddings.zarr``).
 
     Resumes a store made from the same checkpoint and pages, computing only the chunks not yet done. ``shard``
     (i, n) takes every n-th chunk; under ``accelerate launch`` each process takes its own shard by default.
+    ``overwrite_hint`` is how the caller's user replaces a store, for the error that refuses one of other content.
     Returns a summary: pages, panels, chunks computed and skipped, seconds, panels per second.
     """
+    run_dir = Path(run_dir)
+    checkpoint_path = Path(checkpoint) if checkpoint else checkpoints(run_dir).pick("best")
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist: {checkpoints(run_dir).how_to_train}")
+    store_path = Path(store) if store else run_dir / STORE_NAME
+    try:
+        return _generate(run_dir, checkpoint_path, store_path, cfg or EmbedConfig(), shard, overwrite, overwrite_hint)
+    finally:
+        remove_lock(store_path)  # no stray lock file once the last shard has finished (or failed)
+
+
+def _generate(
+    run_dir: Path,
+    checkpoint_path: Path,
+    store_path: Path,
+    cfg: EmbedConfig,
+    shard: tuple[int, int] | None,
+    overwrite: bool,
+    overwrite_hint: str,
+) -> dict[str, Any]:
+    """generate, once the paths are resolved."""
     from accelerate import PartialState  # only a writer needs the process group; readers never import it
 
-    run_dir, cfg = Path(run_dir), cfg or EmbedConfig()
-    checkpoint_path = Path(checkpoint) if checkpoint else checkpoints(run_dir).pick("best")
-    store_path = Path(store) if store else run_dir / STORE_NAME
     state = PartialState()
     shard = shard or (state.process_index, state.num_processes)
     pages, data_root = checked_run_pages(run_dir)
@@ -238,9 +325,8 @@ def generate(
     loaded = load_checkpoint(checkpoint_path)
     precision = resolve_precision(cfg.precision, state.device)
     metadata = store_metadata(pages, max_panels)
-    group = open_store(
-        store_path, metadata, store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision), overwrite
-    )
+    attrs = store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision, data_root)
+    group = open_store(store_path, metadata, attrs, overwrite, overwrite_hint)
     model = model_from_checkpoint(loaded).to(state.device)
     chunks = page_chunks(len(pages), cfg.pages_per_chunk)[shard[0] :: shard[1]]
     done = np.asarray(group[DONE][:])

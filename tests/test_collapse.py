@@ -1,0 +1,114 @@
+"""Modality collapse: with randomly initialised encoders every present modality keeps a share of the fused vector,
+the fused vectors keep the scene signal, and the diagnostics that would flag a collapse work."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from comicnb.corpus import load_corpus, load_run_pages, save_corpus, synth
+from comicnb.evaluation.labels import panel_labels
+from comicnb.evaluation.metrics import fusion_against_modalities, fusion_losses, neighbour_agreement
+from comicnb.stage3.batches import page_chunks
+from comicnb.stage3.fusion import MODALITIES
+from comicnb.stage3.trainer import (
+    BatchSource,
+    CollapseWarning,
+    Stage3Trainer,
+    build_trainer,
+    gate_warning,
+    mean_gate_weights,
+)
+from comicnb.store.schema import store_metadata
+
+# tiny=True: randomly initialised image backbone (and text encoder), the situation of the issue's random ResNet-50.
+SETTINGS = dict(tiny=True, feature_dim=32, epochs=4, batch_size=2, lr=3e-3, seed=0)
+MIN_SHARE = 0.05
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four small synthetic books, two for training."""
+    root = tmp_path_factory.mktemp("collapse")
+    synth.generate(root / "data", books=4, pages=6, seed=3, page_size=(320, 480))
+    save_corpus(load_corpus(root / "data", split=(0.5, 0.25, 0.25), seed=0), root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir: Path) -> Stage3Trainer:
+    trainer = build_trainer(run_dir, SETTINGS)
+    trainer.train()
+    return trainer
+
+
+def encode_all(trainer: Stage3Trainer, run_dir: Path) -> tuple[np.ndarray, ...]:
+    """Fused (M, D), per-modality (M, 3, D) vectors, modality masks (M, 3) and page numbers (M,) of every panel."""
+    pages, data_root = load_run_pages(run_dir)
+    source = BatchSource(pages, data_root, trainer.model, trainer.cfg, torch.device("cpu"))
+    chunks = page_chunks(len(pages), 8)
+    trainer.model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for chunk, batch in zip(chunks, source.iterate(chunks), strict=True):
+            encoding = trainer.model.encode(batch)
+            valid = encoding.panel_mask  # (B, N)
+            pages_of = torch.tensor(chunk)[:, None].expand_as(valid)
+            for key, value in dict(
+                fused=encoding.fused, modalities=encoding.modalities, mask=encoding.modality_mask, page=pages_of
+            ).items():
+                parts.setdefault(key, []).append(value[valid])
+    return tuple(torch.cat(parts[key]).numpy() for key in ("fused", "modalities", "mask", "page"))
+
+
+def test_validation_reports_mean_gate_weight_per_modality_every_epoch(trained: Stage3Trainer) -> None:
+    epochs = trained.history.frames()[1]
+    for name in MODALITIES:
+        assert epochs[f"gate_{name}"].notna().all(), name
+    shares = epochs.iloc[-1][[f"gate_{name}" for name in MODALITIES]]
+    assert math.isclose(shares.sum(), 1.0, abs_tol=0.35)  # means over different panel sets, so roughly one
+
+
+def test_every_modality_keeps_a_share_and_the_fused_vectors_keep_the_scene(
+    trained: Stage3Trainer, run_dir: Path
+) -> None:
+    last = trained.history.epochs[-1]
+    assert all(last[f"gate_{name}"] > MIN_SHARE for name in MODALITIES), last
+    fused, modalities, masks, page = encode_all(trained, run_dir)
+    pages, data_root = load_run_pages(run_dir)
+    metadata = pd.DataFrame(store_metadata(pages, int(pages.num_panels.max())))
+    labels = panel_labels(metadata, data_root)
+    assert len(labels) == len(fused)
+    scene = neighbour_agreement(fused, page, labels).loc["scene"]
+    assert scene.agreement > 2 * scene.chance, scene  # well above chance
+    table = fusion_against_modalities(fused, modalities, masks, page, labels, MODALITIES)
+    assert fusion_losses(table, "scene", margin=0.1).empty, table
+
+
+def test_a_collapsed_gate_is_named_in_a_warning(trained: Stage3Trainer) -> None:
+    gates = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    scalars = mean_gate_weights(gates, torch.ones(2, 3, dtype=torch.bool))
+    low = trained.low_gates(scalars)
+    assert set(low) == {"vision", "text"}
+    assert "vision" in gate_warning(low, 0.1) and "\n" not in gate_warning(low, 0.1)
+    with pytest.warns(CollapseWarning, match="vision 0.000, text 0.000"):
+        trained.warn_low_gates(scalars, 1)
+    assert trained.low_gates({"gate_vision": math.nan, "gate_text": 0.5, "gate_composition": 0.5}) == {}
+
+
+def test_fusion_losing_to_its_best_input_is_found() -> None:
+    page = np.arange(8)
+    labels = pd.DataFrame({"scene": list("aabbccdd")})
+    good = np.repeat(np.eye(4, 8, dtype=np.float32), 2, axis=0)  # scene clusters
+    noise = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+    modalities = np.stack([good, noise, noise], axis=1)
+    masks = np.ones((8, 3), dtype=bool)
+    lost = fusion_against_modalities(noise, modalities, masks, page, labels, MODALITIES, k=1)
+    assert list(fusion_losses(lost, "scene").index) == ["vision"]
+    kept = fusion_against_modalities(good, modalities, masks, page, labels, MODALITIES, k=1)
+    assert fusion_losses(kept, "scene").empty

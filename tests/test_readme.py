@@ -1,0 +1,94 @@
+"""The README's commands work as written: its papermill example, the `comicnb embed` command, the search snippet
+and the runner's options, run on a small corpus (the README's run paths replaced by the fixture's)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from comicnb import checkpoint
+from comicnb.cli import build_parser
+from comicnb.corpus import load_corpus, save_corpus, synth
+from comicnb.stage3 import checkpoints
+from comicnb.stage3.model import PanelFeatureExtractor
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def section(title: str) -> str:
+    """The text of the README's ``## title`` section."""
+    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, flags=re.M | re.S)
+    assert found, f"the README lost its section {title!r}"
+    return found.group(1)
+
+
+def blocks(text: str, language: str) -> list[str]:
+    """The fenced code blocks of ``language`` in ``text``."""
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def block_with(title: str, language: str, needle: str) -> str:
+    """The one ``language`` block of a section that contains ``needle``."""
+    found = [b for b in blocks(section(title), language) if needle in b]
+    assert len(found) == 1, f"README section {title!r}: expected one {language} block with {needle!r}, got {found}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Notebook 01's artefacts for a small corpus and a tiny-model Stage 3 checkpoint as notebook 02's best."""
+    root = tmp_path_factory.mktemp("readme")
+    synth.generate(root / "data", books=3, pages=4, seed=0, page_size=(320, 480))
+    save_corpus(load_corpus(root / "data", split=(0.34, 0.33, 0.33), seed=0), root / "run")
+    torch.manual_seed(0)
+    model = PanelFeatureExtractor(feature_dim=16, tiny=True)
+    state = {"model_state_dict": model.state_dict(), "config": {"model": model.config, "train": {"seed": 0}}}
+    checkpoint.save_checkpoint(state, checkpoints(root / "run").best)
+    return root / "run"
+
+
+def test_the_papermill_example_runs_as_written_on_a_fresh_clone(tmp_path):
+    script = block_with("Running headless", "bash", "-m papermill")
+    mine = tmp_path / "outputs" / "mine"  # as in a fresh clone, the folder does not exist yet
+    script = script.replace("outputs/mine", str(mine)).replace(".venv/bin/python", shlex.quote(sys.executable))
+    # a small corpus instead of the demo's 12 books; the command itself as the README prints it
+    synth.generate(tmp_path / "corpus", books=4, pages=6, seed=0, page_size=(320, 480))
+    script = script.rstrip() + f" -p data_root {tmp_path / 'corpus'}\n"
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (mine / "01_data_inspection.ipynb").is_file()
+    assert (mine / "pages.jsonl").is_file()
+
+
+def test_the_embed_command_and_the_search_snippet_run_as_written(run_dir):
+    found = re.findall(r"`(python -m comicnb embed [^`]*)`", section("The embedding store and panel search"))
+    assert found, "the README lost its `python -m comicnb embed` command"
+    command = shlex.split(found[0].replace("outputs/<run>", str(run_dir)))
+    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "panel_embeddings.zarr").is_dir()
+
+    snippet = block_with("The embedding store and panel search", "python", "PanelSearch(")
+    snippet = snippet.replace("outputs/<run>", str(run_dir))
+    *body, last = snippet.strip().splitlines()
+    scope: dict = {}
+    exec(compile("\n".join(body), "README.md", "exec"), scope)
+    results = eval(compile(last.split("  #")[0], "README.md", "eval"), scope)
+    assert len(results) == 5
+
+
+@pytest.mark.parametrize(
+    "command", re.findall(r"python -m comicnb (run [^`\n]*)", README), ids=lambda c: c.replace(" ", "_")
+)
+def test_the_runner_options_in_the_readme_exist(command):
+    args = build_parser().parse_args(shlex.split(command.replace("<run>", "r")))
+    assert args.command == "run"
