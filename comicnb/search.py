@@ -37,7 +37,7 @@ from usearch.index import BatchMatches, Index
 from zarr.buffer.cpu import NDBuffer
 
 from comicnb.store.reader import check_checkpoint, load_metadata
-from comicnb.store.schema import EMBEDDINGS, MASKS, file_sha256
+from comicnb.store.schema import EMBEDDINGS, MASKS, MODALITY_EMBEDDINGS, MODALITY_MASKS, file_sha256
 
 Array = np.ndarray | Tensor | zarr.Array
 Vectors = Array | zarr.Group  # a group means its embeddings array, masked by its panel_masks
@@ -367,6 +367,13 @@ class PanelSearch:
         pages, slots = panel_location(np.atleast_1d(panel_ids), self.max_panels)
         unique, where = np.unique(pages, return_inverse=True)
         return np.asarray(self.embeddings.oindex[unique])[where, slots]  # (ids, D)
+
+    def modality_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every real panel's per-modality vectors (panels, M, D) and modality mask (panels, M), in store order."""
+        group = zarr.open_group(str(self.store), mode="r")
+        arrays = [np.asarray(group[name][:]) for name in (MODALITY_EMBEDDINGS, MODALITY_MASKS)]  # (P, N, M, ...)
+        vectors, mask = (array.reshape(-1, *array.shape[2:])[self.panel_ids] for array in arrays)
+        return vectors, mask
 
     def query(self, vectors: np.ndarray | Tensor, k: int = 10) -> pd.DataFrame:
         """The k panels nearest each query vector, one row per hit (query, rank, panel and page, score)."""

@@ -47,6 +47,11 @@ SEED_FIELDS = {"book_id", "page_name", "num_panels", "embedding_indices"}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+def embed_command(run_dir: Path, *options: str) -> list[str]:
+    """``python -m comicnb embed --run-dir RUN_DIR OPTIONS`` as an argument list."""
+    return [sys.executable, "-m", "comicnb", "embed", "--run-dir", str(run_dir), *options]
+
+
 def save_checkpoint(model: PanelFeatureExtractor, path: Path) -> Path:
     """The parts of a Stage 3 checkpoint that embedding generation reads."""
     return checkpoint.save_checkpoint(
@@ -144,20 +149,7 @@ def test_two_concurrent_shard_processes_fill_one_store_disjointly(store: Path, r
     assert chunks >= 4
 
     def command(index: int, into: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "comicnb",
-            "embed",
-            "--run-dir",
-            str(run_dir),
-            "--store",
-            str(into),
-            "--pages-per-chunk",
-            "3",
-            "--shard",
-            f"{index}/2",
-        ]
+        return embed_command(run_dir, "--store", str(into), "--pages-per-chunk", "3", "--shard", f"{index}/2")
 
     # Each shard alone into a store of its own: the pages each one writes (what its done flags mark).
     for i in (0, 1):
@@ -219,20 +211,7 @@ def test_resume_after_killing_a_real_process_equals_an_uninterrupted_run(
     # The packaged pretrained backbone (slower than the tiny one) and one page a chunk leave time to kill mid-run.
     torch.manual_seed(0)
     slow = save_checkpoint(PanelFeatureExtractor(feature_dim=16), tmp_path / "slow.pt")
-    command = [
-        sys.executable,
-        "-m",
-        "comicnb",
-        "embed",
-        "--run-dir",
-        str(run_dir),
-        "--checkpoint",
-        str(slow),
-        "--store",
-        str(killed),
-        "--pages-per-chunk",
-        "1",
-    ]
+    command = embed_command(run_dir, "--checkpoint", str(slow), "--store", str(killed), "--pages-per-chunk", "1")
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_before_kill = wait_for_some_pages(killed, process)
     process.send_signal(signal.SIGKILL)

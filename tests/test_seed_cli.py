@@ -34,6 +34,25 @@ def comicnb(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def seed_command(corpus: tuple[Path, Path, Path], run: Path) -> list[str]:
+    """The seed's train_stage3.py arguments for ``corpus`` (data root, train and val labels) into run folder ``run``."""
+    data_root, train, val = corpus
+    return [
+        "train",
+        "stage3",
+        "--data_root",
+        str(data_root),
+        "--train_pss_labels",
+        str(train),
+        "--val_pss_labels",
+        str(val),
+        "--run_name",
+        run.name,
+        "--output_dir",
+        str(run.parent),
+    ]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(data root, training labels, validation labels): a synthetic corpus whose labels split by book, 2 to 1."""
@@ -52,29 +71,11 @@ def seed_run(
     corpus: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[subprocess.CompletedProcess, Path]:
     """The seed's command line with its flags, and a params file that makes the model tiny; (process, run folder)."""
-    data_root, train, val = corpus
     root = tmp_path_factory.mktemp("out")
     params = root / "tiny.yaml"
     params.write_text(yaml.safe_dump(dict(tiny=True, feature_dim=32, epochs=5)))  # the flags below win
     flags = [f"--{name}={value}" for name, value in FLAGS.items()]
-    done = comicnb(
-        "train",
-        "stage3",
-        "--params",
-        str(params),
-        "--data_root",
-        str(data_root),
-        "--train_pss_labels",
-        str(train),
-        "--val_pss_labels",
-        str(val),
-        *flags,
-        "--run_name",
-        "r",
-        "--output_dir",
-        str(root / "O"),
-        "--use_wandb",
-    )
+    done = comicnb(*seed_command(corpus, root / "O" / "r"), "--params", str(params), *flags, "--use_wandb")
     return done, root / "O" / "r"
 
 
@@ -116,24 +117,9 @@ def test_the_seed_command_line_refuses_to_train_over_a_finished_run(
 ) -> None:
     done, run = seed_run
     assert done.returncode == 0, done.stderr[-3000:]
-    data_root, train, val = corpus
     files = checkpoints(run)
     before = {path: path.read_bytes() for path in (files.last, files.best, run / "pages.jsonl")}
-    again = comicnb(
-        "train",
-        "stage3",
-        "--data_root",
-        str(data_root),
-        "--train_pss_labels",
-        str(train),
-        "--val_pss_labels",
-        str(val),
-        "--epochs=1",
-        "--run_name",
-        run.name,
-        "--output_dir",
-        str(run.parent),
-    )
+    again = comicnb(*seed_command(corpus, run), "--epochs=1")
     assert again.returncode == 2, again.stderr[-3000:]
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and "--resume" in lines[0] and "--overwrite" in lines[0], again.stderr[-3000:]

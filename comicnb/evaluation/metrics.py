@@ -116,3 +116,12 @@ def fusion_losses(table: pd.DataFrame, label: str, margin: float = 0.0) -> pd.Da
     rows = table.loc[label]
     best = rows.modality.max()
     return rows[(rows.modality == best) & (rows.fused < best - margin)]
+
+
+def fusion_loss_warnings(table: pd.DataFrame, label: str, margin: float = 0.0) -> list[str]:
+    """One message per input that beats the fused vectors on ``label`` by more than ``margin`` (see fusion_losses)."""
+    return [
+        f"fusion loses to its best input on {label}: fused {row.fused:.3f} against {name} alone {row.modality:.3f} "
+        f"(chance {row.chance:.3f}); see notebook 02's gate weights and docs/modality-collapse.md"
+        for name, row in fusion_losses(table, label, margin).iterrows()
+    ]

@@ -382,8 +382,8 @@ def gate_warning(low: Mapping[str, float], floor: float, epoch: int | None = Non
     when = f" after epoch {epoch}" if epoch is not None else ""
     return (
         f"modality collapse{when}: mean validation gate weight under min_gate_weight={floor} for {names}; the "
-        f"stored vectors hardly carry {'it' if len(low) == 1 else 'them'} (try more epochs, a lower lr, or a "
-        f"higher modality_weight)"
+        f"stored vectors hardly carry {'it' if len(low) == 1 else 'them'} (docs/modality-collapse.md has what was "
+        f"measured; a lower lr helped there)"
     )
 
 
