@@ -27,6 +27,7 @@ class PanelModelConfig:
     backbone_weights: dict[str, str] = field(default_factory=dict)  # {backbone: local weights file or folder}
     tiny: bool = False  # tiny randomly initialised encoders (tests)
     max_text_length: int = 64  # tokens kept of a panel's text
+    fusion_dropout: float = 0.3  # training only: chance of hiding each present modality from fusion (never all)
 
     def __post_init__(self) -> None:
         if isinstance(self.visual_backbone, str) and "," in self.visual_backbone:
@@ -72,7 +73,8 @@ class TrainConfig:
     encode_batch_pages: int = 16  # pages per forward pass when filling the feature cache
     checkpoint_every: int = 0  # also write the last checkpoint every this many steps inside an epoch (0: epoch ends)
     best_metric: str = "image_to_text_recall@5"  # validation figure that picks best_model.pt (higher is better)
-    min_gate_weight: float = 0.1  # warn when a present modality's mean validation gate weight falls below this
+    min_gate_weight: float = 0.05  # warn when a present modality's mean validation gate weight falls below this
+    center_features: bool = True  # centre image features on their training-set mean before the adapter
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

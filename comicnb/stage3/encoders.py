@@ -101,6 +101,11 @@ class MultiBackboneVisualEncoder(nn.Module):
         images = as_unit_range(images)
         return torch.cat([backbone(images) for backbone in self.backbones], dim=1)
 
+    def set_feature_mean(self, mean: Tensor) -> None:
+        """Centre each backbone's adapter on its part of ``mean`` (sum of backbone widths,): see DomainAdapter."""
+        for part, adapter in zip(mean.split(self.feature_widths), self.adapters, strict=True):
+            adapter.set_feature_mean(part)
+
     def adapt(self, features: Tensor) -> Tensor:
         """(B, sum of backbone widths) -> (B, feature_dim): the trainable part, adapters and backbone fusion."""
         parts = features.split(self.feature_widths, dim=1)

@@ -1,6 +1,7 @@
 """Fusion: of several visual backbones into one visual embedding, and of the panel's modalities into one embedding.
 
-Masking contract of ``AdaptiveFusion``: a masked modality is replaced by exact zeros before anything reads it and its
+Masking contract of ``AdaptiveFusion`` (in eval mode; training may also hide present modalities, see
+``modality_dropout``): a masked modality is replaced by exact zeros before anything reads it and its
 gate weight is exactly zero, so its input (even NaN) cannot change the output by a single bit; a panel with no
 modality (padding) comes out as the zero vector.
 """
@@ -75,15 +76,26 @@ class Fused(NamedTuple):
 class AdaptiveFusion(nn.Module):
     """Gated fusion of per-modality embeddings; gates see which modalities are present and what they say."""
 
-    def __init__(self, dim: int, num_modalities: int = len(MODALITIES)) -> None:
+    def __init__(self, dim: int, num_modalities: int = len(MODALITIES), modality_dropout: float = 0.0) -> None:
         super().__init__()
+        # In training, each present modality is hidden from a panel's fusion with this chance (never all of them).
+        # Why: the instance term asks every panel to be told apart from every other, and layout (each box is unique)
+        # does that from the first step, so a softmax gate settles on it and starves the others of gradient
+        # (docs/modality-collapse.md: gates 0 / 0 / 1 with a random ResNet-50). Hidden now and then, layout cannot
+        # carry a panel alone, so every modality must make it identifiable. A floor on the gate was measured to keep
+        # weight but not information, and a term after fusion (``modality_weight``) did not undo the collapse.
+        self.modality_dropout = modality_dropout
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_modalities))
         self.gate = nn.Sequential(nn.Linear(num_modalities * (dim + 1), dim), nn.GELU(), nn.Linear(dim, num_modalities))
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
     def forward(self, modalities: Tensor, mask: Tensor) -> Fused:
         """(B, M, D) embeddings and (B, M) mask -> Fused((B, D), (B, M))."""
-        present = mask.bool()[..., None]  # (B, M, 1)
+        mask = mask.bool()
+        if self.training and self.modality_dropout > 0:
+            keep = mask & (torch.rand(mask.shape, device=mask.device) >= self.modality_dropout)
+            mask = torch.where(keep.any(dim=-1, keepdim=True), keep, mask)  # a panel keeps at least one modality
+        present = mask[..., None]  # (B, M, 1)
         # Zero masked inputs before the norms too: a NaN behind a mask would otherwise poison LayerNorm's gradients.
         x = torch.where(present, modalities, 0.0)
         x = torch.stack([norm(x[:, i]) for i, norm in enumerate(self.norms)], dim=1)  # (B, M, D)

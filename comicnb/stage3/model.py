@@ -99,7 +99,7 @@ class PanelFeatureExtractor(nn.Module):
         )
         self.text = TextEncoder(cfg.text_model, cfg.feature_dim, cfg.freeze_backbones, cfg.max_text_length)
         self.composition = CompositionEncoder(cfg.comp_dim, cfg.feature_dim)
-        self.fusion = AdaptiveFusion(cfg.feature_dim)
+        self.fusion = AdaptiveFusion(cfg.feature_dim, modality_dropout=cfg.fusion_dropout)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | PanelModelConfig) -> PanelFeatureExtractor:

@@ -2,9 +2,9 @@
 
 ``Stage3Objective`` returns a dict of named loss terms plus their weighted ``total`` (open_clip's
 ``ClipLoss(output_dict=True)`` pattern): the seed's page contrastive, masked-panel reconstruction and vision-text
-alignment terms, an instance term and a modality term. The seed's three alone pull every panel of a page onto one
-point; the instance term makes a panel's own augmented view its strongest positive, against every other panel including
-its page-mates. The modality term keeps every present modality in the fused vector (see ``modality_keep``).
+alignment terms, an instance term and an optional modality term. The seed's three alone pull every panel of a page
+onto one point; the instance term makes a panel's own augmented view its strongest positive, against every other panel
+including its page-mates.
 """
 
 from __future__ import annotations
@@ -163,16 +163,10 @@ class Stage3Objective(nn.Module):
     def modality_keep(self, model: PanelFeatureExtractor, encoding: PanelEncoding) -> Tensor:
         """Mean over modalities of InfoNCE between each panel's fused embedding and its single-modality query.
 
-        Why a term after fusion rather than a floor on the gate or more modality dropout: the gate can settle on the
-        modality that wins the other terms fastest (layout, against a random image backbone) and the softmax then
-        starves the others of gradient. A floor would keep a share of weight but not the information (the image
-        adapter, untrained, can put a constant there), and dropout only trains the masked views, not the stored
-        vector. Asking the fused vector to find each of its own modalities among the batch's panels is only
-        solvable when that modality's content survives fusion, so gate and adapter both stay trained. The queries are
-        detached targets: otherwise a modality could learn to imitate the fused vector (say, the layout) instead.
-
-        Off by default (``modality_weight=0``): at 0.5 it did not undo the random-ResNet-50 collapse in one epoch and
-        pushed notebook 02's pretrained smoke run onto vision alone (gates text 0.02, layout 0.01).
+        An optional term (``modality_weight``, off by default): it asks the fused vector to find each of its own
+        modalities among the batch's panels. The queries are detached targets, so a modality cannot learn to imitate
+        the fused vector instead. Measured at 0.5 it did not undo the random-ResNet-50 collapse and pushed a pretrained
+        run onto vision alone; what keeps the modalities is centring and fusion dropout (docs/modality-collapse.md).
         """
         mask = encoding.modality_mask[encoding.panel_mask]  # (P, 3)
         modalities = encoding.modalities[encoding.panel_mask]  # (P, 3, D)

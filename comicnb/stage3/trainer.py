@@ -134,6 +134,24 @@ class BatchSource:
     def __len__(self) -> int:
         return len(self.pages)
 
+    @torch.no_grad()
+    def vision_feature_mean(self) -> Tensor:
+        """Mean pretrained image feature over these pages' panels that have an image (the adapters' centre)."""
+        total = torch.zeros(sum(self.model.visual.feature_widths), dtype=torch.float64)
+        count, mode = 0, self.model.training
+        self.model.eval()  # no BatchNorm statistics move while measuring
+        with isolated_rng():
+            for batch in self.iterate(page_chunks(len(self), self.cfg.encode_batch_pages)):
+                present = batch["panel_mask"].bool() & batch["modality_mask"][..., 0].bool()  # (B, N)
+                if "vision_features" in batch:
+                    features = batch["vision_features"][present]
+                else:  # trainable backbones: their features at the start, a fixed centre from then on
+                    features = self.model.visual.backbone_features(batch["images"][present])
+                total += features.double().sum(dim=0).cpu()
+                count += int(present.sum())
+        self.model.train(mode)
+        return (total / max(count, 1)).float()
+
     def iterate(self, batches: list[list[int]]) -> Iterator[dict[str, Tensor]]:
         """Yield one batch per entry of ``batches``."""
         if self.cached:
@@ -217,6 +235,8 @@ class Stage3Trainer:
         stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
         set_rng_state(self.rng)
         if self.step == 0 and not self.history.epochs:  # the untrained model: the no-learning baseline
+            if self.cfg.center_features:
+                self.model.visual.set_feature_mean(self.train_source.vision_feature_mean())
             scalars, self.last_validation = self.validate()
             self.history.epochs.append({"epoch": 0, "step": 0, "train_seconds": 0.0, **scalars})
         while self.step < stop:
@@ -382,8 +402,8 @@ def gate_warning(low: Mapping[str, float], floor: float, epoch: int | None = Non
     when = f" after epoch {epoch}" if epoch is not None else ""
     return (
         f"modality collapse{when}: mean validation gate weight under min_gate_weight={floor} for {names}; the "
-        f"stored vectors hardly carry {'it' if len(low) == 1 else 'them'} (docs/modality-collapse.md has what was "
-        f"measured; a lower lr helped there)"
+        f"stored vectors hardly carry {'it' if len(low) == 1 else 'them'}; keep fusion_dropout (0.3) and "
+        f"center_features on, or lower lr (docs/modality-collapse.md)"
     )
 
 
