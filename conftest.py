@@ -61,12 +61,23 @@ def checkpoint_run() -> Path:
     return run
 
 
+@functools.cache
+def store_run() -> Path:
+    """checkpoint_run plus its embedding store (what notebook 04 reads)."""
+    from comicnb.store import generate
+
+    run = scratch() / "run03"
+    shutil.copytree(checkpoint_run(), run)
+    generate(run)
+    return run
+
+
 def notebook_inputs(name: str) -> dict[str, str]:
     """The parameters that point notebook ``name`` at inputs made for it, in a fresh run folder of its own."""
     run = scratch() / f"nb-{name[:2]}"
     if name.startswith("01_"):
         return dict(run_dir=str(run), data_root=str(scratch() / "corpus01"), synthesize="always")
-    source = {"02_": pages_run, "03_": checkpoint_run}.get(name[:3])
+    source = {"02_": pages_run, "03_": checkpoint_run, "04_": store_run}.get(name[:3])
     if source is None:
         return {}
     shutil.copytree(source(), run, dirs_exist_ok=True)

@@ -586,3 +586,54 @@ def test_generated_dirty_pages_are_all_usable(generated: Path) -> None:
         assert len(crops) == row.num_panels and {c.mode for c in crops} == {"RGB"}
         feats = composition_features(row.boxes, row.image_width, row.image_height)
         assert np.isfinite(feats).all() and (feats[:, 2:4] > 0).all()
+
+
+# ------------------------------------------------------------------ text-free twins (docs/corpus.md, "Text-free pages")
+
+
+def test_text_free_twins_are_named_by_the_pages_table_and_never_pages(corpus_root: Path) -> None:
+    book = corpus_root / "book_000"
+    draw_page(GRID).save(book / "page_001.textfree.png")  # the documented name
+    draw_page(GRID).save(book / "page_002.TextFree.JPG")  # its marker and suffix in any case, another suffix
+    draw_page(GRID).save(book / "page_000.textfree.png")  # a cover's twin: left out with its page
+    corpus = load_corpus(corpus_root)
+    assert corpus.problems.empty and len(corpus.pages) == 6
+    twins = corpus.pages.set_index("page_id").text_free_path
+    assert twins["book_000/page_001"] == "book_000/page_001.textfree.png"
+    assert twins["book_000/page_002"] == "book_000/page_002.TextFree.JPG"
+    assert (twins.drop(["book_000/page_001", "book_000/page_002"]) == "").all()
+    assert load_corpus(corpus_root, decode_check=False).pages.text_free_path.tolist() == twins.tolist()
+
+
+def test_twins_that_cannot_stand_in_for_their_page(corpus_root: Path) -> None:
+    book = corpus_root / "book_001"
+    draw_page(GRID, size=(W + 1, H)).save(book / "page_001.textfree.png")  # another size: other crops
+    (book / "page_002.textfree.PNG").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # first by name: the one used
+    draw_page(GRID).save(book / "page_002.textfree.png")  # a second twin of page_002
+    draw_page(GRID).save(book / "page_009.textfree.png")  # a twin whose page is not there
+    corpus = load_corpus(corpus_root)
+    rows = corpus.problems.sort_values("file")[["page_name", "file", "problem", "action"]].values.tolist()
+    assert rows == [
+        ["page_001", "book_001/page_001.textfree.png", "text_free_unusable", "noted"],
+        ["page_002", "book_001/page_002.textfree.PNG", "text_free_unusable", "noted"],
+        ["page_002", "book_001/page_002.textfree.png", "duplicate_image", "noted"],
+        ["page_009", "book_001/page_009.textfree.png", "unused_file", "noted"],
+    ]
+    assert "121x160, the page 120x160" in corpus.problems.detail.str.cat()
+    assert (corpus.pages.text_free_path == "").all() and len(corpus.pages) == 6
+
+
+def test_a_labelled_page_with_only_a_twin_is_a_label_without_page(corpus_root: Path) -> None:
+    (corpus_root / "book_002" / "page_002.png").rename(corpus_root / "book_002" / "page_002.textfree.png")
+    (corpus_root / "book_002" / "page_002.json").unlink()
+    corpus = load_corpus(corpus_root)
+    assert sorted(corpus.problems[["problem", "file"]].fillna("").values.tolist()) == [
+        ["label_without_page", ""],
+        ["unused_file", "book_002/page_002.textfree.png"],
+    ]
+
+
+def test_a_pages_table_saved_before_twins_reads_as_twin_less(corpus_root: Path, tmp_path: Path) -> None:
+    pages = load_corpus(corpus_root).pages
+    old = save_pages(pages.drop(columns="text_free_path"), tmp_path / "old.jsonl")
+    pd.testing.assert_frame_equal(load_pages(old), pages)

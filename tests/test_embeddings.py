@@ -34,6 +34,8 @@ from comicnb.store import (
     MODALITY_EMBEDDINGS,
     MODALITY_MASKS,
     STORE_NAME,
+    TEXT_FREE_MASKS,
+    TEXT_FREE_VISION,
     EmbedConfig,
     StoreMismatchError,
     file_sha256,
@@ -42,7 +44,8 @@ from comicnb.store import (
     verify_store,
 )
 
-ARRAYS = (EMBEDDINGS, MASKS, MODALITY_EMBEDDINGS, MODALITY_MASKS, DONE)
+# The text-free arrays too: the synthetic corpus has twins, so shards and resumes must write them alike.
+ARRAYS = (EMBEDDINGS, MASKS, MODALITY_EMBEDDINGS, MODALITY_MASKS, TEXT_FREE_VISION, TEXT_FREE_MASKS, DONE)
 SEED_FIELDS = {"book_id", "page_name", "num_panels", "embedding_indices"}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -108,6 +111,7 @@ def test_counts_reconcile_and_padding_is_exactly_zero(store: Path, run_dir: Path
     padding = ~arrays[MASKS]
     assert not arrays[EMBEDDINGS][padding].any() and not arrays[MODALITY_EMBEDDINGS][padding].any()
     assert not arrays[MODALITY_MASKS][padding].any()
+    assert np.array_equal(arrays[TEXT_FREE_MASKS], arrays[MASKS]) and not arrays[TEXT_FREE_VISION][padding].any()
     norms = np.linalg.norm(arrays[EMBEDDINGS][arrays[MASKS]], axis=1)
     assert np.allclose(norms, 1, atol=1e-5)
     texts = [t for page in pages.texts for t in page]
@@ -260,6 +264,7 @@ def test_panel_truth_names_each_stored_panel(store: Path, run_dir: Path) -> None
     first = metadata[0]
     panel = sidecar["books"][first["book_id"]]["pages"][first["page_name"]]["panels"][first["panel_index"][0]]
     assert truth.characters[0] == panel["characters"] and truth.caption[0] == panel["caption"]
+    assert truth.beat[0] == panel["beat"] and truth.scene_run[0] == panel["scene_run"]  # the story columns (v2)
 
 
 def test_neighbour_agreement_against_chance() -> None:

@@ -34,8 +34,8 @@ def test_the_sidecar_gives_character_and_scene(corpus_root: Path) -> None:
 def test_a_sidecar_that_does_not_fit_the_corpus_falls_back_to_the_book(corpus_root: Path, tmp_path: Path) -> None:
     renamed = tmp_path / "renamed"
     shutil.copytree(corpus_root, renamed)
-    for image in (renamed / "book_000").glob("page_001.*"):
-        image.rename(image.with_name("Page 1" + image.suffix))  # the user renamed a page after drawing the corpus
+    for image in (renamed / "book_000").glob("page_001.*"):  # the user renamed a page after drawing the corpus
+        image.rename(image.with_name(image.name.replace("page_001", "Page 1")))  # its text-free twin too
     labels_file = renamed / "pss_labels.json"
     labels = json.loads(labels_file.read_text())
     labels["book_000"]["Page 1"] = labels["book_000"].pop("page_001")

@@ -2,7 +2,8 @@
 
 The corpus is the issue's: 6 books, PNG and JPEG pages, grayscale and RGBA pages, xyxy boxes, flat CoSMo labels
 (story, first-page, textstory, cover), page names like ``Page 10.png``, books nested one folder deeper, stray
-files, and a nested book nobody labelled. It is drawn by ``synth.generate`` and then rewritten the way real exports
+files, and a nested book nobody labelled. All books but one bring text-free twins (``Page 10.textfree.png``), and
+one twin has lost its page. It is drawn by ``synth.generate`` and then rewritten the way real exports
 look.
 """
 
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from comicnb.corpus import load_corpus, prepare_data_root, synth
+from comicnb.corpus import TEXT_FREE, load_corpus, prepare_data_root, synth, text_free_name
 
 ROOT = Path(__file__).resolve().parent.parent
 COSMO_NARRATIVE = ["story", "first-page", "textstory"]
@@ -28,6 +29,8 @@ NAMES = ["page_3", "page-5", "Page 10", "PAGE_12"]
 LABELS = ["cover", "first-page", "story", "story"]
 NESTED, UNLABELLED = "series/book_005", "series/book_004"
 STRAY = {"README.txt", "scan.png", "book_000/Thumbs.db", "book_000/notes.md", f"{NESTED}/cover.pdf"}
+WITHOUT_TWINS = "book_003"  # the one book whose export has no text-free twins
+ORPHAN_TWIN = "book_001/page_7.textfree.png"  # a twin whose page is not there: an unused file
 SIDECARS = {"pss_labels.json", "ground_truth.json"}
 
 
@@ -41,10 +44,12 @@ def own_corpus(root: Path) -> Path:
         (own / book).mkdir(parents=True)
         for p, name in enumerate(NAMES):
             image = next((src / f"book_{b:03d}").glob(f"page_{p:03d}.[jp][pn]g"))
-            with Image.open(image) as img:
-                page = {1: img.convert("L"), 2: img.convert("RGBA")}.get(b, img.convert("RGB"))
-                suffix = ".png" if b in (1, 2) or image.suffix == ".png" else ".jpg"
-                page.save(own / book / f"{name}{suffix}")
+            suffix = ".png" if b in (1, 2) or image.suffix == ".png" else ".jpg"
+            for source, target in ((image, name), (image.with_name(text_free_name(image.name)), f"{name}.textfree")):
+                if target == name or book != WITHOUT_TWINS:
+                    with Image.open(source) as img:
+                        page = {1: img.convert("L"), 2: img.convert("RGBA")}.get(b, img.convert("RGB"))
+                        page.save(own / book / f"{target}{suffix}")
             shutil.copy(image.with_suffix(".json"), own / book / f"{name}.json")
             label = "textstory" if (b, p) == (2, 3) else LABELS[p]
             if book != UNLABELLED:  # nobody labelled this book
@@ -55,6 +60,7 @@ def own_corpus(root: Path) -> Path:
     for stray in STRAY:
         (own / stray).write_bytes(b"not a page")
     shutil.copy(own / "book_000" / "page-5.jpg", own / "scan.png")  # a page image outside any book
+    shutil.copy(own / "book_001" / "page_3.textfree.png", own / ORPHAN_TWIN)
     (own / "book_001" / ".DS_Store").write_bytes(b"hidden")  # hidden files are not looked at
     return own
 
@@ -74,9 +80,10 @@ def files_on_disk(root: Path) -> set[str]:
 
 
 def page_files(root: Path, book_id: str, page_name: str) -> set[str]:
-    """The image and JSON files of one page (same stem, same book folder)."""
+    """The image, JSON and text-free twin files of one page (same stem, same book folder)."""
     folder = root / book_id
-    return {f"{book_id}/{p.name}" for p in folder.iterdir() if p.is_file() and p.stem == page_name}
+    stems = {page_name, f"{page_name}.textfree"}
+    return {f"{book_id}/{p.name}" for p in folder.iterdir() if p.is_file() and p.stem in stems}
 
 
 # --- a mistyped data_root --------------------------------------------------------------------------------------
@@ -116,6 +123,27 @@ def test_synthesis_only_under_outputs_corpus_or_when_asked(tmp_path: Path) -> No
     assert not (project / "outputs" / "mine").exists() and not (home / "other").exists()
     with pytest.raises(ValueError, match="synthesize"):
         prepare_data_root(tmp_path / "x", "yes")
+
+
+def test_an_embedded_corpus_of_an_older_generator_is_drawn_again(tmp_path: Path) -> None:
+    project = fake_project(tmp_path)
+    demo = project / "outputs" / "corpus" / "demo"
+    prepare_data_root(demo, books=1, pages=2, project=project)
+    sidecar = demo / "ground_truth.json"
+    truth = json.loads(sidecar.read_text())
+    twins = sorted(demo.rglob(f"*.{TEXT_FREE}.*"))
+    assert twins
+    for twin in twins:  # as an older generator left it: no twins, sidecar version 1
+        twin.unlink()
+    sidecar.write_text(json.dumps({**truth, "version": 1}))
+    with pytest.warns(UserWarning, match="older generator"):
+        assert prepare_data_root(demo, books=1, pages=2, project=project)["books"] == 1
+    assert sorted(demo.rglob(f"*.{TEXT_FREE}.*")) == twins
+    assert prepare_data_root(demo, books=1, pages=2, project=project) is None  # current: read as it is
+    mine = tmp_path / "mine"  # outside the embedded home an old sidecar is the user's business
+    prepare_data_root(mine, "always", books=1, pages=2, project=project)
+    (mine / "ground_truth.json").write_text(json.dumps({**truth, "version": 1}))
+    assert prepare_data_root(mine, project=project) is None
 
 
 def test_notebook_01_refuses_a_mistyped_data_root(own: Path, tmp_path: Path) -> None:
@@ -174,8 +202,19 @@ def test_every_file_on_disk_is_read_or_has_a_row(own: Path) -> None:
     on_disk = files_on_disk(own)
     assert on_disk - (read | by_label | named | pages_skipped) == set()
     unused = corpus.problems[corpus.problems.problem == "unused_file"]
-    assert set(unused.file) == STRAY and set(unused.action) == {"noted"}
+    assert set(unused.file) == STRAY | {ORPHAN_TWIN} and set(unused.action) == {"noted"}
     assert read.isdisjoint(set(unused.file))
+    twins = {f for f in on_disk if ".textfree." in f} - {ORPHAN_TWIN}
+    assert twins and twins <= read | by_label | pages_skipped  # each twin counts as a file of its page
+
+
+def test_twins_are_read_as_the_pages_text_free_path(own: Path) -> None:
+    corpus = load_corpus(own, narrative_labels=COSMO_NARRATIVE, bbox_format="xyxy")
+    pages = corpus.pages
+    with_twin = pages[pages.book_id != WITHOUT_TWINS]
+    assert with_twin.text_free_path.tolist() == [text_free_name(path) for path in with_twin.image_path]
+    assert (pages[pages.book_id == WITHOUT_TWINS].text_free_path == "").all()
+    assert set(corpus.problems.problem) & {"text_free_unusable", "duplicate_image"} == set()
 
 
 def test_unlabelled_nested_book_gets_a_row_per_page(own: Path) -> None:

@@ -86,6 +86,21 @@ def test_the_embed_command_and_the_search_snippet_run_as_written(run_dir):
     assert len(results) == 5
 
 
+def test_the_stage4_task_snippet_runs_as_written(run_dir):
+    if not (run_dir / "panel_embeddings.zarr").is_dir():  # the embed test made it; alone, make it here
+        from comicnb.store import generate
+
+        generate(run_dir)
+    snippet = block_with("Stage 4: the tasks and their baselines", "python", "build_task_sets(")
+    snippet = snippet.replace("outputs/<run>", str(run_dir))
+    *body, last = snippet.strip().splitlines()
+    scope: dict = {}
+    exec(compile("\n".join(body), "README.md", "exec"), scope)
+    candidates, answer = eval(compile(last, "README.md", "eval"), scope)
+    assert 0 <= answer < len(candidates) == 5
+    assert (run_dir / "tasks" / "test" / "manifest.json").is_file()
+
+
 @pytest.mark.parametrize(
     "command", re.findall(r"python -m comicnb (run [^`\n]*)", README), ids=lambda c: c.replace(" ", "_")
 )

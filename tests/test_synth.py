@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -139,7 +140,7 @@ def test_page_json_follows_the_contract_and_matches_the_truth(corpora, name):
             assert isinstance(panel["text"], str) and 0 < panel["confidence"] <= 1
             assert len(panel["text_boxes"]) == len(true["lines"]) and panel["text"] == " ".join(panel["text_boxes"])
             assert panel["description"] == true["caption"] and true["reading_position"] == i
-    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == 1
+    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 2
 
 
 @pytest.mark.parametrize("name", ["clean", "xyxy"])
@@ -511,3 +512,155 @@ def test_summary_counts(tmp_path):
     assert summary["books"] == 2 and summary["pages"] == 8 and summary["narrative_pages"] == len(narrative)
     assert summary["panels"] == sum(len(page["panels"]) for page in narrative) and summary["dirty"] == 0
     assert truth["dirty"] == []
+
+
+# --- the story structure of the sidecar (version 2) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twelve_books() -> dict:
+    """The sidecar of a 12-book corpus of 10 pages, planned only (nothing drawn)."""
+    return synth.ground_truth(synth.plan_corpus(12, 10, seed=0), "xywh")
+
+
+def _story(book: dict) -> list[tuple[str, dict]]:
+    """(page_name, panel) of a sidecar book's story panels, in reading order."""
+    return [(p, panel) for p, page in book["pages"].items() if page["label"] == "narrative" for panel in page["panels"]]
+
+
+def _runs_are_numbered_in_order(numbers: list[int]) -> bool:
+    """Whether numbers go 0, 1, 2, ... each value once as one unbroken run (so each spans consecutive positions)."""
+    starts = [n for i, n in enumerate(numbers) if i == 0 or n != numbers[i - 1]]
+    return starts == list(range(len(starts)))
+
+
+def test_beats_and_scene_runs_span_consecutive_story_panels(twelve_books, corpora):
+    crossing = 0
+    for truth, clean in ((twelve_books, True), (_truth(corpora["clean"]), True), (_truth(corpora["dirty"]), False)):
+        for book in truth["books"].values():
+            story = _story(book)
+            assert _runs_are_numbered_in_order([panel["beat"] for _, panel in story])
+            assert _runs_are_numbered_in_order([panel["scene_run"] for _, panel in story])
+            for (page, before), (next_page, panel) in zip(story, story[1:]):
+                if panel["beat"] == before["beat"]:  # one action by the same cast in one scene, step after step
+                    assert (
+                        panel["action_step"] == before["action_step"] + 1 and panel["scene_run"] == before["scene_run"]
+                    )
+                    assert (panel["action"], panel["characters"]) == (before["action"], before["characters"])
+                    crossing += page != next_page and truth is twelve_books
+                elif clean:
+                    assert panel["action_step"] == 0 and before["action_step"] == before["action_steps"] - 1
+                if panel["scene_run"] == before["scene_run"]:
+                    assert panel["scene"] == before["scene"]
+                elif clean:
+                    assert panel["scene"] != before["scene"]
+            others = [
+                panel for page in book["pages"].values() if page["label"] != "narrative" for panel in page["panels"]
+            ]
+            assert all(panel["beat"] is None and panel["scene_run"] is None for panel in others)
+    assert crossing > 0, "no beat crosses a page boundary in 12 books"
+
+
+def test_speakers_and_caption_unique_follow_the_panels(twelve_books):
+    flags = Counter()
+    for book in twelve_books["books"].values():
+        panels = [panel for page in book["pages"].values() for panel in page["panels"]]
+        captions = Counter(panel["caption"] for panel in panels)
+        for panel in panels:
+            spoken = [line["speaker"] for line in panel["lines"] if line["kind"] == "speech"]
+            assert panel["speakers"] == sorted(set(spoken), key=spoken.index)
+            assert panel["caption_unique"] == (captions[panel["caption"]] == 1)
+            flags[panel["caption_unique"]] += 1
+    assert flags[True] and flags[False]
+
+
+def _metadata_of_every_story_page(truth: dict) -> list[dict]:
+    """Store metadata records for every narrative page of a sidecar, every panel stored (12 slots a page)."""
+    pages = [(b, p, page) for b, book in truth["books"].items() for p, page in book["pages"].items()]
+    story = [(b, p, page) for b, p, page in pages if page["label"] == "narrative"]
+    return [
+        {
+            "book_id": b,
+            "page_name": p,
+            "page_index": i,
+            "embedding_indices": [i * 12 + k for k in range(len(page["panels"]))],
+            "panel_index": list(range(len(page["panels"]))),
+        }
+        for i, (b, p, page) in enumerate(story)
+    ]
+
+
+def _write_sidecar(root: Path, truth: dict) -> Path:
+    """A data_root holding only a sidecar."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ground_truth.json").write_text(json.dumps(truth), encoding="utf-8")
+    return root
+
+
+def test_panel_truth_gives_the_story_columns(twelve_books, tmp_path):
+    metadata = _metadata_of_every_story_page(twelve_books)
+    table = synth.panel_truth(_write_sidecar(tmp_path / "v2", twelve_books), metadata)
+    assert list(table.columns) == list(synth.truth.TRUTH_COLUMNS)
+    assert table.panel_id.tolist() == [i for m in metadata for i in m["embedding_indices"]]
+    for row in table.sample(40, random_state=0).itertuples():
+        panel = twelve_books["books"][row.book_id]["pages"][row.page_name]["panels"][row.panel_id % 12]
+        for column in ("beat", "scene_run", "action", "action_step", "action_steps", "lines", "speakers"):
+            assert getattr(row, column) == panel[column]
+        assert row.caption_unique == panel["caption_unique"] and row.description == panel["caption"]
+    assert table.beat.notna().all() and table.groupby(["book_id", "beat"]).scene_run.nunique().max() == 1
+
+
+def test_panel_truth_derives_the_story_columns_of_a_version_1_sidecar(twelve_books, corpora, tmp_path):
+    new_fields = ("beat", "scene_run", "speakers", "caption_unique")
+    for name, truth in (("twelve", twelve_books), ("dirty", _truth(corpora["dirty"]))):
+        old = json.loads(json.dumps(truth))
+        old["version"] = 1
+        for book in old["books"].values():
+            for page in book["pages"].values():
+                page["panels"] = [{k: v for k, v in panel.items() if k not in new_fields} for panel in page["panels"]]
+        metadata = _metadata_of_every_story_page(truth)
+        derived = synth.panel_truth(_write_sidecar(tmp_path / f"{name}-v1", old), metadata)
+        written = synth.panel_truth(_write_sidecar(tmp_path / f"{name}-v2", truth), metadata)
+        pd.testing.assert_frame_equal(derived, written)
+
+
+def test_story_structure_on_a_hand_built_book(tmp_path):
+    """Captions A, B / A, C after a cover: A is not unique; beat 0 crosses from page 1 to page 2."""
+
+    def panel(caption: str, beat: int | None, step: int | None, lines: list[dict]) -> dict:
+        return {
+            "characters": ["c0", "c1"],
+            "scene": "harbour",
+            "action": "ball_throw" if beat == 0 else "kite_rise",
+            "action_step": step,
+            "action_steps": 3 if beat == 0 else 1,
+            "caption": caption,
+            "lines": lines,
+            "beat": beat,
+            "scene_run": None if beat is None else 0,
+        }
+
+    talk = [story.speech("c1", "Hi!"), story.caption("Later."), story.speech("c0", "Ho."), story.speech("c1", "Ha.")]
+    page = {"layout": "grid", "reading_direction": "ltr", "naive_order_correct": True, "scene": "harbour"}
+    plan = {
+        "seed": 0,
+        "dirty": [],
+        "books": {
+            "b": {
+                "direction": "ltr",
+                "pages": {
+                    "p0": {**page, "label": "cover", "panels": [panel("Cover.", None, None, [])]},
+                    "p1": {**page, "label": "narrative", "panels": [panel("A", 0, 0, talk), panel("B", 0, 1, [])]},
+                    "p2": {**page, "label": "narrative", "panels": [panel("A", 0, 2, []), panel("C", 1, 0, [])]},
+                },
+            }
+        },
+    }
+    truth = synth.ground_truth(plan, "xywh")
+    table = synth.panel_truth(_write_sidecar(tmp_path, truth), _metadata_of_every_story_page(truth))
+    assert table.caption.tolist() == ["A", "B", "A", "C"]
+    assert table.caption_unique.tolist() == [False, True, False, True]
+    assert table.beat.tolist() == [0, 0, 0, 1] and table.scene_run.tolist() == [0, 0, 0, 0]
+    assert table.speakers.tolist() == [["c1", "c0"], [], [], []]
+    assert truth["books"]["b"]["pages"]["p0"]["panels"][0]["caption_unique"] is True
+    assert truth["books"]["b"]["pages"]["p0"]["panels"][0]["beat"] is None

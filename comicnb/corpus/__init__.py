@@ -12,11 +12,13 @@ from comicnb.corpus.location import SYNTHESIZE, embedded_corpus_home, prepare_da
 from comicnb.corpus.reader import (
     PAGE_COLUMNS,
     PROBLEM_COLUMNS,
+    TEXT_FREE,
     Corpus,
     clean_text,
     label_report,
     load_corpus,
     read_labels,
+    text_free_name,
 )
 from comicnb.corpus.splits import SPLITS, split_books, split_counts
 from comicnb.corpus.tables import load_pages, load_run_pages, save_corpus, save_pages
@@ -28,6 +30,7 @@ __all__ = [
     "PROBLEM_COLUMNS",
     "SPLITS",
     "SYNTHESIZE",
+    "TEXT_FREE",
     "Corpus",
     "bbox_fit",
     "check_bbox_format",
@@ -49,5 +52,6 @@ __all__ = [
     "save_pages",
     "split_books",
     "split_counts",
+    "text_free_name",
     "to_rgb",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import json
+import warnings
 from pathlib import Path
 
 from comicnb.paths import project_root
@@ -41,17 +43,45 @@ def prepare_data_root(
     if mode not in SYNTHESIZE:
         raise ValueError(f"synthesize={synthesize!r}: use one of {', '.join(map(repr, SYNTHESIZE))}")
     root = Path(data_root).expanduser().absolute()
+    home, place = embedded_corpus_home(project).resolve(), root.resolve()  # symlinks of the existing part resolved
+    inside_home = place.is_relative_to(home) and place != home
     if root.exists():
         if not root.is_dir():
             raise NotADirectoryError(f"data_root {root} is a file, not a corpus folder")
-        return None
-    home, place = embedded_corpus_home(project).resolve(), root.resolve()  # symlinks of the existing part resolved
-    inside_home = place.is_relative_to(home) and place != home
+        older = _older_embedded_version(root) if inside_home and mode != "never" else None
+        if older is None:
+            return None
+        from comicnb.corpus import synth
+        from comicnb.corpus.synth.truth import VERSION
+
+        # Our own corpus, drawn by an older generator (no text-free twins, fewer truth fields): a workbook that
+        # silently kept it would run the Stage 4 text tasks without images. Only book folders and the corpus JSON
+        # files are replaced (synth.generate's overwrite), and only under the embedded corpora's home.
+        warnings.warn(
+            f"the embedded corpus {root} was drawn by an older generator (ground truth version {older}, now "
+            f"{VERSION}): drawing it again",
+            stacklevel=2,
+        )
+        return synth.generate(root, books=books, pages=pages, seed=seed, dirty=dirty, overwrite=True)
     if mode == "always" or (mode == "auto" and inside_home):
         from comicnb.corpus import synth
 
         return synth.generate(root, books=books, pages=pages, seed=seed, dirty=dirty)
     raise FileNotFoundError(_missing_message(root, mode, home))
+
+
+def _older_embedded_version(root: Path) -> int | None:
+    """The ground-truth version of a synthetic corpus older than today's generator, or None (current, or not ours)."""
+    from comicnb.corpus.synth.truth import VERSION
+
+    sidecar = root / "ground_truth.json"
+    if not sidecar.is_file():
+        return None
+    try:
+        version = int(json.loads(sidecar.read_text(encoding="utf-8")).get("version", 0))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return version if version < VERSION else None
 
 
 def _missing_message(root: Path, mode: str, home: Path) -> str:

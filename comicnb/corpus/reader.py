@@ -26,6 +26,9 @@ from comicnb.corpus.splits import SPLITS, split_books
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _FILE_KINDS = {**{suffix: "image" for suffix in IMAGE_SUFFIXES}, ".json": "json"}
+# A page's text-free twin (same drawing, balloons and caption boxes empty) is <page stem>.textfree.<image suffix>
+# beside the page image: never a page of its own (docs/corpus.md, "Text-free pages").
+TEXT_FREE = "textfree"
 PROBLEM_COLUMNS = ("book_id", "page_name", "panel", "file", "problem", "action", "detail")
 PAGE_COLUMNS = (
     "page_id",
@@ -37,6 +40,7 @@ PAGE_COLUMNS = (
     "image_width",
     "image_height",
     "image_mode",
+    "text_free_path",
     "num_panels",
     "panel_index",
     "boxes",
@@ -216,8 +220,21 @@ def _strip_image_suffix(name: str) -> str:
     return stem if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES else name
 
 
+def text_free_name(image_name: str) -> str:
+    """The file name of a page image's text-free twin: page_003.png -> page_003.textfree.png."""
+    stem, dot, suffix = image_name.rpartition(".")
+    return f"{stem}.{TEXT_FREE}.{suffix}" if dot else f"{image_name}.{TEXT_FREE}"
+
+
+def _twin_of(path: Path) -> str | None:
+    """The page stem whose text-free twin this image file is (the name's .textfree in any case), else None."""
+    stem, dot, marker = path.stem.rpartition(".")
+    return stem if dot and stem and marker.lower() == TEXT_FREE else None
+
+
 def _scan(root: Path, labels_file: Path | None = None) -> tuple[dict[tuple[str, str], dict[str, Path]], list[dict]]:
-    """Map (book_id, page_name) to its 'image' and 'json' files, and an unused_file row for every other file.
+    """Map (book_id, page_name) to its 'image', 'json' and 'text_free' (twin) files, and an unused_file row for
+    every other file.
 
     A book is any non-hidden folder under root that holds files, at any depth; its id is its path relative to root
     ('series/book_a'). Hidden files and folders (name starting with '.') are not looked at. At the top level,
@@ -248,11 +265,14 @@ def _scan(root: Path, labels_file: Path | None = None) -> tuple[dict[tuple[str, 
                 log = _PageLog("" if book_id == "." else book_id, path.stem, problems)
                 log.add("unused_file", "noted", reason, _relative(path, root))
                 continue
-            entry = files.setdefault((book_id, path.stem), {})
+            stem = _twin_of(path) if kind == "image" else None
+            kind, stem = ("text_free", stem) if stem else (kind, path.stem)
+            entry = files.setdefault((book_id, stem), {})
             if kind in entry:
-                log = _PageLog(book_id, path.stem, problems)
+                log = _PageLog(book_id, stem, problems)
+                what = "image" if kind == "text_free" else kind  # a second twin is a second image of the page
                 log.add(
-                    f"duplicate_{kind}",
+                    f"duplicate_{what}",
                     "noted",
                     f"same stem as {entry[kind].name}, which is used",
                     _relative(path, root),
@@ -271,6 +291,12 @@ def _read_labelled_page(
     root: Path, files: dict[str, Path] | None, label: str | None, opts: _Options, log: _PageLog
 ) -> list[dict]:
     """Apply the label rules to one (book, page) and read it if it is narrative."""
+    if files is not None and not files.keys() & {"image", "json"}:  # a text-free twin whose page is not there
+        twin = _relative(files["text_free"], root)
+        log.add("unused_file", "noted", f"text-free twin of {log.page_name}, which has no image or JSON", twin)
+        if label is None:
+            return []
+        files = None
     if files is None:
         folder = root / log.book_id
         where = f"no {log.page_name}.* in {log.book_id}/" if folder.is_dir() else f"no folder {log.book_id}/"
@@ -315,6 +341,7 @@ def _read_page(root: Path, files: dict[str, Path], label: str, opts: _Options, l
         image_width=width,
         image_height=height,
         image_mode=mode,
+        text_free_path=_usable_twin(root, files.get("text_free"), (width, height), opts, log),
     )
     return _page_parts(base, kept, opts.max_panels, json_file, log)
 
@@ -413,6 +440,28 @@ def _inspect_image(path: Path, file: str, opts: _Options, log: _PageLog) -> tupl
     if mode != "RGB":
         log.add("image_mode", "converted", f"{mode} -> RGB", file)
     return width, height, mode
+
+
+def _usable_twin(root: Path, path: Path | None, size: tuple[int, int], opts: _Options, log: _PageLog) -> str:
+    """The page's text-free twin, relative to root, when it is an image of the page's size; else "" (with a
+    text_free_unusable row when there is a twin that cannot stand in for the page)."""
+    if path is None:
+        return ""
+    file = _relative(path, root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.size != size:  # its crops would not be the page's panels
+                    reason = f"twin is {img.width}x{img.height}, the page {size[0]}x{size[1]}"
+                    log.add("text_free_unusable", "noted", reason, file)
+                    return ""
+                if opts.decode_check:
+                    _decode_small(img)
+    except Exception as err:  # noqa: BLE001 - PIL's plugins raise many exception types on malformed files
+        log.add("text_free_unusable", "noted", f"{type(err).__name__}: {err}".replace(str(path), file), file)
+        return ""
+    return file
 
 
 def _decode_small(img: Image.Image) -> None:

@@ -30,10 +30,13 @@ def _json_scalar(value: Any) -> Any:
 
 
 def load_pages(path: str | Path) -> pd.DataFrame:
-    """Read a pages table written by save_pages."""
+    """Read a pages table written by save_pages (one written before pages had text-free twins reads as twin-less)."""
     with Path(path).open(encoding="utf-8") as lines:
         records = [json.loads(line) for line in lines if line.strip()]
-    return pd.DataFrame(records, columns=list(records[0]) if records else list(PAGE_COLUMNS))
+    pages = pd.DataFrame(records, columns=list(records[0]) if records else list(PAGE_COLUMNS))
+    if "text_free_path" not in pages.columns:
+        pages.insert(min(len(pages.columns), PAGE_COLUMNS.index("text_free_path")), "text_free_path", "")
+    return pages
 
 
 def save_corpus(corpus: Corpus, run_dir: str | Path) -> list[Path]:

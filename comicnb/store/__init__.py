@@ -8,7 +8,7 @@ store load neither the model nor training code.
 import importlib
 from typing import Any
 
-from comicnb.store.reader import load_metadata, open_embeddings
+from comicnb.store.reader import load_metadata, open_embeddings, text_free_vision
 from comicnb.store.schema import (
     CONTENT_ATTRS,
     DONE,
@@ -18,6 +18,8 @@ from comicnb.store.schema import (
     MODALITY_EMBEDDINGS,
     MODALITY_MASKS,
     STORE_NAME,
+    TEXT_FREE_MASKS,
+    TEXT_FREE_VISION,
     StoreMismatchError,
     file_sha256,
     store_metadata,
@@ -33,6 +35,8 @@ __all__ = [
     "MODALITY_EMBEDDINGS",
     "MODALITY_MASKS",
     "STORE_NAME",
+    "TEXT_FREE_MASKS",
+    "TEXT_FREE_VISION",
     "EmbedConfig",
     "StoreMismatchError",
     "file_sha256",
@@ -41,6 +45,7 @@ __all__ = [
     "open_embeddings",
     "parse_shard",
     "store_metadata",
+    "text_free_vision",
     "verify_store",
 ]
 

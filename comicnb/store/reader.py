@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from comicnb.store.schema import METADATA, StoreMismatchError
+from comicnb.store.schema import MASKS, METADATA, TEXT_FREE_MASKS, TEXT_FREE_VISION, StoreMismatchError
 
 
 def open_embeddings(store: str | Path) -> zarr.Group:
@@ -24,6 +24,16 @@ def open_embeddings(store: str | Path) -> zarr.Group:
             f"run the generation again to resume it"
         )
     return group
+
+
+def text_free_vision(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
+    """The store's text-free vision embeddings (P, N, D) and masks (P, N); a store made before text-free twins
+    existed reads as one without twins (zeros, all False)."""
+    if TEXT_FREE_VISION in group:
+        return np.asarray(group[TEXT_FREE_VISION][:]), np.asarray(group[TEXT_FREE_MASKS][:])
+    pages, slots = group[MASKS].shape
+    dim = group["panel_embeddings"].shape[-1]
+    return np.zeros((pages, slots, dim), dtype=np.float32), np.zeros((pages, slots), dtype=bool)
 
 
 def load_metadata(store: str | Path) -> pd.DataFrame:

@@ -7,10 +7,18 @@ Layout of ``panel_embeddings.zarr`` (P pages, N = max_panels slots, D = feature_
     modalities        (P, N, M, D) float32  per-modality embeddings before fusion (vision, text, composition), zero
                                             where masked: Stage 4 re-fuses a panel's image with another panel's text
     modality_masks    (P, N, M) bool        which modalities each panel has
+    text_free_vision  (P, N, D) float32     the vision embedding (as modalities[..., 0, :]) of the panel's crop from
+                                            its page's text-free twin (same box, balloons empty); zero where absent
+    text_free_masks   (P, N)    bool        panels that have it: the real panels of pages with a twin
     done              (P,)      bool        pages written; what a resumed or sharded run still has to do
     metadata.json                           one record per page: the seed's book_id, page_name, num_panels and
                                             embedding_indices (flat panel ids, page * N + slot), plus split,
                                             image_path and, per stored panel, panel_index, texts and boxes
+
+Attributes: ``text_free`` (bool) says whether any page had a text-free twin; ``text_free_sha256`` (the twins' paths,
+hashed; None without twins) is part of what defines the content, so adding twins to a corpus is never resumed into a
+store made without them. A store made before twins existed lacks both arrays and reads as a store without twins
+(``comicnb.store.reader.text_free_vision``).
 
 Two words for a panel's place, never mixed: its *slot* is its position in the store's page row (0..N-1, what
 flat ids count), its *panel_index* is its position in the page JSON's panel list. They differ after the reader
@@ -19,6 +27,8 @@ skipped a panel (bad box) or split a long page into parts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pandas as pd
@@ -29,6 +39,8 @@ EMBEDDINGS = "panel_embeddings"  # the fused array, named as in both seeds
 MASKS = "panel_masks"
 MODALITY_EMBEDDINGS = "modalities"
 MODALITY_MASKS = "modality_masks"
+TEXT_FREE_VISION = "text_free_vision"
+TEXT_FREE_MASKS = "text_free_masks"
 DONE = "done"
 METADATA = "metadata.json"
 
@@ -37,11 +49,34 @@ STORE_NAME = "panel_embeddings.zarr"
 
 
 # Attributes that define the store's content: a store is resumed only when all of them match.
-CONTENT_ATTRS = ("checkpoint_sha256", "metadata_sha256", "feature_dim", "max_panels", "pages_per_chunk", "precision")
+CONTENT_ATTRS = (
+    "checkpoint_sha256",
+    "metadata_sha256",
+    "feature_dim",
+    "max_panels",
+    "pages_per_chunk",
+    "precision",
+    "text_free_sha256",
+)
 
 
 class StoreMismatchError(RuntimeError):
     """A store exists at the path but was made from another checkpoint, other pages or other settings."""
+
+
+def text_free_paths(pages: pd.DataFrame) -> list[str]:
+    """Each page's text-free twin (relative to data_root), "" where it has none or the table predates twins."""
+    if "text_free_path" not in pages.columns:
+        return [""] * len(pages)
+    return ["" if not isinstance(path, str) else path for path in pages["text_free_path"]]
+
+
+def text_free_sha256(paths: list[str]) -> str | None:
+    """What the twins contribute to a store's content: the hash of every page's twin path, None when none has one
+    (so a store made before twins existed still matches a corpus without them)."""
+    if not any(paths):
+        return None
+    return hashlib.sha256(json.dumps(paths).encode()).hexdigest()
 
 
 def store_metadata(pages: pd.DataFrame, max_panels: int) -> list[dict[str, Any]]:

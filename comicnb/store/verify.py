@@ -8,15 +8,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comicnb.store.reader import open_embeddings
-from comicnb.store.schema import EMBEDDINGS, MASKS
+from comicnb.store.reader import open_embeddings, text_free_vision
+from comicnb.store.schema import EMBEDDINGS, MASKS, text_free_paths
 
 
 def verify_store(store: str | Path, pages: pd.DataFrame) -> dict[str, Any]:
-    """Counts against the pages table, exact-zero padding and unit norms of a finished store."""
+    """Counts against the pages table, exact-zero padding and unit norms of a finished store; text-free panels are
+    the real panels of the pages with a twin, and their vectors are zero everywhere else."""
     group = open_embeddings(store)
     masks = np.asarray(group[MASKS][:])  # (P, N)
     counts_match = len(masks) == len(pages) and masks.sum(axis=1).tolist() == pages.num_panels.tolist()
+    twin_vectors, twin_masks = text_free_vision(group)
+    has_twin = np.array([bool(path) for path in text_free_paths(pages)], dtype=bool)
+    twins_match = len(twin_masks) == len(pages) and np.array_equal(twin_masks, masks & has_twin[:, None])
     padding_nonzero, norm_min, norm_max = 0, np.inf, 0.0
     for start in range(0, len(masks), group[EMBEDDINGS].chunks[0]):  # one chunk at a time: memory stays flat
         block = np.asarray(group[EMBEDDINGS][start : start + group[EMBEDDINGS].chunks[0]])
@@ -34,4 +38,7 @@ def verify_store(store: str | Path, pages: pd.DataFrame) -> dict[str, Any]:
         padding_nonzero_values=padding_nonzero,
         norm_min=norm_min,
         norm_max=norm_max,
+        text_free_panels=int(twin_masks.sum()),
+        text_free_match=bool(twins_match),
+        text_free_nonzero_absent=int(np.count_nonzero(twin_vectors[~twin_masks])),
     )

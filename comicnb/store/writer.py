@@ -6,6 +6,9 @@ zarr writes every chunk atomically, so a killed run loses at most the chunks in 
 the chunks not done, in the same batches, so the store equals an uninterrupted run's. Shards (``shard=(i, n)``, or
 one per process under ``accelerate launch``) take every n-th chunk: disjoint regions of the same store.
 
+Pages that have a text-free twin (the pages table's ``text_free_path``) get a second, vision-only pass over the
+twin's crops (``comicnb.store.text_free``), written with the chunk's other arrays.
+
 The metadata and the attributes are written when the store is created, before any panel is encoded. A store that
 exists is resumed only when it was made from the same checkpoint, pages and content settings; otherwise it is an
 error (``--overwrite`` replaces it explicitly). The layout is in ``comicnb.store.schema``.
@@ -51,10 +54,15 @@ from comicnb.store.schema import (
     MODALITY_EMBEDDINGS,
     MODALITY_MASKS,
     STORE_NAME,
+    TEXT_FREE_MASKS,
+    TEXT_FREE_VISION,
     StoreMismatchError,
     file_sha256,
     store_metadata,
+    text_free_paths,
+    text_free_sha256,
 )
+from comicnb.store.text_free import encode_text_free, text_free_loader
 
 
 @dataclass
@@ -177,7 +185,23 @@ def _create_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chu
         dtype="bool",
         fill_value=False,
     )
+    _create_text_free_arrays(group, pages, max_panels, dim, chunk)
     group.create_array(DONE, shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
+
+
+def _create_text_free_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chunk: int) -> None:
+    """The text-free vision embeddings and their masks, all zero (fill value), chunked like the other arrays."""
+    group.create_array(
+        TEXT_FREE_VISION,
+        shape=(pages, max_panels, dim),
+        chunks=(chunk, max_panels, dim),
+        dtype="float32",
+        fill_value=0.0,
+        compressors=None,
+    )
+    group.create_array(
+        TEXT_FREE_MASKS, shape=(pages, max_panels), chunks=(chunk, max_panels), dtype="bool", fill_value=False
+    )
 
 
 def open_store(
@@ -199,6 +223,10 @@ def open_store(
                     f"{path} holds another store ({detail}); choose another store path or pass {overwrite_hint} "
                     f"to replace it"
                 )
+            if TEXT_FREE_VISION not in group:  # made before twins existed, of a corpus without them: all absent
+                shape = group[EMBEDDINGS].shape
+                _create_text_free_arrays(group, shape[0], shape[1], shape[2], group[EMBEDDINGS].chunks[0])
+                group.attrs["text_free"] = False
         else:
             group = zarr.open_group(str(path), mode="w", attributes=attrs)
             _create_arrays(group, len(metadata), attrs["max_panels"], attrs["feature_dim"], attrs["pages_per_chunk"])
@@ -215,10 +243,12 @@ def store_attrs(
     max_panels: int,
     precision: str,
     data_root: Path | None = None,
+    twin_paths: list[str] | None = None,
 ) -> dict[str, Any]:
     """Attributes of a new store: what defines its content (CONTENT_ATTRS) and where it came from (data_root: the
-    folder the metadata's image paths are relative to)."""
+    folder the metadata's image paths are relative to; twin_paths: each page's text-free twin, "" where none)."""
     model_config = dict(checkpoint["config"]["model"])
+    twins = twin_paths or []
     return dict(
         checkpoint_sha256=file_sha256(checkpoint_path),
         metadata_sha256=hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest(),
@@ -226,6 +256,8 @@ def store_attrs(
         max_panels=max_panels,
         pages_per_chunk=cfg.pages_per_chunk,
         precision=precision,
+        text_free_sha256=text_free_sha256(twins),
+        text_free=any(twins),
         modalities=list(MODALITIES),
         checkpoint=str(checkpoint_path),
         data_root=None if data_root is None else str(data_root),
@@ -293,7 +325,8 @@ def generate(
     Resumes a store made from the same checkpoint and pages, computing only the chunks not yet done. ``shard``
     (i, n) takes every n-th chunk; under ``accelerate launch`` each process takes its own shard by default.
     ``overwrite_hint`` is how the caller's user replaces a store, for the error that refuses one of other content.
-    Returns a summary: pages, panels, chunks computed and skipped, seconds, panels per second.
+    Returns a summary: pages, panels, chunks computed and skipped, panels encoded (and from text-free twins),
+    seconds, panels per second.
     """
     run_dir = Path(run_dir)
     checkpoint_path = Path(checkpoint) if checkpoint else checkpoints(run_dir).pick("best")
@@ -325,24 +358,31 @@ def _generate(
     loaded = load_checkpoint(checkpoint_path)
     precision = resolve_precision(cfg.precision, state.device)
     metadata = store_metadata(pages, max_panels)
-    attrs = store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision, data_root)
+    attrs = store_attrs(
+        loaded, checkpoint_path, metadata, cfg, max_panels, precision, data_root, text_free_paths(pages)
+    )
     group = open_store(store_path, metadata, attrs, overwrite, overwrite_hint)
     model = model_from_checkpoint(loaded).to(state.device)
     chunks = page_chunks(len(pages), cfg.pages_per_chunk)[shard[0] :: shard[1]]
     done = np.asarray(group[DONE][:])
     todo = [chunk for chunk in chunks if not done[chunk].all()]
-    start, panels = time.perf_counter(), 0
-    loader = iter(page_loader(pages, data_root, model, todo, max_panels, cfg.num_workers))
+    start, panels, twin_panels = time.perf_counter(), 0, 0
+    loader = zip(
+        page_loader(pages, data_root, model, todo, max_panels, cfg.num_workers),
+        text_free_loader(pages, data_root, model, todo, max_panels, cfg.num_workers),
+    )
     # One writer thread keeps the chunks' order while the model runs (zarr's I/O releases the GIL). On a GPU another
     # thread decodes the next chunk meanwhile; on the CPU it would steal cycles from the model's own threads and stall
     # them: measured on 2 cores, a decoding thread made generation slower, not faster.
     batches = prefetch(loader) if state.device.type != "cpu" else loader
     with ThreadPoolExecutor(max_workers=1) as writer:
         writes = []
-        for chunk, batch in zip(todo, batches, strict=True):
+        for chunk, (batch, twins) in zip(todo, batches, strict=True):
             arrays = encode_chunk(model, batch, state.device, precision)
+            arrays.update(encode_text_free(model, twins, max_panels, state.device, precision))
             writes.append(writer.submit(write_chunk, group, slice(chunk[0], chunk[-1] + 1), arrays))
             panels += int(arrays[MASKS].sum())
+            twin_panels += int(arrays[TEXT_FREE_MASKS].sum())
         for write in writes:
             write.result()  # re-raise a failed write
     seconds = time.perf_counter() - start
@@ -355,6 +395,7 @@ def _generate(
         computed_chunks=len(todo),
         skipped_chunks=len(chunks) - len(todo),
         encoded_panels=panels,
+        text_free_panels=twin_panels,
         seconds=seconds,
         panels_per_s=panels / seconds if seconds > 0 else float("nan"),
         precision=precision,

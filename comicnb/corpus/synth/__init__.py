@@ -5,7 +5,8 @@
     out/pss_labels.json          {book: {page: label}}, labels cover / narrative / advertisement / text
     out/book_000/page_000.jpg    page image (JPEG; a few PNG)
     out/book_000/page_000.json   {"image_width", "image_height", "panels": [{"bbox", "text", ...}]}
-    out/ground_truth.json        cast, per-page layout and per-panel story truth, injected defects
+    out/book_000/page_000.textfree.jpg  the page's text-free twin: the same drawing, balloons and captions empty
+    out/ground_truth.json        cast, per-page layout and per-panel story truth (beats, scene runs), defects
 
 Each book opens with a cover; every second book carries an advertisement and every third a text page. Its
 narrative pages tell one story (the story module): a recurring cast drawn the same way everywhere, scenes with

@@ -89,11 +89,12 @@ def _break_plan(rng: np.random.Generator, book: dict, page: dict, variant: str, 
     area, gap = page_area(book["size"])
     if variant == "too_many":
         n = max_panels + 3
-        page.update(
-            page_plan(
-                "narrative", "dense", dense(rng, area, gap, n), plan_story(rng, book["cast"], n), book, page["format"]
-            )
-        )
+        # A story of its own, numbered past the book's beats and scene runs so that no number names two of them.
+        numbered = [panel for other in book["pages"].values() for panel in other["panels"] if panel["beat"] is not None]
+        first_beat = 1 + max((panel["beat"] for panel in numbered), default=-1)
+        first_run = 1 + max((panel["scene_run"] for panel in numbered), default=-1)
+        story = plan_story(rng, book["cast"], n, first_beat, first_run)
+        page.update(page_plan("narrative", "dense", dense(rng, area, gap, n), story, book, page["format"]))
     elif variant == "no_panels":
         page.update(page_plan("narrative", "empty", [], [], book, page["format"]))
     k = _defect_panel(rng, page, variant) if variant in _ONE_PANEL else None

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from comicnb.corpus.reader import TEXT_FREE, text_free_name
 from comicnb.corpus.synth.defects import break_doc, break_files, break_image
 from comicnb.corpus.synth.layouts import to_bbox
 from comicnb.corpus.synth.paint import render_page
@@ -63,9 +64,21 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
 
 
 def page_files(
-    name: str, page: dict, book: dict, bbox_format: str, noise: float, rng: np.random.Generator
+    name: str,
+    page: dict,
+    book: dict,
+    bbox_format: str,
+    noise: float,
+    rng: np.random.Generator,
+    *,
+    text_free: bool = True,
 ) -> dict[str, bytes]:
-    """The files of one page with its defect applied, as {file name: bytes}."""
+    """The files of one page with its defect applied, as {file name: bytes}; with text_free, its text-free twin too.
+
+    The twin is drawn after everything else and draws no random numbers, so the page's own files are the same bytes
+    with or without it. It shares the page's image mode (the image defects), not its file defects (a page whose
+    image is missing has no twin).
+    """
     variant = page["defect"]["variant"] if page["defect"] else None
     image, doc = f"{name}.{page['format']}", f"{name}.json"
     text = json.dumps(break_doc(page_doc(page, book, bbox_format, noise, rng), page, bbox_format), ensure_ascii=False)
@@ -74,6 +87,9 @@ def page_files(
         doc: text.encode("cp1252" if variant == "cp1252" else "utf-8"),
     }
     break_files(files, variant, image, doc, rng)
+    if text_free and image in files:
+        twin = break_image(render_page(page, book, text=False), variant)
+        files[text_free_name(image)] = _encode(twin, page["format"])
     return files
 
 
@@ -103,7 +119,7 @@ def _check(books: int, pages: int, bbox_format: str, rtl_fraction: float, ocr_no
         raise ValueError("max_panels must be at least 4 (the smallest grid)")
 
 
-def _summary(plan: dict, out: Path, seconds: float) -> dict:
+def _summary(plan: dict, out: Path, seconds: float, text_free_pages: int) -> dict:
     """Counts of what was written."""
     pages = [page for book in plan["books"].values() for page in book["pages"].values()]
     story = [page for page in pages if page["label"] == "narrative"]
@@ -115,6 +131,7 @@ def _summary(plan: dict, out: Path, seconds: float) -> dict:
         "narrative_pages": len(story),
         "panels": len(panels),
         "text_panels": sum(bool(panel["lines"]) for panel in panels),
+        "text_free_pages": text_free_pages,
         "dirty": len(plan["dirty"]),
         "seconds": round(seconds, 2),
     }
@@ -138,21 +155,28 @@ def generate(
     ocr_noise: float = 0.0,
     max_panels: int = 12,
     overwrite: bool = False,
+    text_free: bool = True,
 ) -> dict:
-    """Write a corpus of books x pages to out (docs/corpus.md) and return a summary of what was written."""
+    """Write a corpus of books x pages to out (docs/corpus.md) and return a summary of what was written.
+
+    text_free=False leaves out the pages' text-free twins; every other file is the same bytes either way.
+    """
     start, out = time.perf_counter(), Path(out)
     _check(books, pages, bbox_format, rtl_fraction, ocr_noise, max_panels)
     plan = plan_corpus(books, pages, seed, dirty, page_size=page_size, rtl_fraction=rtl_fraction, max_panels=max_panels)
     _prepare(out, overwrite)
+    twins = 0
     for b, (book_id, book) in enumerate(plan["books"].items()):
         (out / book_id).mkdir()
         for p, (name, page) in enumerate(book["pages"].items()):
             rng = np.random.default_rng([seed, PAGE_KEY, b, p])
-            for file_name, data in page_files(name, page, book, bbox_format, ocr_noise, rng).items():
+            files = page_files(name, page, book, bbox_format, ocr_noise, rng, text_free=text_free)
+            for file_name, data in files.items():
                 (out / book_id / file_name).write_bytes(data)
+            twins += any(f".{TEXT_FREE}." in file_name for file_name in files)
     _write_json(out / "pss_labels.json", plan["labels"])
     _write_json(out / "ground_truth.json", ground_truth(plan, bbox_format))
-    return _summary(plan, out, time.perf_counter() - start)
+    return _summary(plan, out, time.perf_counter() - start, twins)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="nominal page size in pixels (each book varies it by a few percent)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
+    parser.add_argument(
+        "--no-text-free", dest="text_free", action="store_false", help="leave out the pages' text-free twins"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -194,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
             ocr_noise=args.ocr_noise,
             max_panels=args.max_panels,
             overwrite=args.overwrite,
+            text_free=args.text_free,
         )
     except (FileExistsError, ValueError) as err:
         print(f"synth: {err}", file=sys.stderr)

@@ -270,17 +270,30 @@ def caption(text: str) -> dict:
     return {"speaker": None, "text": text, "kind": "caption"}
 
 
-def plan_story(rng: np.random.Generator, cast: Sequence[str], n_panels: int) -> list[dict]:
-    """A book's narrative panels in reading order: beats of actions in scenes that last 1-3 beats."""
+def plan_story(
+    rng: np.random.Generator, cast: Sequence[str], n_panels: int, first_beat: int = 0, first_run: int = 0
+) -> list[dict]:
+    """A book's narrative panels in reading order: beats of actions in scenes that last 1-3 beats.
+
+    Each panel carries ``beat`` and ``scene_run``, the numbers of its beat and of its stretch of one scene, counted
+    from first_beat and first_run (a second story in the same book starts past the first one's numbers).
+    """
     panels: list[dict] = []
     scene, beats_left, action = None, 0, None
+    beat, run = first_beat - 1, first_run - 1
     while len(panels) < n_panels:
         new_scene = beats_left == 0
         if new_scene:
             scene, beats_left = pick(rng, [s for s in SCENES if s != scene]), int(rng.integers(1, 4))
+            run += 1
         beats_left -= 1
+        beat += 1
         steps = min(int(rng.integers(3, 6)), n_panels - len(panels))
-        panels += plan_beat(rng, cast, scene, steps, new_scene, after=action)
+        # Numbered here, not in plan_beat: the numbers draw nothing from rng, so every other draw stays the same.
+        panels += [
+            {**panel, "beat": beat, "scene_run": run}
+            for panel in plan_beat(rng, cast, scene, steps, new_scene, after=action)
+        ]
         action = panels[-1]["action"]
     return panels
 
@@ -418,6 +431,8 @@ def cover_panel(rng: np.random.Generator, cast: Sequence[str], title: str) -> di
         "action": None,
         "action_step": None,
         "action_steps": None,
+        "beat": None,
+        "scene_run": None,
         "caption": f"Cover of {title}, showing {', '.join(names[:-1])} and {names[-1]}.",
         "lines": [caption(title)],
         "props": {"colour": pick(rng, list(COLOURS)), "birds": 0},
@@ -434,6 +449,8 @@ def advert_panel(rng: np.random.Generator) -> dict:
         "action": None,
         "action_step": None,
         "action_steps": None,
+        "beat": None,
+        "scene_run": None,
         "caption": f"An advertisement for {product}.",
         "lines": lines,
         "props": {"colour": pick(rng, list(COLOURS)), "birds": 0},
@@ -450,6 +467,8 @@ def prose_panel(story: Sequence[dict]) -> dict:
         "action": None,
         "action_step": None,
         "action_steps": None,
+        "beat": None,
+        "scene_run": None,
         "caption": "A page of prose telling the story so far.",
         "lines": lines,
         "props": {"colour": "yellow", "birds": 0},
