@@ -1,4 +1,5 @@
-"""The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage, ``embed`` panels."""
+"""The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage, ``embed`` panels,
+build Stage 4 ``tasks``."""
 
 from __future__ import annotations
 
@@ -67,6 +68,172 @@ def _train(args: argparse.Namespace) -> int:
         )
         print(trainer.history.frames()[1].to_string(index=False))
     return 0
+
+
+# The seed's train_stage4.py flags that set a Stage 4 setting, with the setting each one sets.
+STAGE4_SEED_SETTINGS = {
+    "d_model": ("d_model", int),
+    "nhead": ("nhead", int),
+    "num_layers": ("num_layers", int),
+    "dim_feedforward": ("dim_feedforward", int),
+    "batch_size": ("batch_size", int),
+    "epochs": ("epochs", int),
+    "lr": ("lr", float),
+    "weight_decay": ("weight_decay", float),
+    "contrastive_weight": ("strip_weight", float),
+}
+STAGE4_WANDB_MESSAGE = (
+    "--use_wandb: wandb is not installed in comicnb's environment and nothing is sent anywhere; every task loss per "
+    "step and every validation accuracy per epoch go to the checkpoint's history (<run>/stage4/checkpoint.pt) and "
+    "the table printed at the end"
+)
+
+
+def stage4_seed_overrides(args: argparse.Namespace) -> dict:
+    """The settings the seed's Stage 4 flags give on the command line."""
+    settings = {
+        setting: getattr(args, flag)
+        for flag, (setting, _) in STAGE4_SEED_SETTINGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.reading_order_weight is not None:
+        settings["task_weights"] = {"reading_order": args.reading_order_weight}
+    return settings
+
+
+def stage4_store(args: argparse.Namespace, run_dir: Path, params_store: str | None) -> Path | None:
+    """The embedding store the seed's flags name (None: the run's own), checked against them.
+
+    Our store holds every split (its metadata's ``split``) and carries its page metadata (``metadata.json``), where
+    the seed had one zarr and one metadata file per split: ``--val_embeddings`` must name the same store as
+    ``--train_embeddings``, and either metadata flag must be that store's metadata file (or a byte-identical copy).
+    """
+    from comicnb.store import STORE_NAME
+    from comicnb.store.schema import METADATA
+
+    given = [Path(p) for p in (args.store, args.train_embeddings) if p]
+    if len({p.resolve() for p in given}) > 1:
+        raise ValueError(f"--store {args.store} and --train_embeddings {args.train_embeddings} name different stores")
+    store = given[0] if given else (Path(params_store) if params_store else None)
+    where = store or run_dir / STORE_NAME
+    if args.val_embeddings and Path(args.val_embeddings).resolve() != where.resolve():
+        raise ValueError(
+            f"--val_embeddings {args.val_embeddings} is not the training store {where}: one comicnb store holds "
+            f"every split (its metadata's split column), so give the same store or leave the flag out"
+        )
+    metadata = where / METADATA
+    for flag in ("train_metadata", "val_metadata"):
+        path = getattr(args, flag)
+        if not path:
+            continue
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--{flag} {path} does not exist")
+        if not metadata.is_file():
+            raise FileNotFoundError(f"no {METADATA} in the store {where}: make the store first (`comicnb embed`)")
+        if Path(path).resolve() != metadata.resolve() and Path(path).read_bytes() != metadata.read_bytes():
+            raise ValueError(
+                f"--{flag} {path} is not the store's metadata ({metadata}): the store carries its own page "
+                f"metadata for every split; give that file or leave the flag out"
+            )
+    return store
+
+
+def _train_stage4(args: argparse.Namespace) -> int:
+    """Train Stage 4 from a params file (notebook 04's keys) and/or the seed's train_stage4.py flags."""
+    import yaml
+
+    from comicnb.stage4.config import NOTEBOOK_KEYS, UnknownSettingError, split_stage4_settings
+    from comicnb.stage4.trainer import NonFiniteLossError, checkpoints, train_stage4
+
+    settings = (yaml.safe_load(open(args.params, encoding="utf-8")) or {}) if args.params else {}
+    notebook = {key: settings.pop(key) for key in NOTEBOOK_KEYS if key in settings}  # not training settings
+    flags = stage4_seed_overrides(args)
+    if "task_weights" in flags:  # --reading_order_weight changes one task's weight, not the params file's others
+        flags["task_weights"] = {**(settings.get("task_weights") or {}), **flags["task_weights"]}
+    settings.update(flags)
+    if args.use_wandb:
+        print(f"comicnb train: {STAGE4_WANDB_MESSAGE}", file=sys.stderr)
+    named = Path(args.output_dir) / args.run_name if args.run_name else None
+    run_dir = args.run_dir or notebook.get("run_dir") or named
+    if not run_dir:
+        print(
+            "comicnb train: give --run-dir (a run folder with its embedding store and task sets) or --run_name "
+            "(the run folder under --output_dir)",
+            file=sys.stderr,
+        )
+        return 2
+    run_dir = Path(run_dir)
+    try:
+        split_stage4_settings(settings)  # a misnamed key fails before anything is read
+        store = stage4_store(args, run_dir, notebook.get("store") or None)
+        trainer = train_stage4(run_dir, settings, resume=args.resume, overwrite=args.overwrite, store=store)
+    except (UnknownSettingError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"comicnb train: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"comicnb train: {exc}", file=sys.stderr)
+        return 1
+    if trainer.accelerator.is_main_process:
+        files = checkpoints(run_dir)
+        best = trainer.best
+        print(
+            f"[comicnb] stage4: {trainer.step} steps -> {files.last}; best {best.get('metric')} "
+            f"{best.get('value', float('nan')):.3f} at epoch {best.get('epoch')} -> {files.best}"
+        )
+        print(trainer.history.frames()[1].to_string(index=False))
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    """Build (or check) a run's fixed Stage 4 validation and test task sets, as notebook 04, part 1 does."""
+    from comicnb.stage4 import samplers
+    from comicnb.stage4.tasks import MANIFEST, task_dir
+
+    limits, splits = args.max_samples or None, ("val", "test")
+    folder = task_dir(args.run_dir, "val").parent
+    try:
+        if any((task_dir(args.run_dir, s) / MANIFEST).is_file() for s in splits) and not args.overwrite:
+            ctx = samplers.load_context(args.run_dir, args.store, args.checkpoint)
+            differ = task_sets_differ(args.run_dir, ctx.provenance, args.seed, limits, splits)
+            if not differ:
+                print(f"[comicnb] tasks: the sets in {folder}/ are up to date")
+                return 0
+            print(
+                f"comicnb tasks: {folder}/ holds task sets of another {', '.join(differ)}: rebuild them with "
+                f"--overwrite (scores on the old sets are then no longer comparable)",
+                file=sys.stderr,
+            )
+            return 2
+        manifests = samplers.build_task_sets(
+            args.run_dir, args.store, args.checkpoint, splits=splits, seed=args.seed, limits=limits
+        )
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"comicnb tasks: {exc}", file=sys.stderr)
+        return 2
+    for split, manifest in manifests.items():
+        built = {t: e.get("samples", 0) for t, e in manifest["tasks"].items() if e.get("built")}
+        print(f"[comicnb] tasks {split}: {built} -> {task_dir(args.run_dir, split)}/")
+        for task, entry in manifest["tasks"].items():
+            if not entry.get("built"):
+                print(f"  {task} not built: {entry.get('reason')}")
+    return 0
+
+
+def task_sets_differ(
+    run_dir: str | Path, provenance: dict, seed: int, limits: int | None, splits: tuple[str, ...]
+) -> list[str]:
+    """What the existing task sets of a run were built from that differs from now (empty: they are current)."""
+    from comicnb.stage4.tasks import MANIFEST, read_manifest, task_dir
+
+    differ: set[str] = set()
+    for split in splits:
+        if not (task_dir(run_dir, split) / MANIFEST).is_file():
+            differ.add(f"split ({split} is missing)")
+            continue
+        manifest = read_manifest(task_dir(run_dir, split))
+        current = {**provenance, "seed": seed, "limits": limits}
+        differ.update(key for key, value in current.items() if manifest.get(key) != value)
+    return sorted(differ)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -151,17 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a stage headless: the same training as its notebook.",
         formatter_class=HelpFormatter,
     )
-    train.add_argument("stage", choices=["stage3"], help="which stage to train")
-    train.add_argument("--params", default=None, help="YAML with the stage notebook's parameters")
-    train.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: params)")
-    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")
-    train.add_argument(
+    stages = train.add_subparsers(dest="stage", required=True, metavar="{stage3,stage4}")
+    stage3 = stages.add_parser(
+        "stage3",
+        help="the panel encoder (notebook 02)",
+        description="Train Stage 3, the panel encoder, on a run's pages table (notebook 02 headless).",
+        formatter_class=HelpFormatter,
+    )
+    stage3.add_argument("--params", default=None, help="YAML with the stage notebook's parameters")
+    stage3.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: params)")
+    stage3.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")
+    stage3.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run's existing checkpoints (checkpoint.pt and best_model.pt) with a new training run",
     )
-    add_seed_arguments(train)
-    train.set_defaults(func=_train)
+    add_seed_arguments(stage3)
+    stage3.set_defaults(func=_train)
+    add_stage4_parser(stages)
 
     embed = commands.add_parser(
         "embed",
@@ -189,7 +363,114 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="inference precision")
     embed.add_argument("--overwrite", action="store_true", help="replace a store made from something else")
     embed.set_defaults(func=_embed)
+
+    tasks = commands.add_parser(
+        "tasks",
+        help="build a run's fixed Stage 4 validation and test task sets",
+        description="Build the fixed Stage 4 task sets of a run (<run>/tasks/val/ and tasks/test/) from its embedding "
+        "store, as notebook 04 part 1 does; Stage 4 training validates on them. Sets that already match the store, "
+        "seed and cap are left alone; others are refused without --overwrite.",
+        formatter_class=HelpFormatter,
+    )
+    tasks.add_argument("--run-dir", required=True, help="run folder with the embedding store (and pages table)")
+    tasks.add_argument("--store", default=None, help="store path (default: RUN_DIR/panel_embeddings.zarr)")
+    tasks.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the store's Stage 3 checkpoint, which encodes candidate texts no panel has (default: the store's)",
+    )
+    tasks.add_argument("--seed", type=int, default=0, help="seeds every sampler; same seed, same files")
+    tasks.add_argument("--max-samples", type=int, default=0, help="cap on the samples per task and split (0: all)")
+    tasks.add_argument("--overwrite", action="store_true", help="rebuild sets built from another store, seed or cap")
+    tasks.set_defaults(func=_tasks)
     return parser
+
+
+def add_stage4_parser(stages: argparse._SubParsersAction) -> None:
+    """``comicnb train stage4``: its own options and the seed's train_stage4.py flags."""
+    stage4 = stages.add_parser(
+        "stage4",
+        help="the panel sequence model (notebook 04)",
+        description="Train Stage 4, the panel sequence model, on a run's embedding store: seven narrative tasks "
+        "(training samples redrawn each epoch from the training books), validated every epoch on the fixed sets "
+        "under RUN_DIR/tasks/val/ (build them with `comicnb tasks --run-dir RUN_DIR`). Checkpoints go to "
+        "RUN_DIR/stage4/. Settings not given keep comicnb's defaults (comicnb.stage4.config).",
+        formatter_class=HelpFormatter,
+    )
+    stage4.add_argument(
+        "--params", default=None, help="YAML with notebook 04's parameters (training settings, run_dir, store)"
+    )
+    stage4.add_argument(
+        "--run-dir", default=None, help="run folder with the embedding store and task sets (default: params)"
+    )
+    stage4.add_argument("--store", default=None, help="embedding store (default: RUN_DIR/panel_embeddings.zarr)")
+    stage4.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")
+    stage4.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run's existing Stage 4 checkpoints (checkpoint.pt and best_model.pt) with a new run",
+    )
+    seed = stage4.add_argument_group(
+        "the seed's train_stage4.py flags",
+        "underscore spelling as in the seed (the dashed spelling works too); the flags win over the params file",
+    )
+    for flag, (setting, kind) in STAGE4_SEED_SETTINGS.items():
+        spellings = dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}"))  # --lr has one spelling
+        seed.add_argument(
+            *spellings,
+            dest=flag,
+            type=kind,
+            default=None,
+            help=f"sets {setting} (default: the params file's, else {stage4_default(setting)})",
+        )
+    seed.add_argument(
+        "--reading_order_weight",
+        "--reading-order-weight",
+        dest="reading_order_weight",
+        type=float,
+        default=None,
+        help="sets task_weights.reading_order (default: the params file's, else 0.7, the seed's task table)",
+    )
+    store_flags = {
+        "train_embeddings": "the embedding store (panel_embeddings.zarr; it holds every split) (default: --store)",
+        "train_metadata": "accepted and checked: must be the store's own metadata.json",
+        "val_embeddings": "accepted and checked: must be the same store (the split comes from its metadata)",
+        "val_metadata": "accepted and checked: must be the store's own metadata.json",
+    }
+    for flag, text in store_flags.items():
+        seed.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag, default=None, help=text)
+    seed.add_argument(
+        "--output_dir", "--output-dir", dest="output_dir", default="outputs", help="folder of --run_name's run folder"
+    )
+    seed.add_argument(
+        "--run_name",
+        "--run-name",
+        dest="run_name",
+        default=None,
+        help="run folder OUTPUT_DIR/RUN_NAME, where --run-dir is not given",
+    )
+    seed.add_argument(
+        "--use_wandb",
+        "--use-wandb",
+        dest="use_wandb",
+        action="store_true",
+        help="accepted for the seed's sake: wandb is not installed; says what is logged instead",
+    )
+    stage4.set_defaults(func=_train_stage4)
+
+
+def stage4_default(setting: str) -> object:
+    """comicnb's default of a Stage 4 setting, for --help."""
+    from dataclasses import fields
+
+    from comicnb.stage4.config import Stage4TrainConfig
+    from comicnb.stage4.model import Stage4ModelConfig
+
+    for config in (Stage4ModelConfig, Stage4TrainConfig):
+        for f in fields(config):
+            if f.name == setting:
+                return f.default
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,181 @@
+"""Stage 4 batches: task samples turned into the tensors ``Stage4SequenceModel`` reads, from the embedding store.
+
+A ``SampleEncoder`` loads a run's store once (fused and per-modality embeddings, their masks, the text-free vision
+embeddings) with the frozen Stage 3 model of the store's checkpoint, through ``baselines.load_baseline_inputs``, so a
+model is fed exactly what the baselines score. Candidates are rebuilt from the parts each one names and re-fused by
+the frozen fusion (``baselines.candidate_parts`` and ``baselines.refuse``). ``modalities`` keeps only some parts
+everywhere (context, candidates, the answer panel, strips): ``("text",)`` and ``("vision",)`` are the text-only and
+vision-only ablations. A caption (caption relevance) is the task's input, not a panel's part, and always enters.
+
+``collate(task_set, samples)`` gives, for B samples, L context places and C candidates (D = the store's width):
+
+- ``context`` (B, L, D) float32 and ``context_mask`` (B, L) bool: the context panels in the sample's order; panel
+  picking inserts its masked place as a zero row at ``slot``, marked valid (it is a place on the page);
+- ``slot`` (B,) long: the masked place, -1 where the answer follows the context;
+- ``candidates`` (B, C, D), ``candidate_mask`` (B, C), ``answer`` (B,) long (-1 for reading order);
+- ``query`` (B, D): caption relevance's caption as a Stage 3 text-only query, zero elsewhere;
+- ``answer_panel`` (B, D): the text tasks' answer panel as every candidate shows it (text-free image, the slot's
+  composition) without a text, zero elsewhere; candidates of a text task differ only in their text;
+- ``order`` (B, L) long: reading order's target positions, -1 padding; ``direction`` (B,) long: 1 rtl, else 0.
+
+``pages(indices)`` gives whole stored pages for the strip term, ``page_indices(split)`` the pages of a split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from comicnb.stage3.fusion import MODALITIES
+from comicnb.stage4.baselines import BaselineInputs, candidate_parts, load_baseline_inputs, refuse
+from comicnb.stage4.tasks import TEXT_TASKS, TaskSample, TaskSet
+
+REFUSE_CHUNK = 4096  # panels re-fused per pass when a modality is left out: bounds memory on a large store
+TEXT = MODALITIES.index("text")
+
+
+class SampleEncoder:
+    """Task samples and stored pages as model batches (see the module), from one run's store."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        store: str | Path | None = None,
+        modalities: Sequence[str] = MODALITIES,
+        *,
+        checkpoint: str | Path | None = None,
+    ) -> None:
+        """Load the store of ``run_dir`` (or ``store``) and the Stage 3 model of its checkpoint (``checkpoint``
+        overrides; a model of another checkpoint is refused)."""
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, not {tuple(modalities)}")
+        self.modalities = tuple(m for m in MODALITIES if m in modalities)
+        self.keep = np.array([m in self.modalities for m in MODALITIES])  # (3,) parts that enter
+        self.inputs: BaselineInputs = load_baseline_inputs(run_dir, store=store, checkpoint=checkpoint)
+        self.panel_masks = self.inputs.modality_masks.any(axis=-1)  # (P, N) real panels
+        self.vectors = self._panel_vectors()  # (P, N, D) every stored panel under the kept modalities
+        self.captions: dict[str, np.ndarray] = {}
+
+    @property
+    def feature_dim(self) -> int:
+        """Width D of every vector a batch holds (the model's ``input_dim``)."""
+        return int(self.inputs.fused.shape[-1])
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The frozen Stage 3 model of the store's checkpoint."""
+        return self.inputs.model
+
+    def _panel_vectors(self) -> np.ndarray:
+        """The stored fused vectors when every modality is kept (exactly what the baselines compare with), else
+        the stored parts re-fused without the left-out ones."""
+        if self.keep.all():
+            return self.inputs.fused.astype(np.float32, copy=False)
+        parts, masks = self.inputs.modalities, self.inputs.modality_masks & self.keep
+        flat_parts, flat_masks = parts.reshape(-1, *parts.shape[-2:]), masks.reshape(-1, masks.shape[-1])
+        chunks = [
+            refuse(flat_parts[i : i + REFUSE_CHUNK], flat_masks[i : i + REFUSE_CHUNK], self.model)
+            for i in range(0, len(flat_parts), REFUSE_CHUNK)
+        ]
+        return np.concatenate(chunks).reshape(parts.shape[0], parts.shape[1], -1)
+
+    # ------------------------------------------------------------------------------------------------ samples
+
+    def collate(self, task_set: TaskSet, samples: Sequence[TaskSample] | None = None) -> dict[str, Tensor]:
+        """One batch of samples of ``task_set`` (all of them when None); see the module for the keys."""
+        samples = list(task_set.samples if samples is None else samples)
+        batch = self._contexts(samples)
+        batch.update(self._candidates(task_set, samples))
+        batch["query"] = torch.from_numpy(self._queries(samples))
+        batch["direction"] = torch.tensor([int(s.direction == "rtl") for s in samples], dtype=torch.long)
+        return batch
+
+    def _contexts(self, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
+        """context, context_mask, slot and order."""
+        places = [_places(s) for s in samples]
+        length = max([1, *(len(p) for p in places)])  # never 0 wide: caption relevance has no context
+        context = np.zeros((len(samples), length, self.feature_dim), dtype=np.float32)
+        mask = np.zeros((len(samples), length), dtype=bool)
+        order = np.full((len(samples), length), -1, dtype=np.int64)
+        for b, (sample, ids) in enumerate(zip(samples, places)):
+            mask[b, : len(ids)] = True
+            real = [k for k, i in enumerate(ids) if i is not None]
+            if real:
+                rows, slots = self.inputs.array_rows([ids[k] for k in real])
+                context[b, real] = self.vectors[rows, slots]
+            if sample.order is not None:
+                order[b, : len(sample.order)] = sample.order
+        slot = [s.slot if s.task == "panel_picking" and s.slot is not None else -1 for s in samples]
+        return dict(
+            context=torch.from_numpy(context),
+            context_mask=torch.from_numpy(mask),
+            slot=torch.tensor(slot, dtype=torch.long),
+            order=torch.from_numpy(order),
+        )
+
+    def _candidates(self, task_set: TaskSet, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
+        """candidates, candidate_mask, answer and answer_panel, every candidate of the batch re-fused in one pass."""
+        width = max([1, *(len(s.candidates) for s in samples)])
+        flat = [c for s in samples for c in s.candidates]
+        parts, masks = candidate_parts(flat, self.inputs, task_set.texts)  # (K, 3, D), (K, 3)
+        vectors = refuse(parts, masks & self.keep, self.model)  # (K, D)
+        firsts = np.cumsum([0] + [len(s.candidates) for s in samples])[:-1]
+        shown = np.array([s.task in TEXT_TASKS and len(s.candidates) > 0 for s in samples])
+        # What every candidate of a text task shares: the answer's image and place, its text masked.
+        panel_masks = masks[firsts[shown]] & self.keep
+        panel_masks[:, TEXT] = False
+        panels = np.zeros((len(samples), self.feature_dim), dtype=np.float32)
+        panels[shown] = refuse(parts[firsts[shown]], panel_masks, self.model)
+        candidates = np.zeros((len(samples), width, self.feature_dim), dtype=np.float32)
+        candidate_mask = np.zeros((len(samples), width), dtype=bool)
+        for b, (sample, first) in enumerate(zip(samples, firsts)):
+            count = len(sample.candidates)
+            candidates[b, :count] = vectors[first : first + count]
+            candidate_mask[b, :count] = True
+        return dict(
+            candidates=torch.from_numpy(candidates),
+            candidate_mask=torch.from_numpy(candidate_mask),
+            answer=torch.tensor([s.answer if s.candidates else -1 for s in samples], dtype=torch.long),
+            answer_panel=torch.from_numpy(panels),
+        )
+
+    @torch.no_grad()
+    def _queries(self, samples: Sequence[TaskSample]) -> np.ndarray:
+        """(B, D) captions as text-only queries in the fused space (as stage3_cosine queries), each encoded once."""
+        new = sorted({s.query_text for s in samples if s.query_text and s.query_text not in self.captions})
+        if new:
+            encoded = self.model.encode_texts(new).float().cpu().numpy()
+            self.captions.update(zip(new, encoded))
+        queries = np.zeros((len(samples), self.feature_dim), dtype=np.float32)
+        for b, sample in enumerate(samples):
+            if sample.query_text:
+                queries[b] = self.captions[sample.query_text]
+        return queries
+
+    # -------------------------------------------------------------------------------------------------- pages
+
+    def page_indices(self, split: str | None = None) -> np.ndarray:
+        """Store pages (of one split) that have at least one panel."""
+        pages = self.inputs.pages
+        chosen = np.ones(len(pages), dtype=bool) if split is None else (pages["split"] == split).to_numpy()
+        return np.flatnonzero(chosen & self.panel_masks.any(axis=1))
+
+    def pages(self, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+        """(panel_embeddings (B, N, D), panel_mask (B, N) bool) of store pages, N their most panels, reading
+        order as stored; the input of ``Stage4SequenceModel.strip_loss``."""
+        rows = self.inputs.page_rows[np.asarray(indices, dtype=np.int64)]
+        masks = self.panel_masks[rows]
+        width = max(1, int(masks.sum(axis=1).max(initial=0)))
+        return torch.from_numpy(np.ascontiguousarray(self.vectors[rows, :width])), torch.from_numpy(masks[:, :width])
+
+
+def _places(sample: TaskSample) -> list[int | None]:
+    """The context's panel ids in order; panel picking's masked place inserted as None at ``slot``."""
+    if sample.task == "panel_picking" and sample.slot is not None:
+        return [*sample.context[: sample.slot], None, *sample.context[sample.slot :]]
+    return list(sample.context)

@@ -1,0 +1,391 @@
+"""Stage 4 sequence model: a transformer over a page's Stage 3 panel vectors, a pooled strip embedding, seven heads.
+
+The seed's names are kept: ``Stage4SequenceModel(d_model=512, nhead=8, num_layers=6)``, ``forward(panel_embeddings,
+panel_mask)`` returning ``contextualized_panels`` (B, N, d_model) and ``strip_embedding`` (B, d_model),
+``encode_strip``, and one head per task (``panel_picking_head`` ... ``reading_order_head``).
+
+Every head scores from the transformer's output (architecture, "Stage 4 task protocols"), never from the raw inputs:
+
+- a candidate task builds one sequence per sample, ``[context panels, caption, query slot]``, and scores the
+  candidates (projected like panels) against the state of one slot: the masked place of panel picking holds a learned
+  mask token (the sample's ``slot``); the other tasks append a query slot after the context at the next reading
+  position, which for the text tasks also carries the answer panel's text-free parts (``answer_panel``, no text);
+  caption relevance enters its caption (a Stage 3 text-only vector) as a token before the query slot;
+- reading order enters the shuffled panels with no positional encoding (their boxes, through the composition
+  modality, are the input) and scores every ordered pair; ``decode_order`` turns the pair logits into a permutation;
+- the strip embedding pools the contextual states with a learned query; every head reads it beside its slot state,
+  so the multitask objective trains the pool, and ``strip_loss`` trains it as a page descriptor (two views of a
+  page, random panels dropped, against the other pages' strips).
+
+``use_transformer=False`` is the ablation: the same embedding, pool and heads on the projected Stage 3 vectors with
+no encoder layer in between, so evaluation shows what the transformer's context buys.
+
+Batches are dicts of tensors (``comicnb.stage4.batches.SampleEncoder.collate`` makes them): ``context`` (B, L, D),
+``context_mask`` (B, L), ``slot`` (B,), ``candidates`` (B, C, D), ``candidate_mask`` (B, C), ``answer`` (B,),
+``query`` (B, D), ``order`` (B, L), ``direction`` (B,), and optionally ``answer_panel`` (B, D).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from comicnb.stage4.tasks import TASKS
+
+READING_ORDER = "reading_order"
+CANDIDATE_TASKS = tuple(t for t in TASKS if t != READING_ORDER)
+SEED_SIZE = dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048)  # the seed's training defaults
+POSITION_BASE = 10000.0  # the sinusoid's longest wavelength, as in "Attention is all you need"
+INITIAL_SCALE = 10.0  # candidate logits are cosines times a learned scale, starting where a softmax is not flat
+
+
+@dataclass
+class Stage4ModelConfig:
+    """Size of the Stage 4 model; the defaults are the demo size, ``SEED_SIZE`` the seed's."""
+
+    input_dim: int = 512  # width of the Stage 3 vectors (the store's feature_dim)
+    d_model: int = 256
+    nhead: int = 4
+    num_layers: int = 2
+    dim_feedforward: int = 512
+    dropout: float = 0.1
+    use_transformer: bool = True  # False: the ablation with no encoder layers
+
+
+def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
+    """(..., dim) sinusoidal encodings of (...) positions; computed on the fly, so any length works."""
+    half = (dim + 1) // 2
+    frequencies = torch.exp(
+        -math.log(POSITION_BASE) * torch.arange(half, device=positions.device, dtype=torch.float32) / half
+    )
+    angles = positions.float()[..., None] * frequencies  # (..., half)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., :dim]
+
+
+def as_mask(panel_mask: Tensor | None, like: Tensor) -> Tensor:
+    """(B, N) bool mask from a float or bool mask; all panels when None."""
+    if panel_mask is None:
+        return torch.ones(like.shape[:2], dtype=torch.bool, device=like.device)
+    return panel_mask.to(like.device) > 0 if panel_mask.dtype != torch.bool else panel_mask.to(like.device)
+
+
+def attendable(mask: Tensor) -> Tensor:
+    """The mask with empty rows opened up: attention over no key is NaN, and NaN would reach the gradients of the
+    whole batch even when the row's output is zeroed afterwards."""
+    return mask | ~mask.any(dim=1, keepdim=True)
+
+
+class AttentionPool(nn.Module):
+    """A learned query attending over the valid states: (B, T, d), (B, T) -> (B, d); zero for a row with none."""
+
+    def __init__(self, d_model: int, nhead: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, d_model) * d_model**-0.5)
+        self.attention = nn.MultiheadAttention(d_model, nhead, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, states: Tensor, mask: Tensor) -> Tensor:
+        """Pool the states a mask keeps."""
+        query = self.query.expand(states.shape[0], -1, -1)  # (B, 1, d)
+        pooled, _ = self.attention(query, states, states, key_padding_mask=~attendable(mask), need_weights=False)
+        return self.norm(pooled[:, 0]) * mask.any(dim=1, keepdim=True)  # (B, d)
+
+
+class CandidateHead(nn.Module):
+    """Scores candidates against one slot's contextual state and the strip: cosine times a learned scale.
+
+    ``forward(query, candidates, strip=None, candidate_mask=None)``: query (B, d) slot states, candidates (B, C, d)
+    (or (B, d): one each, giving (B,)) projected candidates, strip (B, d); masked candidates get -inf.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        # The strip sits beside the slot state: the page as a whole says what kind of panel or text fits.
+        self.query = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.key = nn.Linear(d_model, d_model)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(INITIAL_SCALE)))
+
+    def forward(
+        self, query: Tensor, candidates: Tensor, strip: Tensor | None = None, candidate_mask: Tensor | None = None
+    ) -> Tensor:
+        """(B, C) candidate logits."""
+        single = candidates.dim() == 2
+        candidates = candidates[:, None] if single else candidates  # (B, C, d)
+        strip = torch.zeros_like(query) if strip is None else strip
+        q = F.normalize(self.query(torch.cat([query, strip], dim=-1)), dim=-1)  # (B, d)
+        k = F.normalize(self.key(candidates), dim=-1)  # (B, C, d)
+        # Bounded like CLIP's logit scale: an unbounded scale lets a few easy samples blow the logits up.
+        logits = torch.einsum("bd,bcd->bc", q, k) * self.log_scale.clamp(max=math.log(100.0)).exp()
+        if candidate_mask is not None:
+            logits = logits.masked_fill(~candidate_mask.bool(), -torch.inf)
+        return logits[:, 0] if single else logits
+
+
+class ReadingOrderHead(nn.Module):
+    """Pairwise "i is read before j" logits from contextual states: (B, N, d) -> (B, N, N), antisymmetric.
+
+    ``forward(states, mask=None, strip=None)``; pairs with a padding panel, and the diagonal, are 0.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        # The first layer of an MLP on [h_i, h_j, strip] split in three, so pairs cost O(N^2 d), not O(N^2 d^2).
+        self.first = nn.Linear(d_model, d_model)
+        self.second = nn.Linear(d_model, d_model, bias=False)
+        self.context = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(d_model, 1))
+
+    def forward(self, states: Tensor, mask: Tensor | None = None, strip: Tensor | None = None) -> Tensor:
+        """(B, N, N) pair logits; [b, i, j] > 0 says panel i comes before panel j."""
+        mask = as_mask(mask, states)
+        strip = states.new_zeros(states.shape[0], states.shape[-1]) if strip is None else strip
+        hidden = self.first(states)[:, :, None] + self.second(states)[:, None] + self.context(strip)[:, None, None]
+        scores = self.out(hidden).squeeze(-1)  # (B, N, N)
+        # Antisymmetric by construction: (i, j) and (j, i) can never both claim to come first.
+        logits = scores - scores.transpose(1, 2)
+        pairs = mask[:, :, None] & mask[:, None, :]
+        return logits.masked_fill(~pairs, 0.0)
+
+
+class Stage4SequenceModel(nn.Module):
+    """Transformer over a page's panel vectors with a strip pool and the seven task heads (see the module)."""
+
+    def __init__(self, config: Stage4ModelConfig | None = None, **settings: Any) -> None:
+        """Build from a config, or from its fields as keywords, as the seed does:
+        ``Stage4SequenceModel(d_model=512, nhead=8, num_layers=6)``."""
+        super().__init__()
+        if config is not None and not isinstance(config, Stage4ModelConfig):
+            raise TypeError("the first argument is a Stage4ModelConfig; give sizes as keywords (d_model=512, ...)")
+        cfg = config if config is not None else Stage4ModelConfig(**settings)
+        if config is not None and settings:
+            cfg = Stage4ModelConfig(**{**asdict(config), **settings})
+        self.cfg = cfg
+        d = cfg.d_model
+        # Panels and candidates share one projection, so a slot's state is compared with candidates in the space
+        # its own panel would have entered in.
+        self.embed = nn.Sequential(nn.Linear(cfg.input_dim, d), nn.LayerNorm(d))
+        self.slot_tokens = nn.Embedding(len(TASKS), d)  # the mask token of panel picking, a query slot per task
+        self.caption_type = nn.Parameter(torch.zeros(d))  # tells a caption token from a panel
+        self.direction = nn.Embedding(2, d, padding_idx=0)  # 0 ltr or unlabelled adds nothing; 1 rtl
+        self.encoder = self._encoder(cfg) if cfg.use_transformer else None
+        self.norm = nn.LayerNorm(d)  # the pre-norm encoder's outputs are not normalised
+        self.strip_pool = AttentionPool(d, cfg.nhead)
+        for task in CANDIDATE_TASKS:
+            setattr(self, f"{task}_head", CandidateHead(d))
+        self.reading_order_head = ReadingOrderHead(d)
+
+    @staticmethod
+    def _encoder(cfg: Stage4ModelConfig) -> nn.TransformerEncoder:
+        """The encoder stack; pre-norm, which trains without warm-up at these depths."""
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model,
+            cfg.nhead,
+            cfg.dim_feedforward,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        return nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Stage4ModelConfig) -> Stage4SequenceModel:
+        """Rebuild a model from its config (a checkpoint's plain dict), then load its state dict into it."""
+        if isinstance(config, Stage4ModelConfig):
+            return cls(config)
+        known = {f.name for f in fields(Stage4ModelConfig)}
+        return cls(Stage4ModelConfig(**{k: v for k, v in config.items() if k in known}))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config as the plain dict a checkpoint stores."""
+        return asdict(self.cfg)
+
+    # ------------------------------------------------------------------------------------------------ encoding
+
+    def encode(
+        self, tokens: Tensor, mask: Tensor, positions: Tensor | None = None, direction: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(states (B, T, d), strip (B, d)) of embedded tokens (B, T, d); padding states are zero.
+
+        ``positions`` (B, T) reading positions (None: no positional encoding), ``direction`` (B,) 0 ltr/unknown,
+        1 rtl."""
+        x = tokens
+        if positions is not None:
+            x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
+        if direction is not None:
+            x = x + self.direction(direction.long().to(x.device))[:, None]
+        if self.encoder is not None:
+            x = self.encoder(x, src_key_padding_mask=~attendable(mask))
+        states = self.norm(x) * mask[..., None]  # (B, T, d)
+        return states, self.strip_pool(states, mask)
+
+    def forward(self, panel_embeddings: Tensor, panel_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """A page's panels (B, N, input_dim) in reading order -> ``contextualized_panels`` (B, N, d_model),
+        ``strip_embedding`` (B, d_model) and the bool ``panel_mask`` (B, N)."""
+        mask = as_mask(panel_mask, panel_embeddings)
+        positions = torch.arange(panel_embeddings.shape[1], device=panel_embeddings.device).expand(mask.shape)
+        states, strip = self.encode(self.embed(panel_embeddings), mask, positions)
+        return {"contextualized_panels": states, "strip_embedding": strip, "panel_mask": mask}
+
+    def encode_strip(self, panel_embeddings: Tensor, panel_mask: Tensor | None = None) -> Tensor:
+        """(B, d_model) strip embedding of pages of panels (all panels valid when no mask is given)."""
+        return self(panel_embeddings, panel_mask)["strip_embedding"]
+
+    # --------------------------------------------------------------------------------------------------- tasks
+
+    def task_logits(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, C) candidate logits, masked candidates -inf; reading order: (B, L, L) pair logits, [b, i, j] the
+        logit that context panel i is read before panel j."""
+        if task == READING_ORDER:
+            return self._reading_order(batch)
+        if task not in CANDIDATE_TASKS:
+            raise ValueError(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        states, strip, index = self._candidate_states(task, batch)
+        query = states[torch.arange(len(index), device=index.device), index]  # (B, d)
+        candidates = self.embed(batch["candidates"].to(query.device))  # (B, C, d)
+        head: CandidateHead = getattr(self, f"{task}_head")
+        return head(query, candidates, strip, batch["candidate_mask"].to(query.device))
+
+    def _candidate_states(self, task: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """States of ``[context, caption, query slot]``, the strip, and (B,) the index of the scored slot: the
+        masked place where ``slot`` >= 0, else the appended query slot."""
+        context = batch["context"]
+        device = self.slot_tokens.weight.device
+        context, mask = context.to(device), batch["context_mask"].to(device).bool()
+        batch_size, length = mask.shape
+        slot = batch["slot"].to(device).long() if "slot" in batch else torch.full((batch_size,), -1, device=device)
+        in_place = slot >= 0
+        token = self.slot_tokens(torch.tensor(TASKS.index(task), device=device))  # (d,)
+        tokens = self.embed(context)  # (B, L, d)
+        at_slot = torch.zeros_like(mask)
+        at_slot[in_place, slot[in_place]] = True
+        tokens = torch.where(at_slot[..., None], token, tokens)
+        mask = mask | at_slot
+
+        query = batch.get("query")
+        query = torch.zeros(batch_size, self.cfg.input_dim, device=device) if query is None else query.to(device)
+        has_caption = query.abs().sum(dim=-1) > 0  # (B,)
+        caption = self.embed(query) + self.caption_type  # (B, d)
+        appended = token.expand(batch_size, -1)
+        panel = batch.get("answer_panel")
+        if panel is not None:  # the answer panel as shown (text-free), where the task shows it
+            panel = panel.to(device)
+            appended = appended + self.embed(panel) * (panel.abs().sum(dim=-1, keepdim=True) > 0)
+
+        count = mask.sum(dim=1)  # (B,) context panels, the masked place included
+        sequence = torch.cat([tokens, caption[:, None], appended[:, None]], dim=1)  # (B, L + 2, d)
+        valid = torch.cat([mask, has_caption[:, None], ~in_place[:, None]], dim=1)
+        positions = torch.cat(
+            [
+                torch.arange(length, device=device).expand(batch_size, -1),
+                count[:, None],
+                (count + has_caption.long())[:, None],
+            ],
+            dim=1,
+        )
+        states, strip = self.encode(sequence, valid, positions, batch.get("direction"))
+        index = torch.where(in_place, slot, torch.full_like(slot, length + 1))
+        return states, strip, index
+
+    def _reading_order(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, L, L) pair logits of the shuffled panels, entered without positions (their list place is noise)."""
+        device = self.slot_tokens.weight.device
+        mask = batch["context_mask"].to(device).bool()
+        states, strip = self.encode(self.embed(batch["context"].to(device)), mask, None, batch.get("direction"))
+        return self.reading_order_head(states, mask, strip)
+
+    def task_loss(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
+        """Scalar loss of one task's batch: cross-entropy over the candidates (samples with answer -1 left out);
+        reading order: binary cross-entropy over every ordered pair of valid panels."""
+        logits = self.task_logits(task, batch)
+        if task == READING_ORDER:
+            return self._order_loss(logits, batch)
+        answer = batch["answer"].to(logits.device).long()
+        if not (answer >= 0).any():
+            return logits.masked_fill(~torch.isfinite(logits), 0.0).sum() * 0.0  # keeps the graph for backward
+        return F.cross_entropy(logits, answer, ignore_index=-1)
+
+    @staticmethod
+    def _order_loss(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        """BCE of the pair logits against "i before j" over pairs of distinct panels with known positions."""
+        order = batch["order"].to(logits.device).long()
+        known = batch["context_mask"].to(logits.device).bool() & (order >= 0)
+        pairs = known[:, :, None] & known[:, None, :]
+        pairs &= ~torch.eye(order.shape[1], dtype=torch.bool, device=logits.device)
+        if not pairs.any():
+            return logits.sum() * 0.0
+        before = (order[:, :, None] < order[:, None, :]).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits[pairs], before[pairs])
+
+    @torch.no_grad()
+    def predict(self, task: str, batch: Mapping[str, Tensor]) -> list:
+        """Per sample: the index of the best candidate (-1 where no candidate is valid); reading order: the
+        predicted reading position of each valid context panel (``TaskSample.order``'s convention)."""
+        logits = self.task_logits(task, batch)
+        if task == READING_ORDER:
+            return self.decode_order(logits, batch["context_mask"])
+        best = logits.argmax(dim=-1)
+        return torch.where(torch.isfinite(logits).any(dim=-1), best, -1).tolist()
+
+    @staticmethod
+    def decode_order(pair_logits: Tensor, mask: Tensor | None = None) -> list[list[int]]:
+        """A permutation per sample from (B, L, L) pair logits: position of each valid panel (in context order).
+
+        Panels are ranked by their summed chance of preceding each other (Borda), ties by their place in the list,
+        then adjacent panels the pair logits disagree with are swapped until none is left; each swap raises the
+        pairwise agreement, so it stops, and the result is always a permutation of the valid panels."""
+        chance = torch.sigmoid(torch.nan_to_num(pair_logits.detach().double(), nan=0.0)).cpu().numpy()
+        valid = np.ones(chance.shape[:2], dtype=bool) if mask is None else mask.detach().cpu().numpy() > 0  # (B, L)
+        orders = []
+        for b in range(chance.shape[0]):
+            keep = np.flatnonzero(valid[b])
+            before = chance[b][np.ix_(keep, keep)]  # (K, K)
+            wins = before.sum(axis=1) - np.diag(before)
+            ranking = list(np.argsort(-wins, kind="stable"))  # panels, first read first
+            swapped = True
+            while swapped:
+                swapped = False
+                for k in range(len(ranking) - 1):
+                    first, second = ranking[k], ranking[k + 1]
+                    if before[second, first] > before[first, second]:
+                        ranking[k], ranking[k + 1] = second, first
+                        swapped = True
+            positions = np.empty(len(keep), dtype=np.int64)
+            positions[ranking] = np.arange(len(keep))
+            orders.append(positions.tolist())
+        return orders
+
+    # ------------------------------------------------------------------------------------------------ strips
+
+    def strip_loss(self, panel_embeddings: Tensor, panel_mask: Tensor, temperature: float = 0.1) -> Tensor:
+        """Symmetric InfoNCE between two views of each page (each panel dropped with chance 1/4, at least one
+        kept): a page's strip must find its other view among the batch's other pages; pages with no panel and
+        batches of fewer than two pages give 0."""
+        mask = as_mask(panel_mask, panel_embeddings)
+        keep = mask.any(dim=1)
+        panel_embeddings, mask = panel_embeddings[keep], mask[keep]
+        if len(mask) < 2:
+            return self.strip_pool.query.sum() * 0.0  # a zero that backward accepts when it is the only term
+        views = [F.normalize(self.encode_strip(panel_embeddings, drop_panels(mask)), dim=-1) for _ in range(2)]
+        logits = views[0] @ views[1].T / temperature  # (B, B)
+        targets = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def drop_panels(mask: Tensor, rate: float = 0.25) -> Tensor:
+    """A random view of pages: each valid panel dropped with chance ``rate``; a page left with none keeps one."""
+    kept = mask & (torch.rand(mask.shape, device=mask.device) >= rate)
+    empty = ~kept.any(dim=1) & mask.any(dim=1)
+    if empty.any():
+        # One valid panel picked at random: noise only on valid places, argmax takes the best of them.
+        pick = (torch.rand(mask.shape, device=mask.device) + mask.float()).argmax(dim=1)
+        kept[empty, pick[empty]] = True
+    return kept
