@@ -18,7 +18,6 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,11 @@ from comicnb.checkpoint import (
     load_checkpoint,
     resume_conflicts,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from comicnb.corpus.checks import checked_run_pages
 from comicnb.evaluation.metrics import collapse_diagnostics, recall_at_k, same_panel_retrieval
+from comicnb.loop import EpochLoop, History
 from comicnb.precision import accelerate_mixed_precision
 from comicnb.schedule import epoch_batches, shard_batches, step_seed, warmup_cosine
 from comicnb.seed import isolated_rng, set_seed
@@ -69,18 +68,6 @@ class Stage3Trainable(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms and their weighted total."""
         return self.objective(self.model, batch)
-
-
-@dataclass
-class History:
-    """Loss terms per step and validation figures per epoch."""
-
-    steps: list[dict] = field(default_factory=list)
-    epochs: list[dict] = field(default_factory=list)
-
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(steps, epochs) as DataFrames for plotting."""
-        return pd.DataFrame(self.steps), pd.DataFrame(self.epochs)
 
 
 # ---------------------------------------------------------------------------------------------------- batches
@@ -171,7 +158,7 @@ class BatchSource:
 # ---------------------------------------------------------------------------------------------------- the loop
 
 
-class Stage3Trainer:
+class Stage3Trainer(EpochLoop):
     """Trains a PanelFeatureExtractor on the train pages and measures it on the validation pages."""
 
     def __init__(
@@ -255,17 +242,12 @@ class Stage3Trainer:
             self.save(files.last)
         return self.history
 
-    def mid_epoch_checkpoint_due(self) -> bool:
-        """Every ``checkpoint_every`` steps inside an epoch; an epoch's last step waits for validation (end_epoch)."""
-        every = self.cfg.checkpoint_every
-        return bool(every) and self.step % every == 0 and self.step % self.steps_per_epoch != 0
-
     def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
         scalars, self.last_validation = self.validate()
         self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
         self.warn_low_gates(scalars, epoch)
-        improved = self.update_best(scalars, epoch)
+        improved = self.update_best(scalars, epoch, self.cfg.best_metric)
         if files is not None:
             self.save(files.last)
             if improved:
@@ -287,28 +269,12 @@ class Stage3Trainer:
         if low and self.accelerator.is_main_process:
             warnings.warn(gate_warning(low, self.cfg.min_gate_weight, epoch), CollapseWarning, stacklevel=2)
 
-    def update_best(self, scalars: Mapping[str, float], epoch: int) -> bool:
-        """Whether this epoch's ``best_metric`` beats the best so far (higher is better; NaN never wins)."""
-        value = scalars.get(self.cfg.best_metric, math.nan)
-        if math.isnan(value) or (self.best and value <= self.best["value"]):
-            return False
-        self.best = dict(metric=self.cfg.best_metric, value=float(value), epoch=epoch, step=self.step)
-        return True
-
     def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """One optimisation step; its random draws come from the generator state seeded for it (see the module)."""
         self.wrapped.train()
         with self.accelerator.autocast():
             terms = self.wrapped(batch)
-        self.accelerator.backward(terms["total"])
-        if self.cfg.grad_clip > 0:
-            self.accelerator.clip_grad_norm_(self.wrapped.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        torch.manual_seed(step_seed(self.cfg.seed, self.step))  # the next step's draws
-        self.rng = rng_state()  # what a checkpoint written now stores
+        self.optimise(terms["total"])
         logged = {
             "step": self.step,
             "lr": self.scheduler.get_last_lr()[0],
@@ -355,19 +321,11 @@ class Stage3Trainer:
         checkpoint = dict(
             model_state_dict=self.model.state_dict(),
             objective_state_dict=objective.state_dict(),
-            optimizer_state_dict=self.optimizer.state_dict(),
-            scheduler_state_dict=self.scheduler.state_dict(),
             config=self.configs(),
-            step=self.step,
             epoch=self.step // self.steps_per_epoch,
-            rng=self.rng,
-            best=dict(self.best),
-            history=dict(steps=self.history.steps, epochs=self.history.epochs),
+            **self.loop_state(),
         )
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_checkpoint(checkpoint, path)
-        return Path(path)
+        return self.write_checkpoint(checkpoint, path)
 
     def configs(self) -> dict[str, dict]:
         """The ``config`` entry of this run's checkpoints."""
@@ -384,12 +342,7 @@ class Stage3Trainer:
             )
         self.model.load_state_dict(checkpoint["model_state_dict"])
         self.trainable.objective.load_state_dict(checkpoint["objective_state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        self.step = checkpoint["step"]
-        self.best = dict(checkpoint.get("best", {}))
-        self.history = History(list(checkpoint["history"]["steps"]), list(checkpoint["history"]["epochs"]))
-        self.rng = checkpoint["rng"]  # the next step's draws; train() puts it in place
+        self.restore_loop_state(checkpoint)
 
 
 class CollapseWarning(UserWarning):

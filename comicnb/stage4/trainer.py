@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from comicnb.checkpoint import (
     load_checkpoint,
     resume_conflicts,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
+from comicnb.loop import EpochLoop, History
 from comicnb.precision import accelerate_mixed_precision
 from comicnb.schedule import epoch_batches, shard_batches, step_seed, warmup_cosine
 from comicnb.seed import isolated_rng, set_seed
@@ -102,18 +102,6 @@ class Stage4Trainable(nn.Module):
 
 
 @dataclass
-class History:
-    """Loss terms per step and validation figures per epoch."""
-
-    steps: list[dict] = field(default_factory=list)
-    epochs: list[dict] = field(default_factory=list)
-
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(steps, epochs) as DataFrames for plotting."""
-        return pd.DataFrame(self.steps), pd.DataFrame(self.epochs)
-
-
-@dataclass
 class EpochPlan:
     """One epoch's training draws and the order of its steps."""
 
@@ -124,7 +112,7 @@ class EpochPlan:
 # ---------------------------------------------------------------------------------------------------- the loop
 
 
-class Stage4Trainer:
+class Stage4Trainer(EpochLoop):
     """Trains a Stage4SequenceModel on redrawn training samples and scores it on the fixed validation sets."""
 
     def __init__(
@@ -282,28 +270,15 @@ class Stage4Trainer:
             self.save(files.last)
         return self.history
 
-    def mid_epoch_checkpoint_due(self) -> bool:
-        """Every ``checkpoint_every`` steps inside an epoch; an epoch's last step waits for validation (end_epoch)."""
-        every = self.cfg.checkpoint_every
-        return bool(every) and self.step % every == 0 and self.step % self.steps_per_epoch != 0
-
     def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
         scalars = self.validate()
         self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
-        improved = self.update_best(scalars, epoch)
+        improved = self.update_best(scalars, epoch, BEST_METRIC)
         if files is not None:
             self.save(files.last)
             if improved:
                 self.save(files.best)
-
-    def update_best(self, scalars: Mapping[str, float], epoch: int) -> bool:
-        """Whether this epoch's mean validation accuracy beats the best so far (NaN never wins)."""
-        value = scalars.get(BEST_METRIC, math.nan)
-        if math.isnan(value) or (self.best and value <= self.best["value"]):
-            return False
-        self.best = dict(metric=BEST_METRIC, value=float(value), epoch=epoch, step=self.step)
-        return True
 
     def batch_on_device(self, task_set: TaskSet, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
         """The samples as model inputs on this process's device."""
@@ -326,15 +301,7 @@ class Stage4Trainer:
         values = {name: float(value.detach()) for name, value in terms.items()}
         if not math.isfinite(values["total"]):
             raise NonFiniteLossError(non_finite_message(self.step + 1, epoch + 1, task, values))
-        self.accelerator.backward(terms["total"])
-        if self.cfg.grad_clip > 0:
-            self.accelerator.clip_grad_norm_(self.wrapped.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        torch.manual_seed(step_seed(self.cfg.seed, self.step))  # the next step's draws
-        self.rng = rng_state()  # what a checkpoint written now stores
+        self.optimise(terms["total"])
         logged = {
             "step": self.step,
             "epoch": epoch + 1,
@@ -372,23 +339,15 @@ class Stage4Trainer:
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         checkpoint = dict(
             model_state_dict=self.model.state_dict(),
-            optimizer_state_dict=self.optimizer.state_dict(),
-            scheduler_state_dict=self.scheduler.state_dict(),
             config=self.configs(),
-            step=self.step,
             epoch=epoch,
             offset=offset,
             steps_per_epoch=self.steps_per_epoch,
             task_counts=dict(self.counts),
             data=dict(self.data),
-            rng=self.rng,
-            best=dict(self.best),
-            history=dict(steps=self.history.steps, epochs=self.history.epochs),
+            **self.loop_state(),
         )
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_checkpoint(checkpoint, path)
-        return Path(path)
+        return self.write_checkpoint(checkpoint, path)
 
     def resume(self, checkpoint: Mapping[str, Any] | str | Path) -> None:
         """Continue from a checkpoint of the same run (same store, same configs)."""
@@ -403,12 +362,7 @@ class Stage4Trainer:
                 f"the settings and store it was trained with, or start a new run"
             )
         self.model.load_state_dict(checkpoint["model_state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        self.step = checkpoint["step"]
-        self.best = dict(checkpoint.get("best", {}))
-        self.history = History(list(checkpoint["history"]["steps"]), list(checkpoint["history"]["epochs"]))
-        self.rng = checkpoint["rng"]  # the next step's draws; train() puts it in place
+        self.restore_loop_state(checkpoint)
 
 
 def non_finite_message(step: int, epoch: int, task: str, values: Mapping[str, float]) -> str:
