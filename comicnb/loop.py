@@ -18,10 +18,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from comicnb.checkpoint import rng_state, save_checkpoint
-from comicnb.schedule import step_seed
+from comicnb.schedule import step_seed, warmup_cosine
+from comicnb.seed import isolated_rng
 
 
 @dataclass
@@ -49,6 +50,31 @@ class EpochLoop:
     best: dict[str, Any]
     history: History
     rng: dict[str, Any]
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run."""
+        return self.cfg.epochs * self.steps_per_epoch
+
+    def start_loop(self, trainable: nn.Module) -> None:
+        """AdamW over the trainable parameters, prepared with ``trainable`` by Accelerate; the warm-up cosine schedule
+        over ``total_steps``; step 0, no best, an empty history; and the first step's seeded generator state.
+
+        Call once ``steps_per_epoch`` is known. The schedule is not prepared: Accelerate would step it once per
+        process, and our steps already count synchronised steps.
+        """
+        params = [p for p in trainable.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.wrapped, self.optimizer = self.accelerator.prepare(trainable, optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.total_steps, self.cfg.warmup_fraction)
+        )
+        self.step = 0
+        self.best = {}  # {"metric", "value", "epoch", "step"} of best_model.pt
+        self.history = History()
+        with isolated_rng():  # this trainer's own stream: another trainer in the process cannot shift it
+            torch.manual_seed(step_seed(self.cfg.seed, 0))  # the first step's draws
+            self.rng = rng_state()
 
     def optimise(self, total: Tensor) -> None:
         """Backward, clip, step the optimiser and the schedule, then seed the next step's draws."""

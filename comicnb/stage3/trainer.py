@@ -31,14 +31,13 @@ from comicnb.checkpoint import (
     StageCheckpoints,
     load_checkpoint,
     resume_conflicts,
-    rng_state,
     set_rng_state,
 )
 from comicnb.corpus.checks import checked_run_pages
 from comicnb.evaluation.metrics import collapse_diagnostics, recall_at_k, same_panel_retrieval
 from comicnb.loop import EpochLoop, History
 from comicnb.precision import accelerate_mixed_precision
-from comicnb.schedule import epoch_batches, shard_batches, step_seed, warmup_cosine
+from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng, set_seed
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.batches import page_chunks, page_loader, tensors_only
@@ -187,30 +186,13 @@ class Stage3Trainer(EpochLoop):
         # One synchronised step takes one batch on each process.
         batches = math.ceil(len(train_pages) / cfg.batch_size)
         self.steps_per_epoch = math.ceil(batches / self.accelerator.num_processes)
-        params = [p for p in self.trainable.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, optimizer)
-        # Not prepared: Accelerate would step it once per process, and our steps already count synchronised steps.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.total_steps, cfg.warmup_fraction)
-        )
-        self.step = 0
-        self.best: dict[str, Any] = {}  # {"metric", "value", "epoch", "step"} of best_model.pt
-        self.history = History()
+        self.start_loop(self.trainable)
         self.last_validation: dict[str, Tensor] = {}
-        with isolated_rng():  # this trainer's own stream: another trainer in the process cannot shift it
-            torch.manual_seed(step_seed(cfg.seed, 0))  # the first step's draws
-            self.rng = rng_state()
 
     @property
     def model(self) -> PanelFeatureExtractor:
         """The panel encoder being trained."""
         return self.trainable.model
-
-    @property
-    def total_steps(self) -> int:
-        """Steps of the whole run."""
-        return self.cfg.epochs * self.steps_per_epoch
 
     def train(self, until_step: int | None = None, files: StageCheckpoints | None = None) -> History:
         """Train to the end (or to ``until_step``), validating after each epoch.

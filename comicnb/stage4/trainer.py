@@ -36,12 +36,11 @@ from comicnb.checkpoint import (
     StageCheckpoints,
     load_checkpoint,
     resume_conflicts,
-    rng_state,
     set_rng_state,
 )
 from comicnb.loop import EpochLoop, History
 from comicnb.precision import accelerate_mixed_precision
-from comicnb.schedule import epoch_batches, shard_batches, step_seed, warmup_cosine
+from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng, set_seed
 from comicnb.stage4.baselines import ALL, BaselineResult, order_agreement, summarize
 from comicnb.stage4.batches import SampleEncoder
@@ -147,30 +146,13 @@ class Stage4Trainer(EpochLoop):
             raise ValueError(f"no Stage 4 task gives training samples ({reasons})")
         self.plans[0] = self.plan(0, first)
         self.steps_per_epoch = math.ceil(len(self.plans[0].steps) / self.accelerator.num_processes)
-        params = [p for p in self.trainable.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, optimizer)
-        # Not prepared: Accelerate would step it once per process, and our steps already count synchronised steps.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.total_steps, cfg.warmup_fraction)
-        )
-        self.step = 0
-        self.best: dict[str, Any] = {}  # {"metric", "value", "epoch", "step"} of best_model.pt
-        self.history = History()
+        self.start_loop(self.trainable)
         self.last_validation = pd.DataFrame()
-        with isolated_rng():  # this trainer's own stream: another trainer in the process cannot shift it
-            torch.manual_seed(step_seed(cfg.seed, 0))  # the first step's draws
-            self.rng = rng_state()
 
     @property
     def model(self) -> Stage4SequenceModel:
         """The sequence model being trained."""
         return self.trainable.model
-
-    @property
-    def total_steps(self) -> int:
-        """Steps of the whole run."""
-        return self.cfg.epochs * self.steps_per_epoch
 
     # ------------------------------------------------------------------------------------------------ the draws
 
