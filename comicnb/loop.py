@@ -101,6 +101,20 @@ class EpochLoop:
         self.best = dict(metric=metric, value=float(value), epoch=epoch, step=self.step)
         return True
 
+    def record_epoch(
+        self, epoch: int, seconds: float, scalars: Mapping[str, float], metric: str, files: Any | None
+    ) -> None:
+        """Log an epoch's validation figures; write the last checkpoint, and the best when ``metric`` improved."""
+        self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
+        improved = self.update_best(scalars, epoch, metric)
+        if files is not None:
+            self.save(files.last)
+            if improved:
+                self.save(files.best)
+
+    def save(self, path: str | Path) -> Path:  # each trainer writes its own checkpoint
+        raise NotImplementedError
+
     def loop_state(self) -> dict[str, Any]:
         """The loop's part of a checkpoint: optimiser, schedule, step, RNG, best and history."""
         return dict(

@@ -227,13 +227,8 @@ class Stage3Trainer(EpochLoop):
     def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
         scalars, self.last_validation = self.validate()
-        self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
         self.warn_low_gates(scalars, epoch)
-        improved = self.update_best(scalars, epoch, self.cfg.best_metric)
-        if files is not None:
-            self.save(files.last)
-            if improved:
-                self.save(files.best)
+        self.record_epoch(epoch, seconds, scalars, self.cfg.best_metric, files)
 
     def low_gates(self, scalars: Mapping[str, float] | None = None) -> dict[str, float]:
         """Present modalities whose mean validation gate weight is below ``min_gate_weight`` (latest epoch by default).

@@ -254,13 +254,7 @@ class Stage4Trainer(EpochLoop):
 
     def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
-        scalars = self.validate()
-        self.history.epochs.append({"epoch": epoch, "step": self.step, "train_seconds": seconds, **scalars})
-        improved = self.update_best(scalars, epoch, BEST_METRIC)
-        if files is not None:
-            self.save(files.last)
-            if improved:
-                self.save(files.best)
+        self.record_epoch(epoch, seconds, self.validate(), BEST_METRIC, files)
 
     def batch_on_device(self, task_set: TaskSet, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
         """The samples as model inputs on this process's device."""
