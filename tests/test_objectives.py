@@ -127,6 +127,10 @@ def test_diagnostics_on_known_geometry() -> None:
     report = collapse_diagnostics(collapsed, torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert report == {"within_page_cosine": 1.0, "between_page_cosine": 0.0, "gap": 1.0}
     assert same_panel_retrieval(axes, axes) == 1.0 and same_panel_retrieval(axes, axes.roll(1, 0)) == 0.0
-    # Query i's own key is axis i - 1, orthogonal to it; one key (axis i) scores above it, ties below do not count.
-    assert recall_at_k(axes, axes.roll(1, 0), ks=(1, 2, 10)) == {"recall@1": 0.0, "recall@2": 1.0}
+    # Query i's own key is axis i - 1, orthogonal to it: one key (axis i) scores above it and two tie with it, so it
+    # is second, third or fourth with chance 1/3 each.
+    found = recall_at_k(axes, axes.roll(1, 0), ks=(1, 2, 3, 10))
+    assert found == pytest.approx({"recall@1": 0.0, "recall@2": 1 / 3, "recall@3": 2 / 3})
+    collapsed = torch.ones(4, 3)  # every key ties with the true one: a collapsed model finds it by chance only
+    assert recall_at_k(collapsed, collapsed, ks=(1, 4)) == {"recall@1": 0.25, "recall@4": 1.0}
     assert page_index(torch.tensor([[True, True, False], [False, True, True]])).tolist() == [0, 0, 1, 1]

@@ -46,6 +46,7 @@ from torch import nn
 from comicnb.corpus.composition import COMPOSITION_FEATURES, composition_features
 from comicnb.corpus.crops import crop_panels
 from comicnb.corpus.tables import load_run_pages
+from comicnb.evaluation import metrics
 from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
 from comicnb.stage4.tasks import TEXT_TASKS, Candidate, TaskSample, TaskSet, panels_of
 from comicnb.store.reader import check_checkpoint, load_metadata, open_embeddings
@@ -199,14 +200,12 @@ def picking_result(name: str, task_set: TaskSet, scores: Sequence[np.ndarray]) -
 
 def order_agreement(predicted: Sequence[int], true: Sequence[int]) -> tuple[float, float, float]:
     """(exact match, pairwise accuracy, Kendall tau) of a predicted order against the true one (both permutations:
-    order[i] = reading position of context[i]); with no tie tau = 2 * pairwise - 1."""
-    predicted, true = np.asarray(predicted), np.asarray(true)
-    exact = float(np.array_equal(predicted, true))
-    if len(true) < 2:
-        return exact, 1.0, 1.0
-    i, j = np.triu_indices(len(true), k=1)
-    pairwise = float(np.mean(np.sign(predicted[i] - predicted[j]) == np.sign(true[i] - true[j])))
-    return exact, pairwise, 2 * pairwise - 1
+    order[i] = reading position of context[i]; anything else is a ValueError), by ``comicnb.evaluation.metrics``."""
+    return (
+        float(metrics.exact_order(predicted, true)),
+        metrics.pairwise_accuracy(predicted, true),
+        metrics.kendall_tau(predicted, true),
+    )
 
 
 def order_result(name: str, task_set: TaskSet, orders: Sequence[np.ndarray]) -> BaselineResult:
