@@ -70,6 +70,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# comicnb.stage4.config.ABLATIONS' names, spelled out so that building the parser imports no torch (a test keeps
+# the two equal).
+STAGE4_ABLATIONS = ("no_transformer", "text_only", "vision_only")
 # The seed's train_stage4.py flags that set a Stage 4 setting, with the setting each one sets.
 STAGE4_SEED_SETTINGS = {
     "d_model": ("d_model", int),
@@ -166,7 +169,9 @@ def _train_stage4(args: argparse.Namespace) -> int:
     try:
         split_stage4_settings(settings)  # a misnamed key fails before anything is read
         store = stage4_store(args, run_dir, notebook.get("store") or None)
-        trainer = train_stage4(run_dir, settings, resume=args.resume, overwrite=args.overwrite, store=store)
+        trainer = train_stage4(
+            run_dir, settings, resume=args.resume, overwrite=args.overwrite, store=store, ablation=args.ablation
+        )
     except (UnknownSettingError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"comicnb train: {exc}", file=sys.stderr)
         return 2
@@ -174,7 +179,7 @@ def _train_stage4(args: argparse.Namespace) -> int:
         print(f"comicnb train: {exc}", file=sys.stderr)
         return 1
     if trainer.accelerator.is_main_process:
-        files = checkpoints(run_dir)
+        files = checkpoints(run_dir, args.ablation)
         best = trainer.best
         print(
             f"[comicnb] stage4: {trainer.step} steps -> {files.last}; best {best.get('metric')} "
@@ -409,6 +414,13 @@ def add_stage4_parser(stages: argparse._SubParsersAction) -> None:
         "--overwrite",
         action="store_true",
         help="replace the run's existing Stage 4 checkpoints (checkpoint.pt and best_model.pt) with a new run",
+    )
+    stage4.add_argument(
+        "--ablation",
+        choices=STAGE4_ABLATIONS,
+        default=None,
+        help="train an ablation of the same settings into RUN_DIR/stage4/ablations/NAME/: no_transformer (the same "
+        "heads on the projected Stage 3 vectors), text_only or vision_only (panels enter with that part only)",
     )
     seed = stage4.add_argument_group(
         "the seed's train_stage4.py flags",

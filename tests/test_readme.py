@@ -112,7 +112,7 @@ def test_the_runner_options_in_the_readme_exist(command):
 def test_the_stage4_commands_in_the_readme_parse():
     script = block_with("Stage 4: the tasks and their baselines", "bash", "train stage4")
     commands = [line.split("#")[0].split("python -m comicnb ", 1)[1] for line in script.splitlines() if line.strip()]
-    assert [c.split()[0] for c in commands] == ["tasks", "train"]
+    assert [c.split()[0] for c in commands] == ["tasks", "train", "train"]
     for command in commands:
         build_parser().parse_args(shlex.split(command.replace("<run>", "r").replace("[--resume]", "--resume")))
     assert (ROOT / "params" / "demo" / "04_stage4_training.yaml").is_file()  # the file the README names

@@ -15,9 +15,15 @@ from comicnb import checkpoint
 from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage4.baselines import refuse
+from comicnb.stage4.baselines import pair_geometry, refuse, stage3_cosine_baseline
 from comicnb.stage4.batches import SampleEncoder
-from comicnb.stage4.model import SEED_SIZE, Stage4ModelConfig, Stage4SequenceModel
+from comicnb.stage4.model import (
+    SEED_SIZE,
+    Stage4ModelConfig,
+    Stage4SequenceModel,
+    input_prior,
+    pair_box_features,
+)
 from comicnb.stage4.samplers import load_context, make_task_set, task_rng
 from comicnb.stage4.tasks import TASKS, TEXT_TASKS, Candidate, TaskSample, TaskSet
 from comicnb.store import EmbedConfig, generate
@@ -222,11 +228,43 @@ def test_reading_order_cannot_read_the_list_position(batches: dict[str, dict[str
     count = int(batch["context_mask"][0].sum())
     single = {key: value[:1, :count] if value.dim() > 1 else value[:1] for key, value in batch.items()}
     shuffle = torch.randperm(count, generator=torch.Generator().manual_seed(0))
-    moved = {**single, "context": single["context"][:, shuffle]}
+    # A panel moves with everything it is (its vector and its box); only its place in the list changes.
+    moved = {**single, "context": single["context"][:, shuffle], "boxes": single["boxes"][:, shuffle]}
     with torch.no_grad():
         logits, shuffled = model.task_logits("reading_order", single), model.task_logits("reading_order", moved)
     assert torch.allclose(logits[0][shuffle][:, shuffle], shuffled[0], atol=1e-5)  # the same pairs, moved
     assert torch.allclose(logits, -logits.transpose(1, 2))
+
+
+def test_the_input_prior_is_the_stage3_cosine_baseline(encoder: SampleEncoder, task_sets: dict[str, TaskSet]) -> None:
+    """The skip term of every candidate head scores exactly what the no-learning baseline scores, so a model starts
+    from the baseline and the ablations keep the same start."""
+    for task, task_set in task_sets.items():
+        if task == "reading_order":
+            continue
+        batch = encoder.collate(task_set)
+        prior = input_prior(batch, batch["candidates"])
+        baseline = stage3_cosine_baseline(task_set, encoder.inputs)
+        for b, sample in enumerate(task_set.samples):
+            count = len(sample.candidates)
+            assert np.allclose(prior[b, :count].numpy(), baseline.scores[b], atol=1e-5), (task, sample.sample_id)
+
+
+def test_reading_order_reads_the_pair_geometry_of_the_baseline(batches: dict[str, dict[str, torch.Tensor]]) -> None:
+    batch = batches["reading_order"]
+    features = pair_box_features(batch["boxes"], torch.tensor([0, 1] * (len(batch["boxes"]) // 2)))
+    for b in range(2):
+        count = int(batch["context_mask"][b].sum())
+        expected = pair_geometry(batch["boxes"][b, :count].double().numpy(), "rtl" if b == 1 else "ltr")
+        assert np.allclose(features[b, :count, :count].numpy(), expected, atol=1e-5)
+    # The boxes reach the logits: moving one panel's box changes its pairs.
+    model = small_model().eval()
+    moved = {**batch, "boxes": batch["boxes"].clone()}
+    moved["boxes"][0, 0] = torch.tensor([0.9, 0.9, 1.0, 1.0])
+    with torch.no_grad():
+        assert not torch.allclose(
+            model.task_logits("reading_order", batch)[0, 0], model.task_logits("reading_order", moved)[0, 0]
+        )
 
 
 def test_decode_order_always_gives_a_permutation() -> None:

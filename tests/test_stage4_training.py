@@ -34,7 +34,9 @@ from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints as stage3_checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4.baselines import SUMMARY_COLUMNS
+from comicnb.stage4.config import ABLATIONS
 from comicnb.stage4.samplers import build_task_sets
+from comicnb.stage4.scoring import load_stage4_model, score_models, trained_models
 from comicnb.stage4.tasks import TASKS, read_task_set, task_dir
 from comicnb.stage4.trainer import (
     BEST_METRIC,
@@ -63,12 +65,14 @@ LEARN = dict(
     seed=0,
     task_weights=dict(reading_order=3.0),
 )
-# Tasks the short run lifts at least MARGIN above chance with seeds 0 to 3 (at seed 0, the test's, and 5 epochs: panel
-# picking 0.46, visual closure 0.40, caption relevance 0.34), and those whose Wilson interval clears chance. The
-# others do not rise reliably on this store (seeds 0-3): text-cloze 0.32-0.36 (chance 0.33), text closure 0.25-0.29
-# (0.25), character coherence 0.44-0.60 (0.5; 25 samples), reading order's exact page order 0.03-0.19 (0.04).
-ABOVE_CHANCE = ("panel_picking", "visual_closure", "caption_relevance")
-CLEARLY = ("panel_picking",)
+# Tasks the short run lifts at least MARGIN above chance, and whose Wilson interval clears chance (at seed 0, the
+# test's, after 5 epochs: panel picking 0.40, character coherence 0.84 (25 samples; 0.80 untrained, from the input
+# prior), visual closure 0.54, reading order's exact page order 0.32 (chance 0.04; pairwise 0.55 -> 0.88)). The text
+# tasks do not rise on this store, whose random tiny text encoder keeps little of the words: text closure 0.22
+# (chance 0.25), text-cloze 0.33 (0.33), caption relevance 0.31 (0.25; the study profile, with the packaged MiniLM,
+# measures them).
+ABOVE_CHANCE = ("panel_picking", "character_coherence", "visual_closure", "reading_order")
+CLEARLY = ABOVE_CHANCE
 MARGIN = 0.05
 # Two epochs of 7 tasks x 2 batches of 8 samples: 14 steps an epoch, a checkpoint after every step.
 RESUME = dict(epochs=2, batch_size=8, train_samples=16, lr=1e-3, seed=0, checkpoint_every=1, **SMALL_MODEL)
@@ -108,10 +112,10 @@ def learned(run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, P
 
 
 def test_a_short_run_learns(learned: tuple[Any, Path]) -> None:
-    """On this store (five training books, a random tiny Stage 3 model) the run learns panel picking (its Wilson
-    interval above chance), visual closure, caption relevance and reading order pairwise; text-cloze, text closure,
-    character coherence and the exact order of a whole page do not rise reliably on so little signal (their figures
-    are printed, not asserted; see ABOVE_CHANCE)."""
+    """On this store (five training books, a random tiny Stage 3 model) the run learns panel picking, character
+    coherence, visual closure and reading order (whole-page order and pairwise), each with its Wilson interval above
+    chance; the text tasks do not rise on so little signal (their figures are printed, not asserted; see
+    ABOVE_CHANCE)."""
     trainer, target = learned
     epochs = trainer.history.epochs
     first, last = epochs[0], epochs[-1]
@@ -157,6 +161,42 @@ def test_evaluate_gives_the_baselines_table(learned: tuple[Any, Path], run: Path
     assert ((table.low <= table.accuracy) & (table.accuracy <= table.high)).all()
     order = table[table.task == "reading_order"].iloc[0]
     assert 0 <= order.accuracy <= order.pairwise <= 1
+
+
+def test_ablations_train_into_their_own_folder_and_score_beside_the_model(
+    learned: tuple[Any, Path], capsys: pytest.CaptureFixture
+) -> None:
+    """``--ablation`` trains the same settings with the ablation's change into stage4/ablations/<name>/, the main
+    model's checkpoints untouched; score_models scores every trained model on the test sets, each with its inputs."""
+    _, target = learned
+    main_best = checkpoints(target).best.read_bytes()
+    params = target / "params.yaml"
+    params.write_text(yaml.safe_dump({**LEARN, "epochs": 1, "ablations": ["no_transformer"]}))
+    for name in ("no_transformer", "text_only"):
+        code = cli.main(["train", "stage4", "--params", str(params), "--run-dir", str(target), "--ablation", name])
+        assert code == 0, capsys.readouterr().err
+        assert checkpoints(target, name).best.is_file()
+        assert str(checkpoints(target, name).best) in capsys.readouterr().out
+    assert checkpoints(target).best.read_bytes() == main_best
+    assert set(cli.STAGE4_ABLATIONS) == set(ABLATIONS)
+
+    models = trained_models(target)
+    assert list(models) == ["stage4", "no_transformer", "text_only"]
+    no_layers, config = load_stage4_model(models["no_transformer"])
+    assert no_layers.encoder is None and config["model"]["use_transformer"] is False
+    assert load_stage4_model(models["text_only"])[1]["train"]["modalities"] == ["text"]
+    table = score_models(target, "test")
+    assert list(table.columns) == SUMMARY_COLUMNS and set(table.split) == {"test"}
+    assert set(table.baseline) == set(models)
+    assert table.groupby("baseline").task.nunique().to_dict() == {name: len(TASKS) for name in models}
+    # The main model scores here exactly as evaluate scores it with its own trainer's inputs.
+    own = evaluate(load_stage4_model(models["stage4"])[0], read_sets(target, "test"), learned[0].encoder)
+    mine = table[table.baseline == "stage4"].reset_index(drop=True)
+    assert mine.accuracy.tolist() == own.accuracy.tolist()
+
+
+def read_sets(run: Path, split: str) -> dict:
+    return {task: read_task_set(task_dir(run, split), task) for task in TASKS}
 
 
 # ---------------------------------------------------------------------------------------------------- NaN

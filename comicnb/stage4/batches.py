@@ -16,6 +16,8 @@ vision-only ablations. A caption (caption relevance) is the task's input, not a 
 - ``query`` (B, D): caption relevance's caption as a Stage 3 text-only query, zero elsewhere;
 - ``answer_panel`` (B, D): the text tasks' answer panel as every candidate shows it (text-free image, the slot's
   composition) without a text, zero elsewhere; candidates of a text task differ only in their text;
+- ``boxes`` (B, L, 4) float32: each context panel's box as fractions of its page ([x1, y1, x2, y2]); zero for the
+  masked place and padding;
 - ``order`` (B, L) long: reading order's target positions, -1 padding; ``direction`` (B,) long: 1 rtl, else 0.
 
 ``pages(indices)`` gives whole stored pages for the strip term, ``page_indices(split)`` the pages of a split.
@@ -96,11 +98,12 @@ class SampleEncoder:
         return batch
 
     def _contexts(self, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
-        """context, context_mask, slot and order."""
+        """context, context_mask, boxes, slot and order."""
         places = [_places(s) for s in samples]
         length = max([1, *(len(p) for p in places)])  # never 0 wide: caption relevance has no context
         context = np.zeros((len(samples), length, self.feature_dim), dtype=np.float32)
         mask = np.zeros((len(samples), length), dtype=bool)
+        boxes = np.zeros((len(samples), length, 4), dtype=np.float32)
         order = np.full((len(samples), length), -1, dtype=np.int64)
         for b, (sample, ids) in enumerate(zip(samples, places)):
             mask[b, : len(ids)] = True
@@ -108,12 +111,14 @@ class SampleEncoder:
             if real:
                 rows, slots = self.inputs.array_rows([ids[k] for k in real])
                 context[b, real] = self.vectors[rows, slots]
+                boxes[b, real] = [self.inputs.box(ids[k]) for k in real]
             if sample.order is not None:
                 order[b, : len(sample.order)] = sample.order
         slot = [s.slot if s.task == "panel_picking" and s.slot is not None else -1 for s in samples]
         return dict(
             context=torch.from_numpy(context),
             context_mask=torch.from_numpy(mask),
+            boxes=torch.from_numpy(boxes),
             slot=torch.tensor(slot, dtype=torch.long),
             order=torch.from_numpy(order),
         )

@@ -16,6 +16,7 @@ from comicnb.stage4.tasks import Candidate, TaskSample
 
 TEXT_FREE_SUFFIX = ".textfree"  # <page stem>.textfree.<ext>: the page's text-free twin (docs/corpus.md)
 ANSWER_COLOUR = "forestgreen"
+WRONG_COLOUR = "crimson"
 MAX_CONTEXT_SHOWN = 6
 
 
@@ -104,5 +105,43 @@ def draw_sample(sample: TaskSample, refs: dict[int, PanelRef], title: str | None
             colour,
         )
     fig.suptitle(title or f"{sample.task} ({sample.split}, {sample.difficulty})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def draw_orders(
+    sample: TaskSample, refs: dict[int, PanelRef], orders: dict[str, list[int]], title: str | None = None
+) -> plt.Figure:
+    """A reading-order sample's page drawn once per method, each panel's box numbered with the reading position the
+    method gives it (``orders``: name -> position of each context panel, ``TaskSample.order``'s convention): green
+    where the position is the true one, red where it is not. The first drawing is the truth."""
+    if sample.order is None or not sample.context:
+        raise ValueError(f"{sample.sample_id} is not a reading-order sample with panels")
+    shown = {"truth": list(sample.order), **{name: list(order) for name, order in orders.items()}}
+    page = refs[sample.context[0]].image_path
+    with Image.open(page) as image:
+        picture = np.asarray(image.convert("RGB"))
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 4.4), squeeze=False)
+    for ax, (name, order) in zip(axes[0], shown.items(), strict=True):
+        ax.imshow(picture)
+        right = sum(int(a == b) for a, b in zip(order, sample.order, strict=True))
+        for panel, position, true in zip(sample.context, order, sample.order, strict=True):
+            x1, y1, x2, y2 = refs[panel].box
+            colour = ANSWER_COLOUR if position == true else WRONG_COLOUR
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
+            ax.text(
+                (x1 + x2) / 2,
+                (y1 + y2) / 2,
+                str(position + 1),
+                color="white",
+                fontsize=14,
+                ha="center",
+                va="center",
+                bbox=dict(facecolor=colour, alpha=0.85, boxstyle="circle"),
+            )
+        ax.set_title(f"{name}: {right}/{len(order)} in place", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or f"{sample.sample_id} ({sample.direction or 'direction unlabelled'})", fontsize=9)
     fig.tight_layout()
     return fig

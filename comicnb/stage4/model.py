@@ -11,18 +11,25 @@ Every head scores from the transformer's output (architecture, "Stage 4 task pro
   mask token (the sample's ``slot``); the other tasks append a query slot after the context at the next reading
   position, which for the text tasks also carries the answer panel's text-free parts (``answer_panel``, no text);
   caption relevance enters its caption (a Stage 3 text-only vector) as a token before the query slot;
-- reading order enters the shuffled panels with no positional encoding (their boxes, through the composition
-  modality, are the input) and scores every ordered pair; ``decode_order`` turns the pair logits into a permutation;
+- every candidate logit also adds a learned multiple of the no-learning score, the cosine of the raw candidate to the
+  raw context's mean (or to the caption): a skip around the model (``input_prior``), so training starts from the
+  Stage 3 cosine baseline and the transformer's term is what it adds;
+- where the batch gives ``boxes`` (each context panel's page-fraction box), they enter every panel's token (its place
+  on the page, beside its reading position);
+- reading order enters the shuffled panels with no positional encoding (their boxes are the input) and scores every
+  ordered pair from the two panels' states and the pair's box geometry (``pair_box_features``); ``decode_order``
+  turns the pair logits into a permutation;
 - the strip embedding pools the contextual states with a learned query; every head reads it beside its slot state,
   so the multitask objective trains the pool, and ``strip_loss`` trains it as a page descriptor (two views of a
   page, random panels dropped, against the other pages' strips).
 
-``use_transformer=False`` is the ablation: the same embedding, pool and heads on the projected Stage 3 vectors with
-no encoder layer in between, so evaluation shows what the transformer's context buys.
+``use_transformer=False`` is the ablation: the same embedding, pool, heads and skip on the projected Stage 3 vectors
+with no encoder layer in between, so evaluation shows what the transformer's context buys.
 
 Batches are dicts of tensors (``comicnb.stage4.batches.SampleEncoder.collate`` makes them): ``context`` (B, L, D),
 ``context_mask`` (B, L), ``slot`` (B,), ``candidates`` (B, C, D), ``candidate_mask`` (B, C), ``answer`` (B,),
-``query`` (B, D), ``order`` (B, L), ``direction`` (B,), and optionally ``answer_panel`` (B, D).
+``query`` (B, D), ``order`` (B, L), ``direction`` (B,), and optionally ``answer_panel`` (B, D) and ``boxes``
+(B, L, 4).
 """
 
 from __future__ import annotations
@@ -44,6 +51,14 @@ CANDIDATE_TASKS = tuple(t for t in TASKS if t != READING_ORDER)
 SEED_SIZE = dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048)  # the seed's training defaults
 POSITION_BASE = 10000.0  # the sinusoid's longest wavelength, as in "Attention is all you need"
 INITIAL_SCALE = 10.0  # candidate logits are cosines times a learned scale, starting where a softmax is not flat
+# With the input prior, the learned term starts small, so the model starts where the prior is; the prior's weight
+# starts where the Stage 3 cosines' spread over a sample's candidates (about 0.02 to 0.08 on the embedded corpus)
+# gives logits of about one, and may turn negative where the cosine points away from the answer.
+PRIOR_LEARNED_SCALE = 1.0
+PRIOR_WEIGHT = 20.0
+MAX_SCALE = 100.0
+BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
+PAIR_FEATURES = 12  # per ordered pair of boxes: offsets of centres and edges, overlaps, direction (pair_box_features)
 
 
 @dataclass
@@ -57,6 +72,7 @@ class Stage4ModelConfig:
     dim_feedforward: int = 512
     dropout: float = 0.1
     use_transformer: bool = True  # False: the ablation with no encoder layers
+    input_prior: bool = True  # a candidate logit adds the learned-weight cosine of the raw inputs (see CandidateHead)
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -99,21 +115,33 @@ class AttentionPool(nn.Module):
 
 
 class CandidateHead(nn.Module):
-    """Scores candidates against one slot's contextual state and the strip: cosine times a learned scale.
+    """Scores candidates against one slot's contextual state and the strip: cosine times a learned scale, plus,
+    where a ``prior`` is given, that no-learning score times a second learned weight.
 
-    ``forward(query, candidates, strip=None, candidate_mask=None)``: query (B, d) slot states, candidates (B, C, d)
-    (or (B, d): one each, giving (B,)) projected candidates, strip (B, d); masked candidates get -inf.
+    ``forward(query, candidates, strip=None, candidate_mask=None, prior=None)``: query (B, d) slot states,
+    candidates (B, C, d) (or (B, d): one each, giving (B,)) projected candidates, strip (B, d), prior (B, C) the
+    cosine of each raw candidate to the raw context (``input_prior``); masked candidates get -inf.
+
+    The prior is a skip connection around the whole model: the model starts where the Stage 3 cosine baseline is,
+    and the transformer's term is what training adds to it (the ablations keep the same skip, so they measure the
+    transformer, not the skip).
     """
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, prior: bool = False) -> None:
         super().__init__()
         # The strip sits beside the slot state: the page as a whole says what kind of panel or text fits.
         self.query = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.key = nn.Linear(d_model, d_model)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(INITIAL_SCALE)))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(PRIOR_LEARNED_SCALE if prior else INITIAL_SCALE)))
+        self.prior_weight = nn.Parameter(torch.tensor(PRIOR_WEIGHT if prior else 0.0))
 
     def forward(
-        self, query: Tensor, candidates: Tensor, strip: Tensor | None = None, candidate_mask: Tensor | None = None
+        self,
+        query: Tensor,
+        candidates: Tensor,
+        strip: Tensor | None = None,
+        candidate_mask: Tensor | None = None,
+        prior: Tensor | None = None,
     ) -> Tensor:
         """(B, C) candidate logits."""
         single = candidates.dim() == 2
@@ -122,7 +150,10 @@ class CandidateHead(nn.Module):
         q = F.normalize(self.query(torch.cat([query, strip], dim=-1)), dim=-1)  # (B, d)
         k = F.normalize(self.key(candidates), dim=-1)  # (B, C, d)
         # Bounded like CLIP's logit scale: an unbounded scale lets a few easy samples blow the logits up.
-        logits = torch.einsum("bd,bcd->bc", q, k) * self.log_scale.clamp(max=math.log(100.0)).exp()
+        logits = torch.einsum("bd,bcd->bc", q, k) * self.log_scale.clamp(max=math.log(MAX_SCALE)).exp()
+        if prior is not None:
+            prior = prior[:, None] if single else prior
+            logits = logits + prior.to(logits.dtype) * self.prior_weight.clamp(-MAX_SCALE, MAX_SCALE)
         if candidate_mask is not None:
             logits = logits.masked_fill(~candidate_mask.bool(), -torch.inf)
         return logits[:, 0] if single else logits
@@ -131,22 +162,30 @@ class CandidateHead(nn.Module):
 class ReadingOrderHead(nn.Module):
     """Pairwise "i is read before j" logits from contextual states: (B, N, d) -> (B, N, N), antisymmetric.
 
-    ``forward(states, mask=None, strip=None)``; pairs with a padding panel, and the diagonal, are 0.
+    ``forward(states, mask=None, strip=None, pairs=None)``: ``pairs`` (B, N, N, PAIR_FEATURES) the geometry of
+    each ordered pair of boxes (``pair_box_features``), read beside the two states; pairs with a padding panel, and
+    the diagonal, are 0.
     """
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
-        # The first layer of an MLP on [h_i, h_j, strip] split in three, so pairs cost O(N^2 d), not O(N^2 d^2).
+        # The first layer of an MLP on [h_i, h_j, strip, geometry_ij] split in four, so pairs cost O(N^2 d), not
+        # O(N^2 d^2).
         self.first = nn.Linear(d_model, d_model)
         self.second = nn.Linear(d_model, d_model, bias=False)
         self.context = nn.Linear(d_model, d_model, bias=False)
+        self.geometry = nn.Linear(PAIR_FEATURES, d_model, bias=False)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(d_model, 1))
 
-    def forward(self, states: Tensor, mask: Tensor | None = None, strip: Tensor | None = None) -> Tensor:
+    def forward(
+        self, states: Tensor, mask: Tensor | None = None, strip: Tensor | None = None, pairs: Tensor | None = None
+    ) -> Tensor:
         """(B, N, N) pair logits; [b, i, j] > 0 says panel i comes before panel j."""
         mask = as_mask(mask, states)
         strip = states.new_zeros(states.shape[0], states.shape[-1]) if strip is None else strip
         hidden = self.first(states)[:, :, None] + self.second(states)[:, None] + self.context(strip)[:, None, None]
+        if pairs is not None:
+            hidden = hidden + self.geometry(pairs.to(hidden.dtype))
         scores = self.out(hidden).squeeze(-1)  # (B, N, N)
         # Antisymmetric by construction: (i, j) and (j, i) can never both claim to come first.
         logits = scores - scores.transpose(1, 2)
@@ -174,11 +213,13 @@ class Stage4SequenceModel(nn.Module):
         self.slot_tokens = nn.Embedding(len(TASKS), d)  # the mask token of panel picking, a query slot per task
         self.caption_type = nn.Parameter(torch.zeros(d))  # tells a caption token from a panel
         self.direction = nn.Embedding(2, d, padding_idx=0)  # 0 ltr or unlabelled adds nothing; 1 rtl
+        # A panel's place on the page, where the batch gives boxes; no bias, so a place with no box adds nothing.
+        self.box_embed = nn.Linear(BOX_FEATURES, d, bias=False)
         self.encoder = self._encoder(cfg) if cfg.use_transformer else None
         self.norm = nn.LayerNorm(d)  # the pre-norm encoder's outputs are not normalised
         self.strip_pool = AttentionPool(d, cfg.nhead)
         for task in CANDIDATE_TASKS:
-            setattr(self, f"{task}_head", CandidateHead(d))
+            setattr(self, f"{task}_head", CandidateHead(d, prior=cfg.input_prior))
         self.reading_order_head = ReadingOrderHead(d)
 
     @staticmethod
@@ -211,13 +252,20 @@ class Stage4SequenceModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ encoding
 
     def encode(
-        self, tokens: Tensor, mask: Tensor, positions: Tensor | None = None, direction: Tensor | None = None
+        self,
+        tokens: Tensor,
+        mask: Tensor,
+        positions: Tensor | None = None,
+        direction: Tensor | None = None,
+        boxes: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(states (B, T, d), strip (B, d)) of embedded tokens (B, T, d); padding states are zero.
 
         ``positions`` (B, T) reading positions (None: no positional encoding), ``direction`` (B,) 0 ltr/unknown,
-        1 rtl."""
+        1 rtl, ``boxes`` (B, T, 4) page-fraction boxes (zero where a token has none)."""
         x = tokens
+        if boxes is not None:
+            x = x + self.box_embed(boxes.to(x.device, x.dtype))
         if positions is not None:
             x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
         if direction is not None:
@@ -227,12 +275,14 @@ class Stage4SequenceModel(nn.Module):
         states = self.norm(x) * mask[..., None]  # (B, T, d)
         return states, self.strip_pool(states, mask)
 
-    def forward(self, panel_embeddings: Tensor, panel_mask: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, panel_embeddings: Tensor, panel_mask: Tensor | None = None, panel_boxes: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """A page's panels (B, N, input_dim) in reading order -> ``contextualized_panels`` (B, N, d_model),
-        ``strip_embedding`` (B, d_model) and the bool ``panel_mask`` (B, N)."""
+        ``strip_embedding`` (B, d_model) and the bool ``panel_mask`` (B, N); ``panel_boxes`` (B, N, 4) optional."""
         mask = as_mask(panel_mask, panel_embeddings)
         positions = torch.arange(panel_embeddings.shape[1], device=panel_embeddings.device).expand(mask.shape)
-        states, strip = self.encode(self.embed(panel_embeddings), mask, positions)
+        states, strip = self.encode(self.embed(panel_embeddings), mask, positions, boxes=panel_boxes)
         return {"contextualized_panels": states, "strip_embedding": strip, "panel_mask": mask}
 
     def encode_strip(self, panel_embeddings: Tensor, panel_mask: Tensor | None = None) -> Tensor:
@@ -250,9 +300,11 @@ class Stage4SequenceModel(nn.Module):
             raise ValueError(f"unknown task {task!r}: one of {', '.join(TASKS)}")
         states, strip, index = self._candidate_states(task, batch)
         query = states[torch.arange(len(index), device=index.device), index]  # (B, d)
-        candidates = self.embed(batch["candidates"].to(query.device))  # (B, C, d)
+        raw = batch["candidates"].to(query.device)
+        candidates = self.embed(raw)  # (B, C, d)
         head: CandidateHead = getattr(self, f"{task}_head")
-        return head(query, candidates, strip, batch["candidate_mask"].to(query.device))
+        prior = input_prior(batch, raw) if self.cfg.input_prior else None
+        return head(query, candidates, strip, batch["candidate_mask"].to(query.device), prior)
 
     def _candidate_states(self, task: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """States of ``[context, caption, query slot]``, the strip, and (B,) the index of the scored slot: the
@@ -282,6 +334,9 @@ class Stage4SequenceModel(nn.Module):
 
         count = mask.sum(dim=1)  # (B,) context panels, the masked place included
         sequence = torch.cat([tokens, caption[:, None], appended[:, None]], dim=1)  # (B, L + 2, d)
+        boxes = batch.get("boxes")
+        if boxes is not None:  # the caption and the query slot have no box of their own
+            boxes = torch.cat([boxes.to(device), boxes.new_zeros(batch_size, 2, BOX_FEATURES).to(device)], dim=1)
         valid = torch.cat([mask, has_caption[:, None], ~in_place[:, None]], dim=1)
         positions = torch.cat(
             [
@@ -291,7 +346,7 @@ class Stage4SequenceModel(nn.Module):
             ],
             dim=1,
         )
-        states, strip = self.encode(sequence, valid, positions, batch.get("direction"))
+        states, strip = self.encode(sequence, valid, positions, batch.get("direction"), boxes)
         index = torch.where(in_place, slot, torch.full_like(slot, length + 1))
         return states, strip, index
 
@@ -299,8 +354,10 @@ class Stage4SequenceModel(nn.Module):
         """(B, L, L) pair logits of the shuffled panels, entered without positions (their list place is noise)."""
         device = self.slot_tokens.weight.device
         mask = batch["context_mask"].to(device).bool()
-        states, strip = self.encode(self.embed(batch["context"].to(device)), mask, None, batch.get("direction"))
-        return self.reading_order_head(states, mask, strip)
+        direction, boxes = batch.get("direction"), batch.get("boxes")
+        states, strip = self.encode(self.embed(batch["context"].to(device)), mask, None, direction, boxes)
+        pairs = None if boxes is None else pair_box_features(boxes.to(device), direction)
+        return self.reading_order_head(states, mask, strip, pairs)
 
     def task_loss(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
         """Scalar loss of one task's batch: cross-entropy over the candidates (samples with answer -1 left out);
@@ -378,6 +435,47 @@ class Stage4SequenceModel(nn.Module):
         logits = views[0] @ views[1].T / temperature  # (B, B)
         targets = torch.arange(len(logits), device=logits.device)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def input_prior(batch: Mapping[str, Tensor], candidates: Tensor) -> Tensor:
+    """(B, C) the no-learning score of each raw candidate: its cosine to the sample's caption where it has one, else
+    to the mean of its context panels (the masked place, a zero row, left out); 0 with neither. The same score as
+    the ``stage3_cosine`` baseline, so the model starts from it."""
+    device = candidates.device
+    context = batch["context"].to(device)
+    present = batch["context_mask"].to(device).bool() & (context.abs().sum(dim=-1) > 0)  # (B, L)
+    mean = (context * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True).clamp(min=1)
+    query = batch.get("query")
+    if query is not None:
+        query = query.to(device)
+        mean = torch.where(query.abs().sum(dim=-1, keepdim=True) > 0, query, mean)
+    return torch.einsum("bd,bcd->bc", F.normalize(mean, dim=-1), F.normalize(candidates, dim=-1))
+
+
+def pair_box_features(boxes: Tensor, direction: Tensor | None = None) -> Tensor:
+    """(B, N, N, PAIR_FEATURES) geometry of every ordered pair (i, j) of (B, N, 4) page-fraction boxes: differences
+    of centres and of edges, overlap along each axis over the smaller extent, the reading direction (+1 rtl, -1
+    otherwise) and the horizontal differences signed by it (the features of the geometry baseline's pair model)."""
+    b = boxes.float()
+    centre = (b[..., :2] + b[..., 2:]) / 2
+
+    def diff(values: Tensor) -> Tensor:
+        return values[:, :, None] - values[:, None, :]
+
+    def overlap(low: Tensor, high: Tensor) -> Tensor:
+        shared = torch.minimum(high[:, :, None], high[:, None, :]) - torch.maximum(low[:, :, None], low[:, None, :])
+        extent = high - low
+        smaller = torch.minimum(extent[:, :, None], extent[:, None, :]).clamp(min=1e-6)
+        return shared.clamp(min=0) / smaller
+
+    dx, dx1, dx2 = diff(centre[..., 0]), diff(b[..., 0]), diff(b[..., 2])
+    sign = torch.full(b.shape[:1], -1.0, device=b.device)
+    if direction is not None:
+        sign = torch.where(direction.to(b.device) == 1, 1.0, -1.0)
+    sign = sign[:, None, None].expand_as(dx)
+    stacked = [dx, diff(centre[..., 1]), dx1, diff(b[..., 1]), dx2, diff(b[..., 3])]
+    stacked += [overlap(b[..., 0], b[..., 2]), overlap(b[..., 1], b[..., 3]), sign, sign * dx, sign * dx1, sign * dx2]
+    return torch.stack(stacked, dim=-1)
 
 
 def drop_panels(mask: Tensor, rate: float = 0.25) -> Tensor:

@@ -45,6 +45,7 @@ from comicnb.seed import isolated_rng, set_seed
 from comicnb.stage4.baselines import ALL, BaselineResult, order_agreement, summarize
 from comicnb.stage4.batches import SampleEncoder
 from comicnb.stage4.config import (
+    ABLATIONS,
     RESUMABLE_CHANGES,
     Stage4TrainConfig,
     config_dicts,
@@ -64,9 +65,21 @@ PROVENANCE_KEYS = ("store_checkpoint_sha256", "store_metadata_sha256", "truth_sh
 TASKS_COMMAND = "`python -m comicnb tasks --run-dir {run}`"
 
 
-def checkpoints(run_dir: str | Path) -> StageCheckpoints:
-    """The Stage 4 checkpoint files of a run: ``<run_dir>/stage4/checkpoint.pt`` and ``best_model.pt``."""
-    return StageCheckpoints(Path(run_dir), STAGE)
+def checkpoints(run_dir: str | Path, ablation: str | None = None) -> StageCheckpoints:
+    """The Stage 4 checkpoint files of a run: ``<run_dir>/stage4/checkpoint.pt`` and ``best_model.pt``; an
+    ablation's (``config.ABLATIONS``) under ``<run_dir>/stage4/ablations/<name>/``."""
+    if ablation is None:
+        return StageCheckpoints(Path(run_dir), STAGE)
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
+    return StageCheckpoints(Path(run_dir), f"{STAGE}/ablations/{ablation}")
+
+
+def ablation_settings(settings: Mapping[str, Any], ablation: str | None) -> dict[str, Any]:
+    """The settings of an ablation: the main model's with the ablation's changes (the settings as given for None)."""
+    if ablation is not None and ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
+    return {**settings, **(ABLATIONS[ablation] if ablation else {})}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -367,6 +380,19 @@ def evaluate(
     """The model's accuracy on each task set, per task, split and difficulty (and ``all`` where a set has several),
     with Wilson ``level`` intervals: the baselines' table (``baselines.SUMMARY_COLUMNS``), baseline ``stage4``, so
     the two concatenate. Reading order: exact page order as accuracy, plus pairwise accuracy and Kendall tau."""
+    return summarize(predict_sets(model, task_sets, encoder, batch_size), level)
+
+
+@torch.no_grad()
+def predict_sets(
+    model: Stage4SequenceModel,
+    task_sets: Mapping[Any, TaskSet] | Sequence[TaskSet],
+    encoder: SampleEncoder,
+    batch_size: int = 64,
+    name: str = "stage4",
+) -> list[BaselineResult]:
+    """The model's per-sample predictions and correctness on each (non-empty) task set, as baseline results named
+    ``name``."""
     sets = list(task_sets.values()) if isinstance(task_sets, Mapping) else list(task_sets)
     mode = model.training
     model.eval()
@@ -381,9 +407,9 @@ def evaluate(
             batch = encoder.collate(task_set, chunk)
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             predictions.extend(model.predict(task_set.task, batch))
-        results.append(model_result(task_set, predictions))
+        results.append(model_result(task_set, predictions, name))
     model.train(mode)
-    return summarize(results, level)
+    return results
 
 
 def model_result(task_set: TaskSet, predictions: Sequence[Any], name: str = "stage4") -> BaselineResult:
@@ -519,17 +545,19 @@ def train_stage4(
     resume: bool = False,
     overwrite: bool = False,
     store: str | Path | None = None,
+    ablation: str | None = None,
 ) -> Stage4Trainer:
     """Train Stage 4 on ``run_dir``'s embedding store into ``run_dir/stage4/`` (``checkpoint.pt`` written every
-    epoch, ``best_model.pt`` at the best mean validation accuracy).
+    epoch, ``best_model.pt`` at the best mean validation accuracy); with ``ablation`` (a name of
+    ``config.ABLATIONS``), that ablation of the same settings into ``run_dir/stage4/ablations/<name>/``.
 
     A run folder that already holds Stage 4 checkpoints is a CheckpointExistsError unless ``resume`` (continue from
     the last checkpoint) or ``overwrite`` (remove both first, then train anew) says what to do with them; the check
     comes before anything is loaded. The validation sets must exist (TaskSetsMissingError names the command).
     """
-    files = checkpoints(run_dir)
+    files = checkpoints(run_dir, ablation)
     resuming = files.prepare(resume=resume, overwrite=overwrite)
-    trainer = build_stage4_trainer(run_dir, settings, store)
+    trainer = build_stage4_trainer(run_dir, ablation_settings(settings, ablation), store)
     if resuming:
         trainer.resume(files.last)
     trainer.train(files=files)
