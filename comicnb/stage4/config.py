@@ -81,7 +81,7 @@ RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_batch_size"})
 DERIVED = frozenset({"input_dim"})  # the model's input width is the store's feature_dim
 # Notebook 04's own parameters: where the run and store are and how its fixed task sets were built. A params file
 # of the notebook holds them beside the training settings; they are not training settings.
-NOTEBOOK_KEYS = frozenset({"run_dir", "store", "max_samples", "rebuild_tasks", "ablations"})
+NOTEBOOK_KEYS = frozenset({"run_dir", "store", "max_samples", "rebuild_tasks", "ablations", "resume", "overwrite"})
 # The ablations, each the main model's settings with these changed, trained the same way into
 # <run>/stage4/ablations/<name>/: what the transformer buys (the same heads on the projected Stage 3 vectors) and what
 # each content modality buys (a panel enters with its text only, or its image only; its box, the panel's place on the
