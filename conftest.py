@@ -72,12 +72,31 @@ def store_run() -> Path:
     return run
 
 
+@functools.cache
+def stage4_run() -> Path:
+    """store_run plus its fixed task sets and the Stage 4 model and ablations trained with notebook 04's own
+    defaults (what notebook 05 reads)."""
+    from comicnb.stage4.config import settings_from
+    from comicnb.stage4.samplers import build_task_sets
+    from comicnb.stage4.trainer import train_stage4
+
+    run = scratch() / "run04"
+    shutil.copytree(store_run(), run)
+    defaults = notebook_defaults("04_stage4_training.ipynb")
+    build_task_sets(run, seed=defaults["seed"])
+    settings = settings_from(defaults)
+    train_stage4(run, settings)
+    for name in defaults["ablations"]:
+        train_stage4(run, settings, ablation=name)
+    return run
+
+
 def notebook_inputs(name: str) -> dict[str, str]:
     """The parameters that point notebook ``name`` at inputs made for it, in a fresh run folder of its own."""
     run = scratch() / f"nb-{name[:2]}"
     if name.startswith("01_"):
         return dict(run_dir=str(run), data_root=str(scratch() / "corpus01"), synthesize="always")
-    source = {"02_": pages_run, "03_": checkpoint_run, "04_": store_run}.get(name[:3])
+    source = {"02_": pages_run, "03_": checkpoint_run, "04_": store_run, "05_": stage4_run}.get(name[:3])
     if source is None:
         return {}
     shutil.copytree(source(), run, dirs_exist_ok=True)

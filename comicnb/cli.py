@@ -1,5 +1,5 @@
 """The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage, ``embed`` panels,
-build Stage 4 ``tasks``."""
+build Stage 4 ``tasks``, fit and score on ``comics`` folds."""
 
 from __future__ import annotations
 
@@ -269,6 +269,59 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comics(args: argparse.Namespace) -> int:
+    """Train and score on COMICS cloze CSVs (comicnb.comics)."""
+    from comicnb.comics.cli import main as comics_main
+
+    return comics_main(args)
+
+
+def _export_stage4(args: argparse.Namespace) -> int:
+    """Export (or resume exporting) a run's pages through its Stage 4 model: stage4_embeddings.zarr for Stage 5."""
+    from comicnb.stage4.export import export_stage4
+    from comicnb.store import StoreMismatchError
+
+    try:
+        summary = export_stage4(
+            args.run_dir,
+            args.checkpoint,
+            args.out,
+            store=args.store,
+            pages_per_chunk=args.pages_per_chunk,
+            overwrite=args.overwrite,
+            overwrite_hint="--overwrite",
+        )
+    except (StoreMismatchError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"comicnb export-stage4: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"[comicnb] export-stage4: {summary['computed_chunks']} chunks exported, {summary['skipped_chunks']} already "
+        f"done; {summary['pages']} pages ({summary['panels']} panels, d_model {summary['d_model']}) in "
+        f"{summary['seconds']:.1f} s -> {summary['export']}"
+    )
+    return 0
+
+
+def _search_strips(args: argparse.Namespace) -> int:
+    """Print the pages whose Stage 4 strip embeddings are nearest a page's ("pages like this one")."""
+    from comicnb.stage4.export import EXPORT_NAME, search_strips
+    from comicnb.store import load_metadata
+
+    export = Path(args.export) if args.export else Path(args.run_dir) / EXPORT_NAME
+    try:
+        table = search_strips(export, args.page, args.k)
+    except ValueError as exc:
+        print(f"comicnb search-strips: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"comicnb search-strips: {exc}", file=sys.stderr)
+        return 1
+    page = load_metadata(export).iloc[args.page]
+    print(f"[comicnb] pages like page {args.page} ({page.book_id} / {page.page_name}), by strip cosine:")
+    print(table.to_string(index=False))
+    return 0
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has a meaningful one (not for flags, nor options whose help says it)."""
 
@@ -388,7 +441,62 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--max-samples", type=int, default=0, help="cap on the samples per task and split (0: all)")
     tasks.add_argument("--overwrite", action="store_true", help="rebuild sets built from another store, seed or cap")
     tasks.set_defaults(func=_tasks)
+
+    from comicnb.comics.cli import add_arguments as add_comics_arguments
+
+    comics = commands.add_parser(
+        "comics",
+        help="train and score Stage 4's text-cloze and character-coherence heads on COMICS cloze CSVs",
+        description="COMICS (Iyyer et al. 2017) cloze folds as text-only panels: fit, eval on books the model never "
+        "saw, the zero-shot baseline, book folds shared by every COMICS file (docs/comics.md).",
+        formatter_class=HelpFormatter,
+    )
+    add_comics_arguments(comics, HelpFormatter)
+    comics.set_defaults(func=_comics)
+    add_export_parsers(commands)
     return parser
+
+
+def add_export_parsers(commands: argparse._SubParsersAction) -> None:
+    """``comicnb export-stage4`` (the Stage 5 export) and ``comicnb search-strips`` (pages like a page, from it)."""
+    export = commands.add_parser(
+        "export-stage4",
+        help="export every page through the Stage 4 model into stage4_embeddings.zarr (resumable)",
+        description="Run every page of a run's embedding store through its Stage 4 checkpoint into "
+        "RUN_DIR/stage4_embeddings.zarr: contextualized_panels, strip_embeddings, panel_masks, the store's "
+        "metadata.json and provenance. Run again to resume; an export of another checkpoint or store is refused "
+        "without --overwrite.",
+        formatter_class=HelpFormatter,
+    )
+    export.add_argument("--run-dir", required=True, help="run folder with the embedding store and Stage 4 checkpoint")
+    export.add_argument(
+        "--checkpoint",
+        default=None,
+        help="Stage 4 checkpoint, e.g. an ablation's (default: RUN_DIR/stage4/best_model.pt, else checkpoint.pt)",
+    )
+    export.add_argument("--store", default=None, help="embedding store (default: RUN_DIR/panel_embeddings.zarr)")
+    export.add_argument("--out", default=None, help="export path (default: RUN_DIR/stage4_embeddings.zarr)")
+    export.add_argument(
+        "--pages-per-chunk",
+        type=int,
+        default=None,
+        help="pages per forward batch and zarr chunk (default: the existing export's, else 16)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an export made from something else")
+    export.set_defaults(func=_export_stage4)
+
+    search = commands.add_parser(
+        "search-strips",
+        help="pages like a given page, by cosine of their Stage 4 strip embeddings",
+        description="The pages whose strip embeddings (in RUN_DIR/stage4_embeddings.zarr) are nearest a page's, "
+        "the page itself left out: rank, page index, book, page name, score, image path.",
+        formatter_class=HelpFormatter,
+    )
+    search.add_argument("--run-dir", required=True, help="run folder with stage4_embeddings.zarr")
+    search.add_argument("--page", type=int, required=True, help="the query page's index in the store (page_index)")
+    search.add_argument("-k", type=int, default=5, help="how many pages to list")
+    search.add_argument("--export", default=None, help="export path (default: RUN_DIR/stage4_embeddings.zarr)")
+    search.set_defaults(func=_search_strips)
 
 
 def add_stage4_parser(stages: argparse._SubParsersAction) -> None:

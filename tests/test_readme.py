@@ -116,3 +116,12 @@ def test_the_stage4_commands_in_the_readme_parse():
     for command in commands:
         build_parser().parse_args(shlex.split(command.replace("<run>", "r").replace("[--resume]", "--resume")))
     assert (ROOT / "params" / "demo" / "04_stage4_training.yaml").is_file()  # the file the README names
+
+
+def test_the_evaluation_commands_in_the_readme_parse():
+    section = "Evaluation, real comic text and the Stage 5 export"
+    script = block_with(section, "bash", "comics fit") + "\n" + block_with(section, "bash", "export-stage4")
+    commands = [line.split("#")[0].split("python -m comicnb ", 1)[1] for line in script.splitlines() if line.strip()]
+    assert [c.split()[0] for c in commands] == ["comics", "comics", "export-stage4", "search-strips"]
+    for command in commands:
+        build_parser().parse_args(shlex.split(command.replace("<run>", "r")))
