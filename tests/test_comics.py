@@ -21,10 +21,10 @@ from comicnb.comics.reader import (
     TEXT_CLOZE,
     WRONG_FIELDS,
     ComicsFormatError,
-    file_sha256,
     read_comics,
 )
 from comicnb.comics.scorer import MANIFEST, MODEL_FILE, expected_hits, select_training
+from comicnb.store.schema import file_sha256
 
 FOLDS = Path(__file__).parents[1] / ".." / "shared" / "data" / "comics-folds"
 REAL = {TEXT_CLOZE: "text_cloze_dev_easy.csv", CHAR_COHERENCE: "char_coherence_dev.csv"}

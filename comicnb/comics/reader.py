@@ -17,12 +17,13 @@ Fields are parsed with the ``csv`` module: quoted fields hold commas and, in pri
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from comicnb.store.schema import file_sha256
 
 TEXT_CLOZE = "text_cloze"
 CHAR_COHERENCE = "char_coherence"
@@ -135,15 +136,6 @@ class ComicsTable:
 def book_sort_key(book_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then any others."""
     return (0, int(book_id)) if book_id.isdigit() else (1, book_id)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

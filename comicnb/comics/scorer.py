@@ -27,8 +27,9 @@ from torch import Tensor
 
 from comicnb.comics.embed import TextVectors, sample_vectors
 from comicnb.comics.folds import DEFAULT_FOLDS, book_fold, unit_hash, validation_books
-from comicnb.comics.reader import CHAR_COHERENCE, TEXT_CLOZE, ComicsSample, ComicsTable, book_sort_key, file_sha256
+from comicnb.comics.reader import CHAR_COHERENCE, TEXT_CLOZE, ComicsSample, ComicsTable, book_sort_key
 from comicnb.comics.settings import FitSettings
+from comicnb.store.schema import file_sha256
 
 STAGE4_TASK = {TEXT_CLOZE: "text_cloze", CHAR_COHERENCE: "character_coherence"}
 MODEL_FILE = "model.pt"
