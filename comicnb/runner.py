@@ -6,7 +6,8 @@ that names the notebook and the cell (``In [n]``, as the rendered report shows i
 
 An existing run folder is continued from a named notebook (``start="02"``, the command line's ``--from 02``):
 the artefacts of the notebooks before it are kept and read, the named notebook and every later one run again and
-replace theirs (each notebook that declares an ``overwrite`` parameter gets ``overwrite=True``). ``summary.json``
+replace theirs (each notebook that declares an ``overwrite`` parameter gets ``overwrite=True``, unless its parameters
+say ``resume: true``: then it continues, or reuses, what it trained before). ``summary.json``
 keeps the run folder's history: every invocation, with its notebooks, their parameters, status and seconds.
 """
 
@@ -326,7 +327,7 @@ def run(
     resolved = {}
     for nb in notebooks:
         resolved[nb.stem] = {**all_params[nb.stem], "run_dir": rel_run_dir}
-        if replacing and declares(nb, "overwrite"):
+        if replacing and declares(nb, "overwrite") and not resolved[nb.stem].get("resume"):
             resolved[nb.stem]["overwrite"] = True  # continuing: the notebook replaces what it wrote before
     selection = f"from {start}" if start else (f"only {' '.join(only)}" if only else "all")
     summary = RunSummary(

@@ -35,7 +35,7 @@ def project(tmp_path: Path) -> Path:
     )
     notebook(
         tmp_path / "notebooks" / "02_second.ipynb",
-        'run_dir: str = ""\noverwrite: bool = False\nm: int = 0',
+        'run_dir: str = ""\noverwrite: bool = False\nresume: bool = False\nm: int = 0',
         "from pathlib import Path\nassert Path(run_dir, 'first.txt').read_text() == '14'\n"
         "Path(run_dir, 'second.txt').write_text(f'{m} {overwrite}')\n"
         "with open(Path(run_dir, 'ran.txt'), 'a') as f: f.write('02 ')",
@@ -114,6 +114,10 @@ def test_from_continues_an_existing_run_keeping_upstream_and_replacing_downstrea
     # the current state: 01 from the first invocation, 02 from the second
     assert [n["params"].get("m") for n in on_disk["notebooks"]] == [None, 5]
     assert yaml.safe_load((run_dir / "params.yaml").read_text())["02_second"]["m"] == 5
+    # A notebook whose parameters say resume keeps (continues) what it wrote: it is not told to overwrite.
+    (project / "params" / "p" / "02_second.yaml").write_text("m: 6\nresume: true\n")
+    run("p", "r5", root=project, start="02")
+    assert (run_dir / "second.txt").read_text() == "6 False"
 
 
 def test_from_on_the_command_line(project, monkeypatch, capsys):
