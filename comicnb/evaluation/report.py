@@ -20,6 +20,8 @@ import pandas as pd
 
 from comicnb.evaluation.metrics import bootstrap_interval, total_accuracy
 from comicnb.stage4.baselines import BaselineResult
+from comicnb.stage4.config import ABLATIONS
+from comicnb.stage4.scoring import MAIN
 from comicnb.stage4.tasks import TASKS, TaskSet
 
 ALL = "all"
@@ -49,7 +51,7 @@ TASK_COLUMNS = [
     "pairwise",
     "kendall_tau",
 ]
-MODEL_NAMES = ("stage4", "no_transformer", "text_only", "vision_only")  # scoring.MAIN and config.ABLATIONS
+MODEL_NAMES = (MAIN, *ABLATIONS)  # the main model, then its ablations
 NOT_BASELINES = frozenset(MODEL_NAMES)
 
 
