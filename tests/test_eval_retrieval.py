@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_runs import tiny_store_run
 
-from comicnb import checkpoint
-from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.evaluation.retrieval import (
     KINDS,
     MEAN,
@@ -32,11 +31,8 @@ from comicnb.evaluation.retrieval import (
     split_panels,
     strip_neighbours,
 )
-from comicnb.stage3 import checkpoints
 from comicnb.stage3.batches import PanelPageDataset
-from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4.baselines import BaselineInputs, load_baseline_inputs
-from comicnb.store import EmbedConfig, generate
 
 DIM = 32  # the tiny Stage 3 model's feature_dim
 
@@ -192,14 +188,7 @@ def test_strip_neighbours_of_one_page_under_both_methods():
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> BaselineInputs:
     """4 books of 4 pages (one book held out for test), a store made by a tiny untrained model, loaded."""
     root = tmp_path_factory.mktemp("eval-retrieval")
-    synth.generate(root / "data", books=4, pages=4, seed=3, page_size=(320, 480))
-    save_corpus(load_corpus(root / "data", split=(0.5, 0.25, 0.25), seed=0), root / "run")
-    torch.manual_seed(0)
-    model = PanelFeatureExtractor(feature_dim=DIM, tiny=True)
-    state = {"model_state_dict": model.state_dict(), "config": {"model": model.config, "train": {"seed": 0}}}
-    checkpoint.save_checkpoint(state, checkpoints(root / "run").last)
-    assert generate(root / "run", cfg=EmbedConfig(pages_per_chunk=8))["complete"]
-    return load_baseline_inputs(root / "run")
+    return load_baseline_inputs(tiny_store_run(root, DIM))
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from tiny_runs import tiny_store_run
 
 from comicnb import checkpoint, cli
-from comicnb.corpus import load_corpus, save_corpus, synth
-from comicnb.stage3 import checkpoints as stage3_checkpoints
 from comicnb.stage3.fusion import MODALITIES
-from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4 import export as stage4_export
 from comicnb.stage4.batches import SampleEncoder
 from comicnb.stage4.export import (
@@ -29,7 +27,7 @@ from comicnb.stage4.export import (
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.scoring import load_stage4_model
 from comicnb.stage4.trainer import checkpoints
-from comicnb.store import EmbedConfig, StoreMismatchError, generate
+from comicnb.store import StoreMismatchError
 from comicnb.store.schema import (
     DONE,
     EMBEDDINGS,
@@ -61,16 +59,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 books of 4 pages, a store made by a tiny untrained Stage 3 model, a Stage 4 best checkpoint, and another
     Stage 4 checkpoint (other weights) beside the run."""
     root = tmp_path_factory.mktemp("stage4-export")
-    synth.generate(root / "data", books=4, pages=4, seed=3, page_size=(320, 480))
-    save_corpus(load_corpus(root / "data", split=(0.5, 0.25, 0.25), seed=0), root / "run")
-    torch.manual_seed(0)
-    model = PanelFeatureExtractor(feature_dim=DIM, tiny=True)
-    state = {"model_state_dict": model.state_dict(), "config": {"model": model.config, "train": {"seed": 0}}}
-    checkpoint.save_checkpoint(state, stage3_checkpoints(root / "run").last)
-    assert generate(root / "run", cfg=EmbedConfig(pages_per_chunk=8))["complete"]
-    save_stage4(checkpoints(root / "run").best, seed=0)
+    run = tiny_store_run(root, DIM)
+    save_stage4(checkpoints(run).best, seed=0)
     save_stage4(root / "other.pt", seed=1)
-    return root / "run"
+    return run
 
 
 @pytest.fixture(scope="module")

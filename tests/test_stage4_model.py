@@ -10,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import tiny_store_run
 
-from comicnb import checkpoint
-from comicnb.corpus import load_corpus, save_corpus, synth
-from comicnb.stage3 import checkpoints
-from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4.baselines import pair_geometry, refuse, stage3_cosine_baseline
 from comicnb.stage4.batches import SampleEncoder
 from comicnb.stage4.model import (
@@ -26,7 +23,6 @@ from comicnb.stage4.model import (
 )
 from comicnb.stage4.samplers import load_context, make_task_set, task_rng
 from comicnb.stage4.tasks import TASKS, TEXT_TASKS, Candidate, TaskSample, TaskSet
-from comicnb.store import EmbedConfig, generate
 
 DIM = 32  # the tiny Stage 3 model's feature_dim
 SMALL = dict(input_dim=DIM, d_model=32, nhead=4, num_layers=2, dim_feedforward=64)
@@ -37,14 +33,7 @@ BATCH = 8
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated corpus of 4 books of 4 pages (two for training) and a store made by a tiny untrained model."""
     root = tmp_path_factory.mktemp("stage4-model")
-    synth.generate(root / "data", books=4, pages=4, seed=3, page_size=(320, 480))
-    save_corpus(load_corpus(root / "data", split=(0.5, 0.25, 0.25), seed=0), root / "run")
-    torch.manual_seed(0)
-    model = PanelFeatureExtractor(feature_dim=DIM, tiny=True)
-    state = {"model_state_dict": model.state_dict(), "config": {"model": model.config, "train": {"seed": 0}}}
-    checkpoint.save_checkpoint(state, checkpoints(root / "run").last)
-    assert generate(root / "run", cfg=EmbedConfig(pages_per_chunk=8))["complete"]
-    return root / "run"
+    return tiny_store_run(root, DIM)
 
 
 @pytest.fixture(scope="module")
