@@ -14,12 +14,10 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from resume_checks import ENV, differences, kill_mid_epoch, without_seconds
 
 from comicnb import checkpoint, cli
 from comicnb.checkpoint import CheckpointExistsError, rng_state
@@ -49,7 +48,6 @@ from comicnb.stage4.trainer import (
 )
 from comicnb.store import STORE_NAME, EmbedConfig, generate
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 SMALL_MODEL = dict(d_model=32, nhead=2, num_layers=1, dim_feedforward=64)
 # The short run: every training sample each epoch, larger steps; reading order has one sample per training page (40),
 # so its weight is raised to give it a share of the few steps.
@@ -255,34 +253,6 @@ def train_command(params: Path, run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "comicnb", "train", "stage4", "--params", str(params), "--run-dir", str(run), *extra]
 
 
-def kill_mid_epoch(process: subprocess.Popen, last: Path, steps_per_epoch: int, timeout: float = 300.0) -> dict:
-    """SIGKILL ``process`` once the last checkpoint on disk lies inside an epoch after the first; that checkpoint.
-
-    Every new checkpoint file (replaced atomically) is read while the process is stopped (SIGSTOP), so the file
-    read is the one the killed process leaves behind."""
-    seen, deadline = None, time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            stat = last.stat()
-        except FileNotFoundError:
-            stat = None
-        if stat is None or (stat.st_ino, stat.st_mtime_ns) == seen:
-            time.sleep(0.005)
-            continue
-        os.kill(process.pid, signal.SIGSTOP)
-        stat = last.stat()
-        seen = (stat.st_ino, stat.st_mtime_ns)
-        state = torch.load(last, weights_only=True)
-        if state["step"] > steps_per_epoch and state["step"] % steps_per_epoch:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            assert torch.load(last, weights_only=True)["step"] == state["step"]
-            return state
-        os.kill(process.pid, signal.SIGCONT)
-    process.kill()
-    pytest.fail(f"the training process ended (exit {process.wait()}) before a checkpoint inside its second epoch")
-
-
 @pytest.fixture(scope="module")
 def killed(run: Path, uninterrupted: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """(params file, run folder, last checkpoint) of a real training process killed in its second epoch."""
@@ -296,27 +266,6 @@ def killed(run: Path, uninterrupted: Path, tmp_path_factory: pytest.TempPathFact
         state = kill_mid_epoch(process, checkpoints(target).last, steps_per_epoch)
     assert process.returncode == -signal.SIGKILL
     return params, target, state
-
-
-def differences(expected: Any, got: Any, where: str = "") -> list[str]:
-    """Where two nested checkpoint values differ: tensors by dtype and torch.equal, the rest by ==."""
-    if isinstance(expected, torch.Tensor) or isinstance(got, torch.Tensor):
-        same = isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor)
-        return [] if same and expected.dtype == got.dtype and torch.equal(expected, got) else [where]
-    if isinstance(expected, Mapping) and isinstance(got, Mapping):
-        if set(expected) != set(got):
-            return [f"{where} keys {sorted(map(str, set(expected) ^ set(got)))}"]
-        return [d for key in expected for d in differences(expected[key], got[key], f"{where}.{key}")]
-    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)):
-        if len(expected) != len(got):
-            return [f"{where} length {len(expected)} != {len(got)}"]
-        return [d for i, (e, g) in enumerate(zip(expected, got)) for d in differences(e, g, f"{where}[{i}]")]
-    return [] if expected == got else [f"{where}: {expected!r} != {got!r}"]
-
-
-def without_seconds(epochs: list[dict]) -> list[dict]:
-    """Epoch records without the wall-clock time, the one thing two runs never share."""
-    return [{k: v for k, v in epoch.items() if k != "train_seconds"} for epoch in epochs]
 
 
 def test_a_killed_process_resumes_to_the_uninterrupted_result(killed: tuple, uninterrupted: Path) -> None:
