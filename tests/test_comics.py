@@ -24,10 +24,11 @@ from comicnb.comics.reader import (
     read_comics,
 )
 from comicnb.comics.scorer import MANIFEST, MODEL_FILE, expected_hits, select_training
+from comicnb.comics.study import COMICS_FILES, missing_files, subset_books
 from comicnb.store.schema import file_sha256
 
 FOLDS = Path(__file__).parents[1] / ".." / "shared" / "data" / "comics-folds"
-REAL = {TEXT_CLOZE: "text_cloze_dev_easy.csv", CHAR_COHERENCE: "char_coherence_dev.csv"}
+REAL = COMICS_FILES  # the shared folds, read by the reader tests where they exist
 IDS = ["book_id", "page_id", "answer_panel_id", "context_panel_0_id", "context_panel_1_id", "context_panel_2_id"]
 CONTEXT = [f"context_text_{p}_{b}" for p in range(3) for b in range(3)]
 CLOZE_HEADER = IDS + CONTEXT + [f"answer_candidate_{k}_text" for k in range(3)] + ["correct_answer"]
@@ -312,3 +313,23 @@ def test_candidate_vectors_and_prior_settings() -> None:
     assert "input_prior" not in FitSettings().model_config(384, "text_cloze")  # Stage 4's default
     assert FitSettings().model_config(384, "char_coherence")["input_prior"] is False
     assert FitSettings(input_prior=True).model_config(384, "char_coherence")["input_prior"] is True
+
+
+def test_the_study_subset_keeps_whole_books_shared_across_files(tmp_path: Path) -> None:
+    books = range(1, 41)
+    tables = {
+        TEXT_CLOZE: read_comics(
+            write_csv(tmp_path / "c.csv", CLOZE_HEADER, [cloze_row(b, p) for b in books for p in (1, 2)])
+        ),
+        CHAR_COHERENCE: read_comics(
+            write_csv(tmp_path / "h.csv", COHERENCE_HEADER, [coherence_row(b, 3) for b in books])
+        ),
+    }
+    assert subset_books(tables, 0) == tables
+    subset = subset_books(tables, 20, seed=1)
+    kept = {task: {s.book_id for s in t.samples} for task, t in subset.items()}
+    assert kept[TEXT_CLOZE] == kept[CHAR_COHERENCE]  # the same books in both files
+    assert 0 < len(subset[TEXT_CLOZE]) < len(tables[TEXT_CLOZE])
+    for task, table in subset.items():  # whole books: every row of a kept book stays
+        assert len(table) == sum(s.book_id in kept[task] for s in tables[task].samples)
+    assert missing_files(tmp_path) == list(COMICS_FILES.values()) and missing_files(None) == list(COMICS_FILES.values())
