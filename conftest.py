@@ -77,17 +77,14 @@ def stage4_run() -> Path:
     """store_run plus its fixed task sets and the Stage 4 model and ablations trained with notebook 04's own
     defaults (what notebook 05 reads)."""
     from comicnb.stage4.config import settings_from
-    from comicnb.stage4.samplers import build_task_sets
-    from comicnb.stage4.trainer import train_stage4
+    from comicnb.stage4.task_sets import build_task_sets
+    from comicnb.stage4.trainer import train_models
 
     run = scratch() / "run04"
     shutil.copytree(store_run(), run)
     defaults = notebook_defaults("04_stage4_training.ipynb")
     build_task_sets(run, seed=defaults["seed"])
-    settings = settings_from(defaults)
-    train_stage4(run, settings)
-    for name in defaults["ablations"]:
-        train_stage4(run, settings, ablation=name)
+    train_models(run, settings_from(defaults), defaults["ablations"])
     return run
 
 

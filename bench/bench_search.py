@@ -28,7 +28,7 @@ import torch
 import zarr
 from common import bench_parser, finish  # bench/common.py, beside this script
 
-from comicnb.evaluation.metrics import overlap_recall
+from comicnb.metrics import overlap_recall
 from comicnb.search import ApproxIndex, exact_topk, iter_blocks
 
 BLOCK = 65536  # rows generated at a time, so generating the data never holds more than one block of temporaries

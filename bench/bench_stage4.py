@@ -44,7 +44,7 @@ def generated_run(scratch: Path, books: int, pages: int) -> Path:
     from comicnb.corpus import load_corpus, save_corpus, synth
     from comicnb.stage3 import checkpoints
     from comicnb.stage3.model import PanelFeatureExtractor
-    from comicnb.stage4.samplers import build_task_sets
+    from comicnb.stage4.task_sets import build_task_sets
     from comicnb.store import EmbedConfig, generate
 
     data, run = scratch / f"corpus-{books}", scratch / f"run-{books}"
@@ -91,7 +91,7 @@ def one_epoch(run: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def run(scratch: Path, run_dir: Path | None, books: int, pages: int, scales: list[int]) -> dict[str, Any]:
     """Generate the corpora, time the throughput at both sizes and the epoch at every scale."""
-    from comicnb.stage4.model import SEED_SIZE
+    from comicnb.stage4.config import SEED_SIZE
 
     runs = {scale: generated_run(scratch, books * scale, pages) for scale in scales}
     measured = run_dir or runs[min(scales)]

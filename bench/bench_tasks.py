@@ -45,23 +45,24 @@ def generated_run(scratch: Path, books: int) -> Path:
 
 def measure(run: Path, out: Path, seed: int) -> dict:
     """Build every task's validation and test set of ``run`` into ``out``; seconds, samples and memory."""
-    from comicnb.stage4 import samplers
+    from comicnb.stage4.task_sets import write_split
     from comicnb.stage4.tasks import TASKS
+    from comicnb.stage4.view import open_run
 
-    ctx = samplers.load_context(run)
+    view = open_run(run)
     before = peak_rss_mib()
     per_task = {}
     for task in TASKS:
         start, samples = time.perf_counter(), 0
         for split in ("val", "test"):
-            manifest = samplers.write_split(ctx, out / split, split, seed, None, (task,))
+            manifest = write_split(view, out / split, split, seed, None, (task,))
             samples += manifest["tasks"][task].get("samples", 0)
         per_task[task] = dict(samples=samples, seconds=round(time.perf_counter() - start, 3))
     total = sum(t["samples"] for t in per_task.values())
     seconds = sum(t["seconds"] for t in per_task.values())
     return dict(
         run=str(run),
-        panels=len(ctx.panels),
+        panels=len(view.panels),
         samples=total,
         seconds=round(seconds, 2),
         samples_per_second=round(total / max(seconds, 1e-9), 1),

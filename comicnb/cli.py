@@ -70,92 +70,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-# comicnb.stage4.config.ABLATIONS' names, spelled out so that building the parser imports no torch (a test keeps
-# the two equal).
+# comicnb.stage4.config.ABLATIONS' names, spelled out so that building the parser imports no model code (a test
+# keeps the two equal).
 STAGE4_ABLATIONS = ("no_transformer", "text_only", "vision_only")
-# The seed's train_stage4.py flags that set a Stage 4 setting, with the setting each one sets.
-STAGE4_SEED_SETTINGS = {
-    "d_model": ("d_model", int),
-    "nhead": ("nhead", int),
-    "num_layers": ("num_layers", int),
-    "dim_feedforward": ("dim_feedforward", int),
-    "batch_size": ("batch_size", int),
-    "epochs": ("epochs", int),
-    "lr": ("lr", float),
-    "weight_decay": ("weight_decay", float),
-    "contrastive_weight": ("strip_weight", float),
-}
-STAGE4_WANDB_MESSAGE = (
-    "--use_wandb: wandb is not installed in comicnb's environment and nothing is sent anywhere; every task loss per "
-    "step and every validation accuracy per epoch go to the checkpoint's history (<run>/stage4/checkpoint.pt) and "
-    "the table printed at the end"
-)
-
-
-def stage4_seed_overrides(args: argparse.Namespace) -> dict:
-    """The settings the seed's Stage 4 flags give on the command line."""
-    settings = {
-        setting: getattr(args, flag)
-        for flag, (setting, _) in STAGE4_SEED_SETTINGS.items()
-        if getattr(args, flag) is not None
-    }
-    if args.reading_order_weight is not None:
-        settings["task_weights"] = {"reading_order": args.reading_order_weight}
-    return settings
-
-
-def stage4_store(args: argparse.Namespace, run_dir: Path, params_store: str | None) -> Path | None:
-    """The embedding store the seed's flags name (None: the run's own), checked against them.
-
-    Our store holds every split (its metadata's ``split``) and carries its page metadata (``metadata.json``), where
-    the seed had one zarr and one metadata file per split: ``--val_embeddings`` must name the same store as
-    ``--train_embeddings``, and either metadata flag must be that store's metadata file (or a byte-identical copy).
-    """
-    from comicnb.store import STORE_NAME
-    from comicnb.store.schema import METADATA
-
-    given = [Path(p) for p in (args.store, args.train_embeddings) if p]
-    if len({p.resolve() for p in given}) > 1:
-        raise ValueError(f"--store {args.store} and --train_embeddings {args.train_embeddings} name different stores")
-    store = given[0] if given else (Path(params_store) if params_store else None)
-    where = store or run_dir / STORE_NAME
-    if args.val_embeddings and Path(args.val_embeddings).resolve() != where.resolve():
-        raise ValueError(
-            f"--val_embeddings {args.val_embeddings} is not the training store {where}: one comicnb store holds "
-            f"every split (its metadata's split column), so give the same store or leave the flag out"
-        )
-    metadata = where / METADATA
-    for flag in ("train_metadata", "val_metadata"):
-        path = getattr(args, flag)
-        if not path:
-            continue
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--{flag} {path} does not exist")
-        if not metadata.is_file():
-            raise FileNotFoundError(f"no {METADATA} in the store {where}: make the store first (`comicnb embed`)")
-        if Path(path).resolve() != metadata.resolve() and Path(path).read_bytes() != metadata.read_bytes():
-            raise ValueError(
-                f"--{flag} {path} is not the store's metadata ({metadata}): the store carries its own page "
-                f"metadata for every split; give that file or leave the flag out"
-            )
-    return store
 
 
 def _train_stage4(args: argparse.Namespace) -> int:
     """Train Stage 4 from a params file (notebook 04's keys) and/or the seed's train_stage4.py flags."""
     import yaml
 
-    from comicnb.stage4.config import NOTEBOOK_KEYS, UnknownSettingError, split_stage4_settings
-    from comicnb.stage4.trainer import NonFiniteLossError, checkpoints, train_stage4
+    from comicnb.stage4.config import NOTEBOOK_KEYS, UnknownSettingError, checkpoints, split_stage4_settings
+    from comicnb.stage4.seed_cli import WANDB_MESSAGE, seed_overrides, seed_store
+    from comicnb.stage4.trainer import NonFiniteLossError, train_stage4
 
     settings = (yaml.safe_load(open(args.params, encoding="utf-8")) or {}) if args.params else {}
     notebook = {key: settings.pop(key) for key in NOTEBOOK_KEYS if key in settings}  # not training settings
-    flags = stage4_seed_overrides(args)
-    if "task_weights" in flags:  # --reading_order_weight changes one task's weight, not the params file's others
-        flags["task_weights"] = {**(settings.get("task_weights") or {}), **flags["task_weights"]}
-    settings.update(flags)
+    settings.update(seed_overrides(args, settings.get("task_weights")))
     if args.use_wandb:
-        print(f"comicnb train: {STAGE4_WANDB_MESSAGE}", file=sys.stderr)
+        print(f"comicnb train: {WANDB_MESSAGE}", file=sys.stderr)
     named = Path(args.output_dir) / args.run_name if args.run_name else None
     run_dir = args.run_dir or notebook.get("run_dir") or named
     if not run_dir:
@@ -168,7 +100,7 @@ def _train_stage4(args: argparse.Namespace) -> int:
     run_dir = Path(run_dir)
     try:
         split_stage4_settings(settings)  # a misnamed key fails before anything is read
-        store = stage4_store(args, run_dir, notebook.get("store") or None)
+        store = seed_store(args, run_dir, notebook.get("store") or None)
         trainer = train_stage4(
             run_dir, settings, resume=args.resume, overwrite=args.overwrite, store=store, ablation=args.ablation
         )
@@ -191,54 +123,33 @@ def _train_stage4(args: argparse.Namespace) -> int:
 
 def _tasks(args: argparse.Namespace) -> int:
     """Build (or check) a run's fixed Stage 4 validation and test task sets, as notebook 04, part 1 does."""
-    from comicnb.stage4 import samplers
-    from comicnb.stage4.tasks import MANIFEST, task_dir
+    from comicnb.stage4.task_sets import ensure_task_sets
+    from comicnb.stage4.tasks import task_dir
+    from comicnb.stage4.view import open_run
 
-    limits, splits = args.max_samples or None, ("val", "test")
-    folder = task_dir(args.run_dir, "val").parent
     try:
-        if any((task_dir(args.run_dir, s) / MANIFEST).is_file() for s in splits) and not args.overwrite:
-            ctx = samplers.load_context(args.run_dir, args.store, args.checkpoint)
-            differ = task_sets_differ(args.run_dir, ctx.provenance, args.seed, limits, splits)
-            if not differ:
-                print(f"[comicnb] tasks: the sets in {folder}/ are up to date")
-                return 0
-            print(
-                f"comicnb tasks: {folder}/ holds task sets of another {', '.join(differ)}: rebuild them with "
-                f"--overwrite (scores on the old sets are then no longer comparable)",
-                file=sys.stderr,
-            )
-            return 2
-        manifests = samplers.build_task_sets(
-            args.run_dir, args.store, args.checkpoint, splits=splits, seed=args.seed, limits=limits
+        view = open_run(args.run_dir, args.store, args.checkpoint)
+        built = ensure_task_sets(
+            view,
+            args.run_dir,
+            seed=args.seed,
+            limits=args.max_samples or None,
+            rebuild=args.overwrite,
+            remedy="rebuild them with --overwrite",
         )
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # TaskSetsStaleError is a ValueError
         print(f"comicnb tasks: {exc}", file=sys.stderr)
         return 2
-    for split, manifest in manifests.items():
-        built = {t: e.get("samples", 0) for t, e in manifest["tasks"].items() if e.get("built")}
-        print(f"[comicnb] tasks {split}: {built} -> {task_dir(args.run_dir, split)}/")
-        for task, entry in manifest["tasks"].items():
-            if not entry.get("built"):
-                print(f"  {task} not built: {entry.get('reason')}")
-    return 0
-
-
-def task_sets_differ(
-    run_dir: str | Path, provenance: dict, seed: int, limits: int | None, splits: tuple[str, ...]
-) -> list[str]:
-    """What the existing task sets of a run were built from that differs from now (empty: they are current)."""
-    from comicnb.stage4.tasks import MANIFEST, read_manifest, task_dir
-
-    differ: set[str] = set()
-    for split in splits:
-        if not (task_dir(run_dir, split) / MANIFEST).is_file():
-            differ.add(f"split ({split} is missing)")
+    for split, manifest in built.manifests.items():
+        folder = task_dir(args.run_dir, split)
+        if split in built.reused:
+            print(f"[comicnb] tasks {split}: the sets in {folder}/ are up to date")
             continue
-        manifest = read_manifest(task_dir(run_dir, split))
-        current = {**provenance, "seed": seed, "limits": limits}
-        differ.update(key for key, value in current.items() if manifest.get(key) != value)
-    return sorted(differ)
+        counts = {t: e.get("samples", 0) for t, e in manifest["tasks"].items() if e.get("built")}
+        print(f"[comicnb] tasks {split}: {counts} -> {folder}/")
+    for line in built.not_built():
+        print(f"  {line}")
+    return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -501,13 +412,16 @@ def add_export_parsers(commands: argparse._SubParsersAction) -> None:
 
 def add_stage4_parser(stages: argparse._SubParsersAction) -> None:
     """``comicnb train stage4``: its own options and the seed's train_stage4.py flags."""
+    from comicnb.stage4.seed_cli import add_seed_arguments as add_stage4_seed_arguments
+
     stage4 = stages.add_parser(
         "stage4",
         help="the panel sequence model (notebook 04)",
         description="Train Stage 4, the panel sequence model, on a run's embedding store: seven narrative tasks "
         "(training samples redrawn each epoch from the training books), validated every epoch on the fixed sets "
         "under RUN_DIR/tasks/val/ (build them with `comicnb tasks --run-dir RUN_DIR`). Checkpoints go to "
-        "RUN_DIR/stage4/. Settings not given keep comicnb's defaults (comicnb.stage4.config).",
+        "RUN_DIR/stage4/. Settings not given keep comicnb's defaults (comicnb.stage4.config), which are notebook "
+        "04's: a bare run trains the same model as the notebook run bare.",
         formatter_class=HelpFormatter,
     )
     stage4.add_argument(
@@ -530,67 +444,8 @@ def add_stage4_parser(stages: argparse._SubParsersAction) -> None:
         help="train an ablation of the same settings into RUN_DIR/stage4/ablations/NAME/: no_transformer (the same "
         "heads on the projected Stage 3 vectors), text_only or vision_only (panels enter with that part only)",
     )
-    seed = stage4.add_argument_group(
-        "the seed's train_stage4.py flags",
-        "underscore spelling as in the seed (the dashed spelling works too); the flags win over the params file",
-    )
-    for flag, (setting, kind) in STAGE4_SEED_SETTINGS.items():
-        spellings = dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}"))  # --lr has one spelling
-        seed.add_argument(
-            *spellings,
-            dest=flag,
-            type=kind,
-            default=None,
-            help=f"sets {setting} (default: the params file's, else {stage4_default(setting)})",
-        )
-    seed.add_argument(
-        "--reading_order_weight",
-        "--reading-order-weight",
-        dest="reading_order_weight",
-        type=float,
-        default=None,
-        help="sets task_weights.reading_order (default: the params file's, else 0.7, the seed's task table)",
-    )
-    store_flags = {
-        "train_embeddings": "the embedding store (panel_embeddings.zarr; it holds every split) (default: --store)",
-        "train_metadata": "accepted and checked: must be the store's own metadata.json",
-        "val_embeddings": "accepted and checked: must be the same store (the split comes from its metadata)",
-        "val_metadata": "accepted and checked: must be the store's own metadata.json",
-    }
-    for flag, text in store_flags.items():
-        seed.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag, default=None, help=text)
-    seed.add_argument(
-        "--output_dir", "--output-dir", dest="output_dir", default="outputs", help="folder of --run_name's run folder"
-    )
-    seed.add_argument(
-        "--run_name",
-        "--run-name",
-        dest="run_name",
-        default=None,
-        help="run folder OUTPUT_DIR/RUN_NAME, where --run-dir is not given",
-    )
-    seed.add_argument(
-        "--use_wandb",
-        "--use-wandb",
-        dest="use_wandb",
-        action="store_true",
-        help="accepted for the seed's sake: wandb is not installed; says what is logged instead",
-    )
+    add_stage4_seed_arguments(stage4)
     stage4.set_defaults(func=_train_stage4)
-
-
-def stage4_default(setting: str) -> object:
-    """comicnb's default of a Stage 4 setting, for --help."""
-    from dataclasses import fields
-
-    from comicnb.stage4.config import Stage4TrainConfig
-    from comicnb.stage4.model import Stage4ModelConfig
-
-    for config in (Stage4ModelConfig, Stage4TrainConfig):
-        for f in fields(config):
-            if f.name == setting:
-                return f.default
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,14 +108,14 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.n
     raise ValueError(f"unknown projection {method!r}: use pca or tsne")
 
 
-def projection(points: np.ndarray, labels: pd.DataFrame, columns: tuple[str, ...]) -> plt.Figure:
-    """The same 2-D points once per label column, coloured by that column's values."""
+def projection(points: np.ndarray, labels: pd.DataFrame, columns: tuple[str, ...], what: str = "panels") -> plt.Figure:
+    """The same 2-D points (``what`` they are) once per label column, coloured by that column's values."""
     import seaborn as sns
 
     fig, axes = plt.subplots(1, len(columns), figsize=(6.5 * len(columns), 5.5), squeeze=False)
     for ax, column in zip(axes.flat, columns):
         sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels[column].to_numpy(), s=14, linewidth=0, ax=ax)
-        ax.set(title=f"panels coloured by {column}", xticks=[], yticks=[])
+        ax.set(title=f"{what} coloured by {column}", xticks=[], yticks=[])
         ax.legend(fontsize=7, markerscale=1.2, ncols=2, loc="best")
     fig.tight_layout()
     return fig

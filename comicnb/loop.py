@@ -1,17 +1,23 @@
-"""What the Stage 3 and Stage 4 trainers share: the step's optimisation and reseeding, the checkpoint cadence, the
-best-checkpoint rule, writing and restoring the loop's state, and the history they log.
+"""The epoch loop every trainer runs (Stage 3, Stage 4, the COMICS scorer): epochs of steps, the step's optimisation
+and reseeding, validation after each epoch, the checkpoint cadence, the best rule, early stopping, the loop's state in
+and out of a checkpoint, and the history it logs.
 
-``EpochLoop`` is a mixin: the trainer that uses it sets ``cfg`` (with ``seed``, ``grad_clip``, ``checkpoint_every``),
-``accelerator``, ``wrapped`` (the prepared module), ``optimizer``, ``scheduler``, ``step``, ``steps_per_epoch``,
-``best``, ``history`` and ``rng``. Each step's random draws come from a generator state seeded for that step at the
-end of the step before (``step_seed``) and kept on the trainer, so a checkpoint written between steps resumes the
-same draws (see ``comicnb.stage3.trainer``).
+``EpochLoop`` is a mixin: the trainer that uses it sets ``cfg`` (with ``seed``, ``lr``, ``weight_decay``,
+``warmup_fraction``, ``grad_clip``, ``checkpoint_every``), ``accelerator`` and ``steps_per_epoch``, calls
+``start_loop`` once, and provides ``epoch_steps`` (take the steps of an epoch, yielding after each), ``end_epoch``
+and ``save``; ``first_validation`` and ``should_stop`` are optional. ``train()`` is the loop.
+
+Determinism: with ``step_seeds`` (the stages), each step's random draws come from a generator state seeded for that
+step at the end of the step before (``step_seed``) and kept on the trainer, so a checkpoint written between steps
+resumes the same draws (see ``comicnb.stage3.trainer``). A trainer that never resumes (the COMICS scorer) turns it off
+and draws from one stream from its start.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from comicnb.checkpoint import rng_state, save_checkpoint
+from comicnb.checkpoint import rng_state, save_checkpoint, set_rng_state
 from comicnb.schedule import step_seed, warmup_cosine
 from comicnb.seed import isolated_rng
 
@@ -37,6 +43,31 @@ class History:
         return pd.DataFrame(self.steps), pd.DataFrame(self.epochs)
 
 
+class SingleProcess:
+    """What the loop asks of Accelerate, for a trainer that runs in one CPU process without it (the COMICS scorer):
+    the plain torch calls Accelerate makes there."""
+
+    device = torch.device("cpu")
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def prepare(self, *objects: Any) -> tuple[Any, ...]:
+        """The objects as they are."""
+        return objects
+
+    def backward(self, loss: Tensor) -> None:
+        """``loss.backward()``."""
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters: Any, max_norm: float) -> Tensor:
+        """torch's gradient norm clip."""
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def wait_for_everyone(self) -> None:
+        """Nothing to wait for."""
+
+
 class EpochLoop:
     """The step, checkpoint and best-model mechanics of a trainer (see the module for what it expects)."""
 
@@ -50,6 +81,8 @@ class EpochLoop:
     best: dict[str, Any]
     history: History
     rng: dict[str, Any]
+    step_seeds: bool = True  # reseed torch before every step (exact resume); False: one stream from start_loop on
+    constant_lr: bool = False  # the learning rate stays at cfg.lr (no warm-up, no decay)
 
     @property
     def total_steps(self) -> int:
@@ -66,15 +99,64 @@ class EpochLoop:
         params = [p for p in trainable.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.wrapped, self.optimizer = self.accelerator.prepare(trainable, optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.total_steps, self.cfg.warmup_fraction)
-        )
+        schedule = (lambda step: 1.0) if self.constant_lr else warmup_cosine(self.total_steps, self.cfg.warmup_fraction)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.step = 0
         self.best = {}  # {"metric", "value", "epoch", "step"} of best_model.pt
         self.history = History()
+        if not self.step_seeds:
+            self.rng = rng_state()  # the stream as it is now: train() goes on from here
+            return
         with isolated_rng():  # this trainer's own stream: another trainer in the process cannot shift it
             torch.manual_seed(step_seed(self.cfg.seed, 0))  # the first step's draws
             self.rng = rng_state()
+
+    # ------------------------------------------------------------------------------------------------ the loop
+
+    def train(self, until_step: int | None = None, files: Any | None = None) -> History:
+        """Train to the end (or to ``until_step``), validating after each epoch.
+
+        With ``files`` (a ``comicnb.checkpoint.StageCheckpoints``) the last checkpoint is written after every epoch
+        (and every ``checkpoint_every`` steps), and the best one whenever the validation figure improves; an
+        interrupted run resumes (``resume``) from the last one and still ends exactly where the uninterrupted run
+        would.
+        """
+        stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
+        set_rng_state(self.rng)
+        if self.step == 0 and not self.history.epochs:  # the untrained model: the no-learning reference
+            scalars = self.first_validation()
+            if scalars is not None:
+                self.history.epochs.append({"epoch": 0, "step": 0, "train_seconds": 0.0, **scalars})
+        while self.step < stop:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            start = time.perf_counter()
+            for _ in self.epoch_steps(epoch, offset, stop - self.step):
+                if files is not None and self.mid_epoch_checkpoint_due():
+                    self.save(files.last)
+            seconds = time.perf_counter() - start
+            if self.step % self.steps_per_epoch == 0:
+                self.end_epoch(epoch + 1, seconds, files)
+                if self.should_stop():
+                    break
+        if files is not None:
+            self.save(files.last)
+        return self.history
+
+    def first_validation(self) -> dict[str, float] | None:
+        """The untrained model's validation figures, logged as epoch 0 (None: no such row)."""
+        return None
+
+    def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
+        """Take up to ``count`` steps of ``epoch`` from its step ``offset`` on, yielding after each."""
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int, seconds: float, files: Any | None) -> None:
+        """Validate and record the epoch (``record_epoch``)."""
+        raise NotImplementedError
+
+    def should_stop(self) -> bool:
+        """Whether to stop after the epoch just recorded (early stopping); never by default."""
+        return False
 
     def optimise(self, total: Tensor) -> None:
         """Backward, clip, step the optimiser and the schedule, then seed the next step's draws."""
@@ -85,18 +167,20 @@ class EpochLoop:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        torch.manual_seed(step_seed(self.cfg.seed, self.step))  # the next step's draws
-        self.rng = rng_state()  # what a checkpoint written now stores
+        if self.step_seeds:
+            torch.manual_seed(step_seed(self.cfg.seed, self.step))  # the next step's draws
+            self.rng = rng_state()  # what a checkpoint written now stores
 
     def mid_epoch_checkpoint_due(self) -> bool:
         """Every ``checkpoint_every`` steps inside an epoch; an epoch's last step waits for validation (end_epoch)."""
         every = self.cfg.checkpoint_every
         return bool(every) and self.step % every == 0 and self.step % self.steps_per_epoch != 0
 
-    def update_best(self, scalars: Mapping[str, float], epoch: int, metric: str) -> bool:
-        """Whether this epoch's ``metric`` beats the best so far (higher is better; NaN never wins)."""
+    def update_best(self, scalars: Mapping[str, float], epoch: int, metric: str, min_delta: float = 0.0) -> bool:
+        """Whether this epoch's ``metric`` beats the best so far by more than ``min_delta`` (higher is better; NaN
+        never wins)."""
         value = scalars.get(metric, math.nan)
-        if math.isnan(value) or (self.best and value <= self.best["value"]):
+        if math.isnan(value) or (self.best and value <= self.best["value"] + min_delta):
             return False
         self.best = dict(metric=metric, value=float(value), epoch=epoch, step=self.step)
         return True
@@ -141,3 +225,16 @@ class EpochLoop:
         self.best = dict(checkpoint.get("best", {}))
         self.history = History(list(checkpoint["history"]["steps"]), list(checkpoint["history"]["epochs"]))
         self.rng = checkpoint["rng"]
+
+
+def parameter_summary(model: nn.Module, depth: int = 2) -> pd.DataFrame:
+    """Trainable and frozen parameter counts of each part of a model (its names cut to ``depth`` parts; a Stage 3
+    model's backbones one level deeper, one row each), and their total."""
+    rows: dict[str, dict[str, int]] = {}
+    for name, param in model.named_parameters():
+        part = ".".join(name.split(".")[: depth + 1 if name.startswith("visual.backbones") else depth])
+        counts = rows.setdefault(part, {"trainable": 0, "frozen": 0})
+        counts["trainable" if param.requires_grad else "frozen"] += param.numel()
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("part")
+    table.loc["total"] = table.sum()
+    return table

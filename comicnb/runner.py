@@ -13,6 +13,7 @@ keeps the run folder's history: every invocation, with its notebooks, their para
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -176,15 +177,23 @@ def unknown_parameters(notebook: Path, params: dict) -> list[str]:
     return sorted({*params, "run_dir"} - set(declared))
 
 
+def notebook_defaults(notebook: Path) -> dict:
+    """The parameters a notebook declares, with their defaults (literals, as the parameters cell must hold)."""
+    declared = papermill.inspect_notebook(str(notebook))
+    return {name: ast.literal_eval(spec["default"]) for name, spec in declared.items()}
+
+
 def check_params(notebooks: list[Path], params_dir: Path, profile: str) -> dict[str, dict]:
-    """Load every notebook's parameters for ``profile``; fail on the keys the notebooks do not declare, all at once."""
+    """Every notebook's parameters under ``profile``: its defaults, with what the profile's file changes; fail on the
+    keys the notebooks do not declare, all at once. (A params file states only what it changes: every setting's
+    default lives in one place, and ``params.yaml`` of a run still records every parameter.)"""
     resolved, problems = {}, []
     for nb in notebooks:
         params = load_params(params_dir, profile, nb)
         unknown = unknown_parameters(nb, params)
         if unknown:
             problems.append(f"  {nb.name} does not declare {unknown} (set by params/{profile}/{nb.stem}.yaml)")
-        resolved[nb.stem] = params
+        resolved[nb.stem] = {**notebook_defaults(nb), **params}
     if problems:
         raise RunError("parameters the notebooks do not declare:\n" + "\n".join(problems))
     return resolved

@@ -17,9 +17,9 @@ import pytest
 import timm
 import torch
 
+from comicnb.agreement import fusion_against_modalities, fusion_losses, neighbour_agreement
 from comicnb.corpus import load_corpus, load_run_pages, save_corpus, synth
-from comicnb.evaluation.labels import panel_labels
-from comicnb.evaluation.metrics import fusion_against_modalities, fusion_losses, neighbour_agreement
+from comicnb.corpus.truth import panel_labels
 from comicnb.stage3.batches import page_chunks
 from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.trainer import (

@@ -23,8 +23,9 @@ from comicnb.comics.reader import (
     ComicsFormatError,
     read_comics,
 )
-from comicnb.comics.scorer import MANIFEST, MODEL_FILE, expected_hits, select_training
+from comicnb.comics.scorer import MANIFEST, MODEL_FILE, select_training
 from comicnb.comics.study import COMICS_FILES, missing_files, subset_books
+from comicnb.metrics import expected_hits
 from comicnb.store.schema import file_sha256
 
 FOLDS = Path(__file__).parents[1] / ".." / "shared" / "data" / "comics-folds"

@@ -20,9 +20,9 @@ import yaml
 import zarr
 
 from comicnb import checkpoint
+from comicnb.agreement import neighbour_agreement
 from comicnb.corpus import load_corpus, load_pages, load_run_pages, save_corpus, synth
-from comicnb.evaluation.labels import panel_labels
-from comicnb.evaluation.metrics import neighbour_agreement
+from comicnb.corpus.truth import panel_labels
 from comicnb.search import PanelSearch
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.batches import page_chunks, page_loader
@@ -355,7 +355,7 @@ def test_search_hits_read_without_look_up_and_only_the_stores_model_encodes_quer
     model = model_from_checkpoint(made_from)
     assert model.checkpoint_sha256 == file_sha256(made_from)
     with torch.no_grad():
-        direct = model.encode_query(texts=[text], store=store).numpy()
+        direct = model.encode_query(texts=[text]).numpy()
     assert np.allclose(search.encode_query(texts=[text]), direct, atol=1e-6)
     assert np.array_equal(search.encode_query(model, texts=[text]), direct)
 
@@ -367,8 +367,6 @@ def test_search_hits_read_without_look_up_and_only_the_stores_model_encodes_quer
     wrong = model_from_checkpoint(other)
     with pytest.raises(StoreMismatchError, match="other.pt"):
         search.encode_query(wrong, texts=[text])
-    with pytest.raises(StoreMismatchError, match="other.pt"):
-        wrong.encode_query(texts=[text], store=store)
     in_memory = model_from_checkpoint(torch.load(made_from, weights_only=True))  # cannot say which file it is
     with pytest.raises(StoreMismatchError, match="model_from_checkpoint"):
         search.encode_query(in_memory, texts=[text])

@@ -1,5 +1,5 @@
 """Notebook 05's task figures on hand-made results: the long per-sample table, book-level intervals, the comparison
-with the best baseline and the ablations, the pooled total, the reading-order split and metrics.json."""
+with the best baseline and the ablations, the verdicts, the pooled total, the reading-order split and metrics.json."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from comicnb.corpus.truth import read_truth
 from comicnb.evaluation.report import (
-    comparison,
-    page_truth,
     reading_order_samples,
     reading_order_table,
-    sample_frame,
-    task_table,
     tasks_section,
     totals,
+    verdicts,
     write_metrics,
 )
-from comicnb.stage4.baselines import BaselineResult
+from comicnb.stage4.results import Result, comparison, result_table, sample_frame
 from comicnb.stage4.tasks import Candidate, TaskSample, TaskSet
 
 
@@ -45,12 +43,13 @@ def picking_set(books: list[str]) -> TaskSet:
     return TaskSet("panel_picking", "test", samples)
 
 
-def result(name: str, task_set: TaskSet, correct: list[float], **extra: object) -> BaselineResult:
-    return BaselineResult(
-        baseline=name,
+def result(name: str, task_set: TaskSet, correct: list[float], **extra: object) -> Result:
+    return Result(
+        method=name,
         task=task_set.task,
         split=task_set.split,
         sample_ids=[s.sample_id for s in task_set.samples],
+        book_ids=[s.book_id for s in task_set.samples],
         difficulty=[s.difficulty for s in task_set.samples],
         correct=np.asarray(correct, dtype=float),
         chance=np.array([s.chance for s in task_set.samples]),
@@ -68,21 +67,17 @@ def picking() -> TaskSet:
     return picking_set(BOOKS)
 
 
-def test_the_sample_frame_carries_books_and_refuses_unknown_samples(picking: TaskSet) -> None:
-    frame = sample_frame([result("stage4", picking, [1] * 8)], {"panel_picking": picking})
+def test_the_sample_frame_carries_books(picking: TaskSet) -> None:
+    frame = sample_frame([result("stage4", picking, [1] * 8)])
     assert frame.book_id.tolist() == BOOKS and set(frame.method) == {"stage4"}
     assert frame.chance.tolist() == [0.2] * 8 and frame.pairwise.isna().all()
-    other = picking_set(["z"])
-    other.samples[0].sample_id = "panel_picking/unknown"
-    with pytest.raises(KeyError, match="unknown"):
-        sample_frame([result("stage4", other, [1])], [picking])
 
 
 def test_intervals_resample_books(picking: TaskSet) -> None:
     # Books a and b right on both samples, c and d wrong: accuracy 0.5; drawing 4 books with replacement can give 0
     # or 4 right books (each with chance 1/16), so a 95 % book-level interval spans [0, 1].
     clustered = [1, 1, 1, 1, 0, 0, 0, 0]
-    table = task_table(sample_frame([result("stage4", picking, clustered)], [picking]), n_resamples=4000)
+    table = result_table([result("stage4", picking, clustered)], "bootstrap", n_resamples=4000)
     row = table[table.difficulty == "all"].iloc[0]
     assert (row.n, row.books, row.accuracy) == (8, 4, 0.5)
     assert row.low == 0.0 and row.high == 1.0
@@ -99,15 +94,20 @@ def test_comparison_names_the_best_baseline_and_checks_the_ablations(picking: Ta
         result("colour_histogram", picking, [1, 0, 0, 0, 0, 0, 0, 0]),  # 0.125
         result("chance", picking, [0.2] * 8),
     ]
-    table = task_table(sample_frame(results, [picking]), n_resamples=500)
+    table = result_table(results, "bootstrap", n_resamples=500)
     row = comparison(table).iloc[0]
     assert row.best_baseline == "stage3_cosine" and row.best_baseline_accuracy == 0.375
     assert row.stage4 == 0.875 and row.no_transformer == 0.375 and row.chance == pytest.approx(0.2)
     assert row.low > 0.375 and bool(row.above_best_baseline) and bool(row.above_ablations)
+    lines = verdicts(comparison(table), books=4)
+    assert len(lines) == 2 and "clears its best baseline" in lines[0] and "Only 4 held-out books" in lines[1]
+    behind = comparison(result_table([*results[1:], result("stage4", picking, [0, 0, 1, 1, 0, 0, 0, 0])], "wilson"))
+    assert not behind.above_best_baseline.iloc[0] and "NOT" in verdicts(behind, books=20)[0]
     # Pooled total: picking has 8 samples at 0.875; a second task of 2 samples at 0 pulls it to 7 / 10.
     second = TaskSet("visual_closure", "test", [])
     extra = pd.DataFrame(
-        dict(method="stage4", task="visual_closure", difficulty="all", n=2, books=1, accuracy=0.0, low=0.0, high=0.0)
+        dict(method="stage4", task="visual_closure", split="test", difficulty="all", n=2, books=1, accuracy=0.0)
+        | dict(low=0.0, high=0.0)
         | dict(chance=0.2, pairwise=math.nan, kendall_tau=math.nan),
         index=[0],
     )
@@ -118,10 +118,11 @@ def test_comparison_names_the_best_baseline_and_checks_the_ablations(picking: Ta
 
 def test_reading_order_splits_by_layout_direction_and_naive_sort(tmp_path: Path) -> None:
     truth = {
+        "characters": {},
         "books": {
             "a": {"pages": {"p1": {"layout": "grid", "reading_direction": "ltr", "naive_order_correct": True}}},
             "b": {"pages": {"p1": {"layout": "staggered", "reading_direction": "rtl", "naive_order_correct": False}}},
-        }
+        },
     }
     (tmp_path / "ground_truth.json").write_text(json.dumps(truth))
     samples = [
@@ -144,14 +145,15 @@ def test_reading_order_splits_by_layout_direction_and_naive_sort(tmp_path: Path)
             "yx_sort_direction", order_set, [1, 0], pairwise=np.array([1.0, 2 / 3]), kendall_tau=np.array([1, 1 / 3])
         ),
     ]
-    frame = reading_order_samples(sample_frame(results, [order_set]), order_set, page_truth(tmp_path))
+    truth = read_truth(tmp_path, pd.DataFrame(columns=["book_id", "page_name"]))  # no stored page: the page truth
+    frame = reading_order_samples(sample_frame(results), order_set, truth.pages)
     assert frame[frame.method == "stage4"].layout.tolist() == ["grid", "staggered"]
     assert frame[frame.method == "stage4"].naive_sort_right.tolist() == [True, False]
     split = reading_order_table(frame, ["stage4", "yx_sort_direction"], "naive_sort_right", n_resamples=200)
     wrong = split[~split.naive_sort_right.astype(bool)].set_index("method")
     assert wrong.loc["stage4", "accuracy"] == 1.0 and wrong.loc["yx_sort_direction", "accuracy"] == 0.0
     assert wrong.loc["yx_sort_direction", "pairwise"] == pytest.approx(2 / 3)
-    assert page_truth(tmp_path / "nowhere") == {}
+    assert read_truth(tmp_path / "nowhere", []).pages == {}
 
 
 def test_metrics_json_holds_the_task_section_without_nan(picking: TaskSet, tmp_path: Path) -> None:
@@ -161,7 +163,7 @@ def test_metrics_json_holds_the_task_section_without_nan(picking: TaskSet, tmp_p
         result("stage3_cosine", picking, [1, 0, 1, 0, 1, 0, 0, 0]),
         result("chance", picking, [0.2] * 8),
     ]
-    section = tasks_section(task_table(sample_frame(results, [picking]), n_resamples=200))
+    section = tasks_section(result_table(results, "bootstrap", n_resamples=200))
     entry = section["panel_picking"]
     assert entry["accuracy"] == 0.875 and entry["baselines"] == {"stage3_cosine": 0.375, "chance": 0.2}
     assert entry["no_transformer"] == 0.375 and entry["n"] == 8 and entry["books"] == 4

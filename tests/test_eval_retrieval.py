@@ -18,6 +18,7 @@ from comicnb.evaluation.retrieval import (
     STRIP,
     V1,
     RetrievalSpace,
+    claim_check,
     compare_strips,
     label_retrieval,
     majority,
@@ -32,7 +33,7 @@ from comicnb.evaluation.retrieval import (
     strip_neighbours,
 )
 from comicnb.stage3.batches import PanelPageDataset
-from comicnb.stage4.baselines import BaselineInputs, load_baseline_inputs
+from comicnb.stage4.view import RunView, open_run
 
 DIM = 32  # the tiny Stage 3 model's feature_dim
 
@@ -114,14 +115,21 @@ def claim_table(masked: float, v1: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_seed_claim_in_words():
-    confirmed = seed_claim(claim_table(0.7, 0.5))  # 0.7 / 0.5 - 1 = +40 %
-    assert "+40%" in confirmed and "confirms" in confirmed and "refutes" not in confirmed
-    refuted = seed_claim(claim_table(0.55, 0.5))  # +10 %
-    assert "+10%" in refuted and "refutes" in refuted and "+0.050 absolute" in refuted
-    assert "refutes" in seed_claim(claim_table(0.4, 0.5))  # a loss
-    assert "no relative change" in seed_claim(claim_table(0.3, 0.0))
-    assert "no image-only" in seed_claim(claim_table(0.3, 0.5), labels=["scene"])
+def test_the_seed_claim_is_checked_by_the_relative_change():
+    def check(masked: float, v1: float, labels: list[str] | None = None) -> dict:
+        return claim_check(claim_table(masked, v1), labels=labels).iloc[0].to_dict()
+
+    confirmed = check(0.7, 0.5)
+    assert confirmed["change"] == pytest.approx(0.4) and confirmed["confirms"] is True  # 0.7 / 0.5 - 1 = +40 %
+    refuted = check(0.55, 0.5)
+    assert refuted["change"] == pytest.approx(0.1) and refuted["absolute"] == pytest.approx(0.05)
+    assert refuted["confirms"] is False  # +10 % < +30 %
+    assert check(0.65, 0.5)["confirms"] is True and check(0.4, 0.5)["confirms"] is False  # +30 % holds; a loss fails
+    nothing = check(0.3, 0.0)  # v1 finds nothing: no relative change, masked fusion finding anything confirms it
+    assert np.isnan(nothing["change"]) and nothing["confirms"] is True and check(0.0, 0.0)["confirms"] is False
+    assert check(0.3, 0.5, labels=["scene"])["confirms"] is None  # no image-only figures of that label
+    sentences = seed_claim(claim_table(0.7, 0.5)).split(". ")
+    assert len(sentences) == 2 and sentences[0].startswith("Same character")  # one per label, then the caveat
 
 
 def test_majority_scene_of_a_page():
@@ -185,18 +193,18 @@ def test_strip_neighbours_of_one_page_under_both_methods():
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> BaselineInputs:
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> RunView:
     """4 books of 4 pages (one book held out for test), a store made by a tiny untrained model, loaded."""
     root = tmp_path_factory.mktemp("eval-retrieval")
-    return load_baseline_inputs(tiny_store_run(root, DIM))
+    return open_run(tiny_store_run(root, DIM))
 
 
 @pytest.fixture(scope="module")
-def panels(inputs: BaselineInputs) -> pd.DataFrame:
+def panels(inputs: RunView) -> pd.DataFrame:
     return split_panels(inputs.pages, inputs.data_root)
 
 
-def test_test_split_panels_and_their_labels(inputs: BaselineInputs, panels: pd.DataFrame):
+def test_test_split_panels_and_their_labels(inputs: RunView, panels: pd.DataFrame):
     test_pages = np.flatnonzero(inputs.pages.split == "test")
     assert set(panels.page_index) == set(test_pages)
     assert len(panels) == inputs.pages.num_panels.iloc[test_pages].sum()
@@ -206,10 +214,10 @@ def test_test_split_panels_and_their_labels(inputs: BaselineInputs, panels: pd.D
         split_panels(inputs.pages, inputs.data_root, split="holdout")
 
 
-def test_masked_queries_are_single_modality_encodings_and_v1_is_not(inputs: BaselineInputs, panels: pd.DataFrame):
+def test_masked_queries_are_single_modality_encodings_and_v1_is_not(inputs: RunView, panels: pd.DataFrame):
     spaces = query_variants(inputs, panels.panel_id)
     masked, v1 = spaces[STAGE3], spaces[V1]
-    rows, slots = inputs.array_rows(panels.panel_id)
+    rows, slots = inputs.locate(panels.panel_id)
     for space in (masked, v1):
         assert all(space.queries[k].shape == space.keys[k].shape == (len(panels), DIM) for k in KINDS)
     np.testing.assert_array_equal(masked.queries["multimodal"], inputs.fused[rows, slots])
@@ -238,13 +246,13 @@ def test_masked_queries_are_single_modality_encodings_and_v1_is_not(inputs: Base
     np.testing.assert_array_equal(stored.keys["image_only"], spaces[STAGE3].keys["image_only"])
 
 
-def test_raw_features_are_the_backbones_own(inputs: BaselineInputs, panels: pd.DataFrame):
+def test_raw_features_are_the_backbones_own(inputs: RunView, panels: pd.DataFrame):
     model = inputs.model
     raw = raw_backbone_features(inputs, panels.panel_id, batch=5)  # batches that split pages
     assert raw.image.shape == (len(panels), sum(model.visual.feature_widths))
     assert raw.text.shape == (len(panels), model.text.sentence_dim)
     # Through the learned adapters they become exactly the stored per-modality embeddings.
-    rows, slots = inputs.array_rows(panels.panel_id)
+    rows, slots = inputs.locate(panels.panel_id)
     stored = inputs.modalities[rows, slots]
     with torch.no_grad():
         vision = model.visual.adapt(torch.from_numpy(raw.image)).numpy()
@@ -259,4 +267,4 @@ def test_raw_features_are_the_backbones_own(inputs: BaselineInputs, panels: pd.D
     assert ((table.queries + table.skipped) == table["query"].map(asked)).all()
     scores = table[["recall@1", "recall@5", "recall@10", "map"]].to_numpy()
     assert ((scores >= 0) & (scores <= 1)).all()
-    assert "seed's" in seed_claim(table)
+    assert set(claim_check(table).label) == {"character", "scene"}

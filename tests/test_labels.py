@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from comicnb.corpus import load_corpus, synth
-from comicnb.evaluation.labels import panel_labels
+from comicnb.corpus.truth import panel_labels
 from comicnb.store import store_metadata
 
 

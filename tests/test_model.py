@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from page_batches import LENGTH, page_batch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -25,7 +26,7 @@ from comicnb.stage3.fusion import AdaptiveFusion
 from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
 from comicnb.stage3.objectives import Stage3Objective
 
-DIM, LENGTH = 32, 6
+DIM = 32
 TEXTS = [
     "Look out, the ship is sinking!",
     "Meanwhile, at the lighthouse...",
@@ -34,21 +35,6 @@ TEXTS = [
     "Who left the door open?",
     "Three crows sit on the wire.",
 ]
-
-
-def page_batch(pages: int = 2, panels: int = 4, counts: tuple[int, ...] = (4, 2), size: int = 32) -> dict:
-    """Random page-shaped batch; page b has counts[b] panels, the last panel of page 0 has no text."""
-    panel_mask = torch.arange(panels)[None, :] < torch.tensor(counts)[:, None]  # (B, N)
-    modality_mask = panel_mask[..., None].expand(-1, -1, 3).float().clone()
-    modality_mask[0, counts[0] - 1, 1] = 0
-    return dict(
-        images=torch.rand(pages, panels, 3, size, size),
-        input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
-        attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
-        comp_feats=torch.rand(pages, panels, 7),
-        modality_mask=modality_mask,
-        panel_mask=panel_mask.float(),
-    )
 
 
 def flat_batch(panels: int = 5) -> dict:
@@ -175,7 +161,9 @@ def test_text_query_equals_the_text_only_fusion_of_a_collated_page(model: PanelF
     has_text = batch["modality_mask"][..., 1].bool()
     assert has_text.sum() == 5 and not fused[~has_text].any()
     torch.testing.assert_close(model.encode_query(texts=TEXTS[:5]), fused[has_text], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model.encode_texts(TEXTS[:5]), fused[has_text], atol=1e-5, rtol=1e-5)
+    tokens = model.text.tokenize(TEXTS[:5])  # the token path of the same queries: each text padded on its own batch
+    by_tokens = model.encode_text_only(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(by_tokens, fused[has_text], atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -5,29 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from page_batches import page_batch
 
-from comicnb.evaluation.metrics import collapse_diagnostics, page_index, recall_at_k, same_panel_retrieval
+from comicnb.metrics import collapse_diagnostics, page_index, recall_at_k, same_panel_retrieval
 from comicnb.stage3.config import ObjectiveConfig
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage3.objectives import TERMS, Stage3Objective, info_nce, page_contrastive_loss
 
-DIM, LENGTH = 32, 6
-
-
-def page_batch(counts: tuple[int, ...] = (4, 3, 2), panels: int = 4) -> dict:
-    """Random page-shaped batch; page b has counts[b] panels, the first page's last panel has no text."""
-    pages = len(counts)
-    panel_mask = torch.arange(panels)[None, :] < torch.tensor(counts)[:, None]  # (B, N)
-    modality_mask = panel_mask[..., None].expand(-1, -1, 3).float().clone()
-    modality_mask[0, counts[0] - 1, 1] = 0
-    return dict(
-        images=torch.rand(pages, panels, 3, 32, 32),
-        input_ids=torch.randint(1000, 3000, (pages, panels, LENGTH)),
-        attention_mask=torch.ones(pages, panels, LENGTH, dtype=torch.long),
-        comp_feats=torch.rand(pages, panels, 7),
-        modality_mask=modality_mask,
-        panel_mask=panel_mask.float(),
-    )
+DIM = 32
 
 
 def tiny_model(seed: int = 0) -> PanelFeatureExtractor:
@@ -56,7 +41,7 @@ def train(objective: Stage3Objective, model: PanelFeatureExtractor, batch: dict,
 
 @pytest.mark.parametrize("term", TERMS)
 def test_each_term_is_finite_and_falls_when_trained(term: str) -> None:
-    model, batch = tiny_model(), page_batch()
+    model, batch = tiny_model(), page_batch((4, 3, 2))
     objective = Stage3Objective(feature_dim=DIM, **{f"{name}_weight": float(name == term) for name in TERMS})
     before = evaluate(objective, model, batch)
     train(objective, model, batch, steps=15)
@@ -67,7 +52,7 @@ def test_each_term_is_finite_and_falls_when_trained(term: str) -> None:
 
 def test_total_is_the_weighted_sum_and_the_head_is_checkpointed() -> None:
     model, objective = tiny_model(), Stage3Objective(feature_dim=DIM, alignment_weight=2.0)
-    terms = objective(model, page_batch())
+    terms = objective(model, page_batch((4, 3, 2)))
     weights = dict(contrastive=1.0, reconstruction=0.5, alignment=2.0, instance=1.0, modality=0.0)
     assert torch.allclose(terms["total"], sum(weights[name] * terms[name] for name in TERMS))
     assert any(key.startswith("reconstruction_head.") for key in objective.state_dict())
@@ -86,7 +71,7 @@ def test_degenerate_batches_give_finite_zero_terms() -> None:
 
 
 def test_caller_supplied_second_view_is_the_instance_positive() -> None:
-    model, batch = tiny_model().eval(), page_batch()
+    model, batch = tiny_model().eval(), page_batch((4, 3, 2))
     terms = Stage3Objective(feature_dim=DIM)(model, batch, view2=batch)
     valid = batch["panel_mask"].bool()
     panels = model(batch)[valid]

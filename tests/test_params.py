@@ -50,3 +50,13 @@ def test_committed_notebook_is_clean(notebook):
     cells = json.loads(notebook.read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert not any(c.get("outputs") or c.get("execution_count") for c in code), "strip outputs before committing"
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_params_file_states_only_what_it_changes(path):
+    """Each setting has one default, in its notebook (which repeats its config's): a profile overrides, never
+    restates, so a changed default is never silently pinned by a copy."""
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{path.stem}.ipynb"))
+    values = yaml.safe_load(path.read_text()) or {}
+    restated = [key for key, value in values.items() if value == ast.literal_eval(declared[key]["default"])]
+    assert restated == [], f"{path} restates the notebook's defaults of {restated}"

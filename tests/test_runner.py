@@ -110,7 +110,8 @@ def test_from_continues_an_existing_run_keeping_upstream_and_replacing_downstrea
     assert [e["selection"] for e in on_disk["history"]] == ["all", "from 02"]
     second = on_disk["history"][1]
     assert second["status"] == "ok" and second["started"] and second["seconds"] > 0
-    assert second["notebooks"][0]["params"] == {"m": 5, "run_dir": "outputs/r5", "overwrite": True}
+    # every parameter the notebook ran with: the profile's, the run's and told to overwrite, the rest its defaults
+    assert second["notebooks"][0]["params"] == {"m": 5, "run_dir": "outputs/r5", "overwrite": True, "resume": False}
     # the current state: 01 from the first invocation, 02 from the second
     assert [n["params"].get("m") for n in on_disk["notebooks"]] == [None, 5]
     assert yaml.safe_load((run_dir / "params.yaml").read_text())["02_second"]["m"] == 5

@@ -11,7 +11,7 @@ import torch
 import zarr
 
 from comicnb import search
-from comicnb.evaluation.metrics import overlap_recall
+from comicnb.metrics import overlap_recall
 from comicnb.search import ApproxIndex, PanelSearch, exact_topk, page_vectors, panel_location, strip_vectors
 from comicnb.store import EMBEDDINGS, MASKS, METADATA, STORE_NAME, StoreMismatchError, file_sha256
 

@@ -39,6 +39,12 @@ def test_notebook_02_defaults_build_valid_configs():
     assert model.text_model is None  # the notebook's "" means the packaged MiniLM
 
 
+def test_notebook_02_run_bare_trains_the_configs_defaults():
+    """One default per setting: the notebook repeats the dataclasses', so `comicnb train stage3` without --params
+    trains what notebook 02 run bare trains."""
+    assert split_settings(notebook_defaults()) == split_settings({})
+
+
 def test_every_config_field_has_a_default():
     for config in (PanelModelConfig, ObjectiveConfig, TrainConfig):
         for field in fields(config):

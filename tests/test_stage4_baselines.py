@@ -17,25 +17,23 @@ from PIL import Image
 
 from comicnb import checkpoint
 from comicnb.corpus import load_corpus, save_corpus, synth
+from comicnb.metrics import accuracy_interval
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage4.baselines import (
-    SUMMARY_COLUMNS,
-    BaselineInputs,
-    GeometryBaseline,
-    accuracy_interval,
-    candidate_parts,
+from comicnb.stage4.baselines import GeometryBaseline, run_baselines, score_baselines
+from comicnb.stage4.baselines.no_learning import (
     chance_baseline,
     colour_histogram_baseline,
-    refuse,
-    run_baselines,
-    score_baselines,
+    crop_histograms,
     stage3_cosine_baseline,
     text_similarity_baseline,
     yx_order,
     yx_sort_baseline,
 )
-from comicnb.stage4.tasks import Candidate, TaskSample, TaskSet
+from comicnb.stage4.inputs import candidate_parts, refuse
+from comicnb.stage4.results import COLUMNS
+from comicnb.stage4.tasks import TASKS, Candidate, TaskSample, TaskSet
+from comicnb.stage4.view import RunView, open_run
 from comicnb.store import EmbedConfig, generate
 
 NEGATIVES = 4  # panel picking: 5 candidates, as the protocol says
@@ -56,19 +54,17 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def inputs(run_dir: Path) -> BaselineInputs:
-    from comicnb.stage4.baselines import load_baseline_inputs
-
-    return load_baseline_inputs(run_dir)
+def inputs(run_dir: Path) -> RunView:
+    return open_run(run_dir)
 
 
-def page_panels(inputs: BaselineInputs, split: str | None = None) -> list[list[int]]:
+def page_panels(inputs: RunView, split: str | None = None) -> list[list[int]]:
     """Flat panel ids of each stored page (of one split)."""
     pages = inputs.pages if split is None else inputs.pages[inputs.pages.split == split]
     return [list(ids) for ids in pages.embedding_indices]
 
 
-def panel_picking(inputs: BaselineInputs, split: str, composition: str | None, seed: int = 0) -> TaskSet:
+def panel_picking(inputs: RunView, split: str, composition: str | None, seed: int = 0) -> TaskSet:
     """Every panel of every page of a split, masked in turn: the answer is the held-out panel, negatives are panels
     of other pages of the split. ``composition``: None (no candidate has any), "slot" (each enters with the masked
     slot's) or "own" (each brings its own box: the leak the geometry baseline must catch)."""
@@ -105,7 +101,7 @@ def box_of(panel: int, answer: int, composition: str | None) -> int | None:
     return {None: None, "slot": int(answer), "own": int(panel)}[composition]
 
 
-def reading_order(inputs: BaselineInputs, split: str, seed: int = 0, pages_of: tuple[str, ...] = ()) -> TaskSet:
+def reading_order(inputs: RunView, split: str, seed: int = 0, pages_of: tuple[str, ...] = ()) -> TaskSet:
     """Every page of a split (or of the splits ``pages_of``), its panels shuffled; the corpus lists panels in reading
     order, and the generator's ground truth says each book's direction (as the samplers give it)."""
     truth = json.loads((inputs.data_root / "ground_truth.json").read_text())["books"]
@@ -131,7 +127,7 @@ def sample(task: str, context: list[int], candidates: list[Candidate], answer: i
     return TaskSample(task, f"{task}-{answer}", "val", "book", context, candidates, answer=answer, **fields)
 
 
-def texted(inputs: BaselineInputs, count: int) -> list[int]:
+def texted(inputs: RunView, count: int) -> list[int]:
     """The first panels with distinct, non-empty texts."""
     seen, ids = set(), []
     for page in page_panels(inputs):
@@ -157,11 +153,11 @@ def test_wilson_interval_known_values_and_bootstrap() -> None:
     accuracy, low, high = accuracy_interval(values, method="bootstrap")
     assert low <= accuracy <= high and high - low == pytest.approx(accuracy_interval(values)[2] - low, abs=0.03)
     assert all(math.isnan(v) for v in accuracy_interval([]))
-    with pytest.raises(ValueError, match="wilson or bootstrap"):
+    with pytest.raises(ValueError, match="one of wilson, bootstrap"):
         accuracy_interval([1], method="normal")
 
 
-def test_chance_is_one_over_the_candidates_and_the_permutations(inputs: BaselineInputs) -> None:
+def test_chance_is_one_over_the_candidates_and_the_permutations(inputs: RunView) -> None:
     picking = chance_baseline(panel_picking(inputs, "val", None))
     assert np.allclose(picking.correct, 1 / 5) and np.allclose(picking.chance, 1 / 5)
     order = chance_baseline(reading_order(inputs, "val"))
@@ -172,7 +168,7 @@ def test_chance_is_one_over_the_candidates_and_the_permutations(inputs: Baseline
 
 @pytest.mark.parametrize("composition", [None, "slot"])
 def test_geometry_is_exactly_chance_when_candidates_bring_no_box_of_their_own(
-    inputs: BaselineInputs, composition: str | None
+    inputs: RunView, composition: str | None
 ) -> None:
     model = GeometryBaseline(steps=100).fit(panel_picking(inputs, "train", composition), inputs)
     for split in ("val", "test"):
@@ -182,13 +178,13 @@ def test_geometry_is_exactly_chance_when_candidates_bring_no_box_of_their_own(
         assert all(np.ptp(s) < 1e-5 for s in result.scores)
 
 
-def test_geometry_catches_candidates_that_bring_their_own_box(inputs: BaselineInputs) -> None:
+def test_geometry_catches_candidates_that_bring_their_own_box(inputs: RunView) -> None:
     model = GeometryBaseline().fit(panel_picking(inputs, "train", "own"), inputs)
     result = model.predict(panel_picking(inputs, "test", "own", seed=1), inputs)
     assert result.correct.mean() > 0.5 > 2 * result.chance.mean()  # the held-out box fills the gap in the layout
 
 
-def test_geometry_learns_reading_order_from_layout(inputs: BaselineInputs) -> None:
+def test_geometry_learns_reading_order_from_layout(inputs: RunView) -> None:
     # The train book reads right to left, the others left to right: fit on both directions, test on the third book.
     model = GeometryBaseline().fit(reading_order(inputs, "train", pages_of=("train", "val")), inputs)
     result = model.predict(reading_order(inputs, "test", seed=1), inputs)
@@ -196,7 +192,7 @@ def test_geometry_learns_reading_order_from_layout(inputs: BaselineInputs) -> No
     assert np.allclose(result.kendall_tau, 2 * result.pairwise - 1)
 
 
-def grid_inputs(direction: str) -> tuple[BaselineInputs, TaskSet]:
+def grid_inputs(direction: str) -> tuple[RunView, TaskSet]:
     """A 2 x 3 grid page (panels listed in reading order: left to right, or right to left for rtl), shuffled."""
     cells = [(column, row) for row in range(2) for column in (range(3) if direction == "ltr" else range(2, -1, -1))]
     boxes = [[10 + 100 * c, 10 + 150 * r, 100 + 100 * c, 150 + 150 * r] for c, r in cells]
@@ -205,7 +201,7 @@ def grid_inputs(direction: str) -> tuple[BaselineInputs, TaskSet]:
     task = TaskSample(
         "reading_order", "grid", "val", "b", shuffle.tolist(), order=shuffle.tolist(), direction=direction
     )
-    return BaselineInputs(pages=pages, max_panels=8), TaskSet("reading_order", "val", [task])
+    return RunView(pages=pages, max_panels=8), TaskSet("reading_order", "val", [task])
 
 
 def test_yx_sort_reads_a_grid_and_only_the_direction_aware_one_reads_right_to_left() -> None:
@@ -223,7 +219,7 @@ def test_yx_sort_reads_a_grid_and_only_the_direction_aware_one_reads_right_to_le
     assert blind.kendall_tau[0] == pytest.approx(2 * blind.pairwise[0] - 1)
 
 
-def test_colour_histogram_picks_the_identical_crop(inputs: BaselineInputs) -> None:
+def test_colour_histogram_picks_the_identical_crop(inputs: RunView) -> None:
     a, b, c = page_panels(inputs, "val")[0][:3]
     result = colour_histogram_baseline(
         TaskSet(
@@ -237,33 +233,31 @@ def test_colour_histogram_picks_the_identical_crop(inputs: BaselineInputs) -> No
     assert result.scores[0][1] == pytest.approx(1.0)
 
 
-def test_text_free_crops_come_from_the_twin_and_fall_back_with_a_warning(
-    inputs: BaselineInputs, tmp_path: Path
-) -> None:
+def test_text_free_crops_come_from_the_twin_and_fall_back_with_a_warning(inputs: RunView, tmp_path: Path) -> None:
     twin = tmp_path / "twin.png"
     Image.new("RGB", (320, 480), (255, 0, 0)).save(twin)
     pages = inputs.pages.copy()
     pages["text_free_path"] = [str(twin)] + [""] * (len(pages) - 1)
-    local = BaselineInputs(pages=pages, max_panels=inputs.max_panels, data_root=inputs.data_root)
+    local = RunView(pages=pages, max_panels=inputs.max_panels, data_root=inputs.data_root)
     first, second = page_panels(local)[0][0], page_panels(local)[1][0]
-    red = local.crop_histograms([(first, "text_free")])[0]
+    red = crop_histograms(local, [(first, "text_free")])[0]
     assert red.max() == pytest.approx(1.0) and np.argmax(red) == 7 * 64  # every pixel in the top red cell
     with pytest.warns(UserWarning, match="text-free twin"):
-        fallback = local.crop_histograms([(second, "text_free")])[0]
-    assert np.allclose(fallback, local.crop_histograms([(second, "full")])[0])
+        fallback = crop_histograms(local, [(second, "text_free")])[0]
+    assert np.allclose(fallback, crop_histograms(local, [(second, "full")])[0])
 
 
-def test_refusing_a_panels_own_parts_gives_its_stored_vector(inputs: BaselineInputs) -> None:
+def test_refusing_a_panels_own_parts_gives_its_stored_vector(inputs: RunView) -> None:
     ids = page_panels(inputs)[0]
     own = [Candidate(p, text_from=p, composition_from=p) for p in ids]
     fused = refuse(*candidate_parts(own, inputs), inputs.model)
-    rows, slots = inputs.array_rows(ids)
-    np.testing.assert_allclose(fused, inputs.fused[rows, slots], atol=1e-5)
+    pages, slots = inputs.locate(ids)
+    np.testing.assert_allclose(fused, inputs.fused[pages, slots], atol=1e-5)
     parts, mask = candidate_parts([Candidate(ids[0], vision="none")], inputs)
     assert not mask.any() and not refuse(parts, mask, inputs.model).any()  # nothing named, nothing fused
 
 
-def test_stage3_cosine_picks_the_context_panel_and_the_captioned_text(inputs: BaselineInputs) -> None:
+def test_stage3_cosine_picks_the_context_panel_and_the_captioned_text(inputs: RunView) -> None:
     a, b, c = page_panels(inputs, "test")[0][:3]
     full = [Candidate(p, text_from=p, composition_from=p) for p in (b, c, a)]
     picking = stage3_cosine_baseline(TaskSet("panel_picking", "val", [sample("panel_picking", [a], full, 2)]), inputs)
@@ -275,9 +269,9 @@ def test_stage3_cosine_picks_the_context_panel_and_the_captioned_text(inputs: Ba
     assert result.correct.tolist() == [1.0] and result.scores[0][1] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_text_free_candidates_take_the_twins_vision_or_warn(inputs: BaselineInputs) -> None:
+def test_text_free_candidates_take_the_twins_vision_or_warn(inputs: RunView) -> None:
     b = texted(inputs, 1)[0]
-    (row,), (slot,) = inputs.array_rows([b])
+    (row,), (slot,) = inputs.locate([b])
     assert inputs.text_free_masks[row, slot]  # the generated corpus draws a twin of every page
     twin, drawn = inputs.text_free_vision[row, slot], inputs.modalities[row, slot, 0]
     assert not np.allclose(twin, drawn)  # the twin's balloons are empty, so its picture differs
@@ -291,7 +285,7 @@ def test_text_free_candidates_take_the_twins_vision_or_warn(inputs: BaselineInpu
     assert np.array_equal(parts[0, 0], drawn)
 
 
-def test_text_similarity_picks_the_matching_text(inputs: BaselineInputs) -> None:
+def test_text_similarity_picks_the_matching_text(inputs: RunView) -> None:
     x, y, z = texted(inputs, 3)
     candidates = [
         Candidate(z, vision="text_free", text_from=z),
@@ -302,7 +296,7 @@ def test_text_similarity_picks_the_matching_text(inputs: BaselineInputs) -> None
     assert result.correct.tolist() == [1.0] and result.scores[0][2] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_score_baselines_table(inputs: BaselineInputs) -> None:
+def test_score_baselines_table(inputs: RunView) -> None:
     sets = [panel_picking(inputs, split, None) for split in ("train", "val", "test")]
     sets += [reading_order(inputs, "train"), reading_order(inputs, "val")]
     x, y, z = texted(inputs, 3)
@@ -313,18 +307,18 @@ def test_score_baselines_table(inputs: BaselineInputs) -> None:
     sets.append(TaskSet("text_cloze", "val", cloze))
     with pytest.warns(UserWarning, match="no text_cloze training samples"):
         table = score_baselines(sets, inputs)
-    assert list(table.columns) == SUMMARY_COLUMNS and "train" not in set(table.split)
+    assert list(table.columns) == COLUMNS and "train" not in set(table.split)
     assert ((table.low <= table.accuracy) & (table.accuracy <= table.high)).all()
-    by = table.set_index(["task", "split", "difficulty", "baseline"])
+    by = table.set_index(["task", "split", "difficulty", "method"])
     assert set(table[table.task == "panel_picking"].difficulty) == {"hard", "easy", "all"}
-    assert set(table[table.task == "reading_order"].baseline) == {"chance", "geometry", "yx_sort", "yx_sort_direction"}
-    assert set(table[table.task == "panel_picking"].baseline) == {
+    assert set(table[table.task == "reading_order"].method) == {"chance", "geometry", "yx_sort", "yx_sort_direction"}
+    assert set(table[table.task == "panel_picking"].method) == {
         "chance",
         "geometry",
         "colour_histogram",
         "stage3_cosine",
     }
-    assert set(table[table.task == "text_cloze"].baseline) == {
+    assert set(table[table.task == "text_cloze"].method) == {
         "chance",
         "colour_histogram",
         "stage3_cosine",
@@ -336,20 +330,19 @@ def test_score_baselines_table(inputs: BaselineInputs) -> None:
         assert by.loc[("panel_picking", split, "all", "chance"), "n"] == geometry.n
     cloze_all = by.loc[("text_cloze", "val", "all", "chance")]
     assert cloze_all.n == 3 and cloze_all.chance == 0.5
-    per_sample = run_baselines(sets[:2], inputs, baselines=["chance"])[0].table()
-    assert {"sample_id", "prediction", "correct", "chance"} <= set(per_sample.columns)
+    per_sample = run_baselines(sets[:2], inputs, baselines=["chance"])[0].frame()
+    assert {"sample_id", "book_id", "correct", "chance"} <= set(per_sample.columns)
 
 
-def test_geometry_stays_at_chance_on_the_samplers_sets_but_reading_order(run_dir: Path, inputs: BaselineInputs) -> None:
-    from comicnb.stage4 import samplers
+def test_geometry_stays_at_chance_on_the_samplers_sets_but_reading_order(inputs: RunView) -> None:
+    from comicnb.stage4.task_sets import make_task_set, task_rng
 
-    ctx = samplers.load_context(run_dir)
     sets = [
-        samplers.make_task_set(ctx, task, split, samplers.task_rng(0, task, split))
-        for task in samplers.TASKS
+        make_task_set(inputs, task, split, task_rng(0, task, split))
+        for task in TASKS
         for split in ("train", "val", "test")
     ]
     table = score_baselines([s for s in sets if len(s)], inputs, baselines=["chance", "geometry"])
-    geometry = table[(table.baseline == "geometry") & (table.task != "reading_order")]
+    geometry = table[(table.method == "geometry") & (table.task != "reading_order")]
     assert len(set(geometry.task)) >= 4, "most tasks give samples on the small corpus"
     assert (geometry.accuracy - geometry.chance).abs().max() < 0.05

@@ -16,7 +16,8 @@ from tiny_runs import tiny_store_run
 from comicnb import checkpoint, cli
 from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage4 import export as stage4_export
-from comicnb.stage4.batches import SampleEncoder
+from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.config import checkpoints
 from comicnb.stage4.export import (
     CONTEXTUALIZED,
     EXPORT_NAME,
@@ -26,7 +27,7 @@ from comicnb.stage4.export import (
 )
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.scoring import load_stage4_model
-from comicnb.stage4.trainer import checkpoints
+from comicnb.stage4.view import open_run
 from comicnb.store import StoreMismatchError
 from comicnb.store.schema import (
     DONE,
@@ -106,7 +107,7 @@ def test_the_export_holds_the_seeds_arrays_with_zero_padding(run: Path, exported
 def test_the_export_is_what_the_model_gives(run: Path, exported: Path) -> None:
     """The first chunk, called the same way, is equal to the bit; other pages batched otherwise agree closely."""
     model, config = load_stage4_model(checkpoints(run).best)
-    encoder = SampleEncoder(run, modalities=config["train"]["modalities"])
+    encoder = BatchBuilder(open_run(run), modalities=config["train"]["modalities"])
     got = arrays(exported)
     for pages, exact in ((list(range(CHUNK)), True), ([1, 6, 11], False)):
         embeddings, mask = encoder.pages(pages)
@@ -197,8 +198,8 @@ def test_an_ablation_exports_with_its_own_modalities(run: Path, tmp_path: Path) 
     export_stage4(run, path, out=tmp_path / EXPORT_NAME, pages_per_chunk=16)
     assert zarr.open_group(str(tmp_path / EXPORT_NAME), mode="r").attrs["modalities"] == ["text"]
     model, _ = load_stage4_model(path)
-    encoder = SampleEncoder(run, modalities=["text"])
-    embeddings, mask = encoder.pages(list(range(len(encoder.inputs.pages))))
+    encoder = BatchBuilder(open_run(run), modalities=["text"])
+    embeddings, mask = encoder.pages(list(range(len(encoder.view.pages))))
     with torch.no_grad():
         strips = model(embeddings, mask)["strip_embedding"].numpy()
     np.testing.assert_array_equal(arrays(tmp_path / EXPORT_NAME)[STRIPS], strips)

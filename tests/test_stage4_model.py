@@ -12,17 +12,15 @@ import pytest
 import torch
 from tiny_runs import tiny_store_run
 
-from comicnb.stage4.baselines import pair_geometry, refuse, stage3_cosine_baseline
-from comicnb.stage4.batches import SampleEncoder
-from comicnb.stage4.model import (
-    SEED_SIZE,
-    Stage4ModelConfig,
-    Stage4SequenceModel,
-    input_prior,
-    pair_box_features,
-)
-from comicnb.stage4.samplers import load_context, make_task_set, task_rng
+from comicnb.stage4.baselines.no_learning import stage3_cosine_baseline
+from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.config import SEED_SIZE, Stage4ModelConfig
+from comicnb.stage4.geometry import PAIR_FEATURES, page_pair_features, pair_features
+from comicnb.stage4.inputs import refuse
+from comicnb.stage4.model import Stage4SequenceModel, input_prior
+from comicnb.stage4.task_sets import make_task_set, task_rng
 from comicnb.stage4.tasks import TASKS, TEXT_TASKS, Candidate, TaskSample, TaskSet
+from comicnb.stage4.view import RunView, open_run
 
 DIM = 32  # the tiny Stage 3 model's feature_dim
 SMALL = dict(input_dim=DIM, d_model=32, nhead=4, num_layers=2, dim_feedforward=64)
@@ -37,21 +35,25 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def encoder(run_dir: Path) -> SampleEncoder:
-    return SampleEncoder(run_dir)
+def view(run_dir: Path) -> RunView:
+    return open_run(run_dir)
 
 
 @pytest.fixture(scope="module")
-def task_sets(run_dir: Path) -> dict[str, TaskSet]:
+def encoder(view: RunView) -> BatchBuilder:
+    return BatchBuilder(view)
+
+
+@pytest.fixture(scope="module")
+def task_sets(view: RunView) -> dict[str, TaskSet]:
     """Training samples of every task, drawn by the samplers."""
-    ctx = load_context(run_dir)
-    sets = {task: make_task_set(ctx, task, "train", task_rng(0, task, "train")) for task in TASKS}
+    sets = {task: make_task_set(view, task, "train", task_rng(0, task, "train")) for task in TASKS}
     assert all(len(s) >= 2 for s in sets.values()), {t: len(s) for t, s in sets.items()}
     return sets
 
 
 @pytest.fixture(scope="module")
-def batches(encoder: SampleEncoder, task_sets: dict[str, TaskSet]) -> dict[str, dict[str, torch.Tensor]]:
+def batches(encoder: BatchBuilder, task_sets: dict[str, TaskSet]) -> dict[str, dict[str, torch.Tensor]]:
     return {task: encoder.collate(s, s.samples[:BATCH]) for task, s in task_sets.items()}
 
 
@@ -166,7 +168,7 @@ def test_masked_candidates_never_win() -> None:
         assert torch.isfinite(model.task_loss(task, batch))
 
 
-def test_strip_loss_trains_the_pool_and_the_encoder(encoder: SampleEncoder) -> None:
+def test_strip_loss_trains_the_pool_and_the_encoder(encoder: BatchBuilder) -> None:
     model = small_model()
     panels, mask = encoder.pages(encoder.page_indices("train"))
     loss = model.strip_loss(panels, mask, temperature=0.1)
@@ -227,7 +229,7 @@ def test_reading_order_cannot_read_the_list_position(batches: dict[str, dict[str
     assert torch.allclose(logits, -logits.transpose(1, 2))
 
 
-def test_the_input_prior_is_the_stage3_cosine_baseline(encoder: SampleEncoder, task_sets: dict[str, TaskSet]) -> None:
+def test_the_input_prior_is_the_stage3_cosine_baseline(encoder: BatchBuilder, task_sets: dict[str, TaskSet]) -> None:
     """The skip term of every candidate head scores exactly what the no-learning baseline scores, so a model starts
     from the baseline and the ablations keep the same start."""
     for task, task_set in task_sets.items():
@@ -235,19 +237,33 @@ def test_the_input_prior_is_the_stage3_cosine_baseline(encoder: SampleEncoder, t
             continue
         batch = encoder.collate(task_set)
         prior = input_prior(batch, batch["candidates"])
-        baseline = stage3_cosine_baseline(task_set, encoder.inputs)
+        baseline = stage3_cosine_baseline(task_set, encoder.view)
         for b, sample in enumerate(task_set.samples):
             count = len(sample.candidates)
             assert np.allclose(prior[b, :count].numpy(), baseline.scores[b], atol=1e-5), (task, sample.sample_id)
 
 
-def test_reading_order_reads_the_pair_geometry_of_the_baseline(batches: dict[str, dict[str, torch.Tensor]]) -> None:
+def test_pair_features_sign_the_direction_and_leave_an_unlabelled_book_unsigned() -> None:
+    boxes = torch.tensor([[[0.0, 0.0, 0.4, 0.5], [0.6, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]]]).repeat(3, 1, 1)
+    codes = torch.tensor([1, 2, 0])  # rtl, ltr, unlabelled (the batch's direction codes)
+    features = pair_features(boxes, torch.tensor([1.0, -1.0, 0.0]))
+    column = {name: i for i, name in enumerate(PAIR_FEATURES)}
+    assert features[:, 0, 1, column["direction"]].tolist() == [1.0, -1.0, 0.0]
+    assert features[2, ..., column["direction_dx"]].abs().max() == 0  # no direction: no signed offsets
+    assert torch.equal(features[0, ..., column["direction_dx"]], -features[1, ..., column["direction_dx"]])
+    for b, direction in enumerate(("rtl", "ltr", None)):  # the geometry baseline's page features are the same
+        expected = page_pair_features(boxes[b].double().numpy(), direction).float()
+        assert torch.allclose(features[b], expected, atol=1e-6), direction
+    model = small_model().eval()
+    batch = dict(context=torch.randn(3, 3, DIM), context_mask=torch.ones(3, 3, dtype=torch.bool), boxes=boxes)
+    with torch.no_grad():  # the model reads the sign: an unlabelled book is not read as a left-to-right one
+        logits = model.task_logits("reading_order", {**batch, "direction": codes})
+        as_ltr = model.task_logits("reading_order", {**batch, "direction": torch.tensor([1, 2, 2])})
+    assert torch.equal(logits[:2], as_ltr[:2]) and not torch.allclose(logits[2], as_ltr[2])
+
+
+def test_reading_order_reads_the_pair_geometry_of_the_boxes(batches: dict[str, dict[str, torch.Tensor]]) -> None:
     batch = batches["reading_order"]
-    features = pair_box_features(batch["boxes"], torch.tensor([0, 1] * (len(batch["boxes"]) // 2)))
-    for b in range(2):
-        count = int(batch["context_mask"][b].sum())
-        expected = pair_geometry(batch["boxes"][b, :count].double().numpy(), "rtl" if b == 1 else "ltr")
-        assert np.allclose(features[b, :count, :count].numpy(), expected, atol=1e-5)
     # The boxes reach the logits: moving one panel's box changes its pairs.
     model = small_model().eval()
     moved = {**batch, "boxes": batch["boxes"].clone()}
@@ -282,19 +298,19 @@ def test_decode_order_always_gives_a_permutation() -> None:
 # ----------------------------------------------------------------------------------------------------- batches
 
 
-def parts_of(encoder: SampleEncoder, panel_id: int) -> tuple[np.ndarray, np.ndarray]:
+def parts_of(encoder: BatchBuilder, panel_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(3, D) stored parts and (3,) mask of one panel."""
-    (row,), (slot,) = encoder.inputs.array_rows([panel_id])
-    return encoder.inputs.modalities[row, slot].copy(), encoder.inputs.modality_masks[row, slot].copy()
+    (row,), (slot,) = encoder.view.locate([panel_id])
+    return encoder.view.modalities[row, slot].copy(), encoder.view.modality_masks[row, slot].copy()
 
 
-def fused(encoder: SampleEncoder, parts: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def fused(encoder: BatchBuilder, parts: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """One vector through the frozen fusion."""
     return refuse(parts[None].astype(np.float32), mask[None], encoder.model)[0]
 
 
 def test_collate_keys_shapes_and_values(
-    encoder: SampleEncoder, task_sets: dict[str, TaskSet], batches: dict[str, dict[str, torch.Tensor]]
+    encoder: BatchBuilder, task_sets: dict[str, TaskSet], batches: dict[str, dict[str, torch.Tensor]]
 ) -> None:
     for task, batch in batches.items():
         samples = task_sets[task].samples[:BATCH]
@@ -313,8 +329,8 @@ def test_collate_keys_shapes_and_values(
             assert batch["context_mask"][b].sum() == len(ids)
             for place, panel in enumerate(ids):
                 if panel is not None:
-                    rows, slots = encoder.inputs.array_rows([panel])
-                    assert np.allclose(batch["context"][b, place], encoder.inputs.fused[rows[0], slots[0]])
+                    rows, slots = encoder.view.locate([panel])
+                    assert np.allclose(batch["context"][b, place], encoder.view.fused[rows[0], slots[0]])
             assert batch["candidate_mask"][b].sum() == len(sample.candidates)
             assert batch["answer"][b] == sample.answer
             if task == "reading_order":
@@ -328,13 +344,13 @@ def test_collate_keys_shapes_and_values(
         assert captions.all() if task == "caption_relevance" else not captions.any()
 
 
-def test_candidates_are_rebuilt_from_the_parts_they_name(encoder: SampleEncoder) -> None:
+def test_candidates_are_rebuilt_from_the_parts_they_name(encoder: BatchBuilder) -> None:
     page = int(encoder.page_indices("val")[0])
-    first, second = (page * encoder.inputs.max_panels + s for s in (0, 1))
+    first, second = (page * encoder.view.max_panels + s for s in (0, 1))
     parts, mask = parts_of(encoder, first)
     other, other_mask = parts_of(encoder, second)
-    (row,), (slot,) = encoder.inputs.array_rows([first])
-    assert encoder.inputs.text_free_masks[row, slot]
+    (row,), (slot,) = encoder.view.locate([first])
+    assert encoder.view.text_free_masks[row, slot]
     texts = np.random.default_rng(0).standard_normal((3, DIM)).astype(np.float32)
     candidates = [
         Candidate(first, text_from=first, composition_from=None),  # no composition
@@ -350,7 +366,7 @@ def test_candidates_are_rebuilt_from_the_parts_they_name(encoder: SampleEncoder)
         fused(encoder, np.stack([parts[0], parts[1], other[2]]), np.array([mask[0], mask[1], other_mask[2]])),
         fused(
             encoder,
-            np.stack([encoder.inputs.text_free_vision[row, slot], parts[1], parts[2]]),
+            np.stack([encoder.view.text_free_vision[row, slot], parts[1], parts[2]]),
             np.array([1, 0, 0], bool),
         ),
         fused(encoder, np.stack([parts[0], texts[2], parts[2]]), np.array([0, 1, 0], bool)),
@@ -363,10 +379,10 @@ def test_candidates_are_rebuilt_from_the_parts_they_name(encoder: SampleEncoder)
     assert np.allclose(batch["answer_panel"][0].numpy(), fused(encoder, parts, mask & [True, False, False]), atol=1e-5)
 
 
-def test_modalities_give_the_text_only_and_vision_only_ablations(run_dir: Path, encoder: SampleEncoder) -> None:
-    vision = SampleEncoder(run_dir, modalities=("vision",))
+def test_modalities_give_the_text_only_and_vision_only_ablations(run_dir: Path, encoder: BatchBuilder) -> None:
+    vision = BatchBuilder(encoder.view, modalities=("vision",))
     page = int(encoder.page_indices("train")[0])
-    panel = page * encoder.inputs.max_panels
+    panel = page * encoder.view.max_panels
     parts, mask = parts_of(encoder, panel)
     texts = np.ones((1, DIM), dtype=np.float32)
     sample = TaskSample(
@@ -379,18 +395,18 @@ def test_modalities_give_the_text_only_and_vision_only_ablations(run_dir: Path, 
     assert np.allclose(
         batch["candidates"][0, 0].numpy(), fused(encoder, vision_of_next, np.array([1, 0, 0], bool)), atol=1e-5
     )
-    text = SampleEncoder(run_dir, modalities=("text",))
+    text = BatchBuilder(encoder.view, modalities=("text",))
     only_text = text.collate(task_set, [sample])["candidates"][0, 0].numpy()
     assert np.allclose(
         only_text, fused(encoder, np.stack([parts[0], texts[0], parts[2]]), np.array([0, 1, 0], bool)), atol=1e-5
     )
     with pytest.raises(ValueError, match="modalities"):
-        SampleEncoder(run_dir, modalities=("smell",))
+        BatchBuilder(encoder.view, modalities=("smell",))
 
 
-def test_captions_enter_as_text_queries_and_direction_as_a_flag(encoder: SampleEncoder) -> None:
+def test_captions_enter_as_text_queries_and_direction_as_a_flag(encoder: BatchBuilder) -> None:
     page = int(encoder.page_indices("train")[0])
-    panel = page * encoder.inputs.max_panels
+    panel = page * encoder.view.max_panels
     samples = [
         TaskSample("caption_relevance", "a", "train", "b", [], [Candidate(panel)], answer=0, query_text="A storm."),
         TaskSample("reading_order", "b", "train", "b", [panel + 1, panel], order=[1, 0], direction="rtl"),
@@ -399,15 +415,15 @@ def test_captions_enter_as_text_queries_and_direction_as_a_flag(encoder: SampleE
     with torch.no_grad():
         query = encoder.model.encode_texts(["A storm."])[0].numpy()
     assert np.allclose(batch["query"][0].numpy(), query, atol=1e-5) and "A storm." in encoder.captions
-    assert batch["direction"].tolist() == [0, 1] and batch["answer"].tolist() == [0, -1]
+    assert batch["direction"].tolist() == [0, 1] and batch["answer"].tolist() == [0, -1]  # unlabelled, rtl
     assert batch["order"].tolist() == [[-1, -1], [1, 0]] and batch["context_mask"][0].sum() == 0
 
 
-def test_pages_are_the_stored_pages_of_a_split(encoder: SampleEncoder) -> None:
-    pages = encoder.inputs.pages
+def test_pages_are_the_stored_pages_of_a_split(encoder: BatchBuilder) -> None:
+    pages = encoder.view.pages
     train = encoder.page_indices("train")
     assert set(pages.split.iloc[train]) == {"train"} and len(train) == int((pages.split == "train").sum())
     panels, mask = encoder.pages(train[:3])
     counts = pages.num_panels.iloc[train[:3]].tolist()
     assert panels.shape == (3, max(counts), DIM) and mask.sum(dim=1).tolist() == counts
-    assert np.allclose(panels[mask].numpy(), encoder.inputs.fused[train[:3], : max(counts)][mask.numpy()])
+    assert np.allclose(panels[mask].numpy(), encoder.view.fused[train[:3], : max(counts)][mask.numpy()])

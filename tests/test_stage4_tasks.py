@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +18,19 @@ from comicnb import checkpoint
 from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage4.samplers import (
-    CANDIDATES,
-    CLOZE_CONTEXT,
+from comicnb.stage4.drafts import TruthColumnsMissing, balanced_slots
+from comicnb.stage4.samplers import SAMPLERS
+from comicnb.stage4.task_sets import (
     NO_TWINS,
-    SAMPLERS,
-    FrozenTextPathway,
-    TaskContext,
-    TruthColumnsMissing,
-    balanced_slots,
     build_task_sets,
-    load_context,
     make_task_set,
     task_rng,
     training_samples,
     write_split,
 )
 from comicnb.stage4.tasks import (
+    CANDIDATES,
+    CLOZE_CONTEXT,
     TASKS,
     TEXT_TASKS,
     Candidate,
@@ -43,6 +40,7 @@ from comicnb.stage4.tasks import (
     read_task_set,
     task_dir,
 )
+from comicnb.stage4.view import FrozenTextPathway, RunView, open_run
 from comicnb.store import MODALITY_EMBEDDINGS, EmbedConfig, generate
 
 SPLITS = ("val", "test")
@@ -81,9 +79,9 @@ def manifests(run: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def ctx(run: Path, manifests: dict) -> TaskContext:
-    """The run's task context."""
-    return load_context(run)
+def ctx(run: Path, manifests: dict) -> RunView:
+    """The run's view."""
+    return open_run(run)
 
 
 def sets(run: Path, split: str) -> dict[str, list[TaskSample]]:
@@ -91,12 +89,12 @@ def sets(run: Path, split: str) -> dict[str, list[TaskSample]]:
     return {task: read_task_set(task_dir(run, split), task).samples for task in TASKS}
 
 
-def by_id(ctx: TaskContext) -> pd.DataFrame:
+def by_id(ctx: RunView) -> pd.DataFrame:
     """The context's panel table indexed by panel id."""
     return ctx.panels.set_index("panel_id")
 
 
-def test_every_task_is_built_with_samples_and_keeps_the_rules(run: Path, manifests: dict, ctx: TaskContext) -> None:
+def test_every_task_is_built_with_samples_and_keeps_the_rules(run: Path, manifests: dict, ctx: RunView) -> None:
     panels = by_id(ctx)
     for split in SPLITS:
         assert set(manifests[split]["tasks"]) == set(TASKS)
@@ -142,7 +140,7 @@ def test_same_seed_same_files_and_another_seed_other_samples(run: Path, manifest
     assert digests() == before
     other = run.parent / "other-seed"
     for split in SPLITS:
-        write_split(load_context(run), other / split, split, seed=1)
+        write_split(open_run(run), other / split, split, seed=1)
         for task in ("panel_picking", "text_closure"):
             assert (other / split / f"{task}.jsonl").read_bytes() != (
                 task_dir(run, split) / f"{task}.jsonl"
@@ -169,7 +167,7 @@ def test_candidates_enter_without_their_own_place(run: Path) -> None:
                     assert 0 <= s.slot <= len(s.context)
 
 
-def test_text_tasks_show_the_answer_text_free_and_new_texts_are_encoded(run: Path, ctx: TaskContext) -> None:
+def test_text_tasks_show_the_answer_text_free_and_new_texts_are_encoded(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     for split in SPLITS:
         for task in TEXT_TASKS:
@@ -184,7 +182,7 @@ def test_text_tasks_show_the_answer_text_free_and_new_texts_are_encoded(run: Pat
     # The new texts (character coherence) are encoded by the store's frozen text pathway: the same pathway
     # reproduces the store's own text embeddings, so a new text lives in the same space as the stored ones.
     store = run / "panel_embeddings.zarr"
-    pathway = FrozenTextPathway(checkpoints(run).last, store)
+    pathway = FrozenTextPathway(lambda: ctx.model)
     stored = np.asarray(zarr.open_group(str(store), mode="r")[MODALITY_EMBEDDINGS][:])
     with_text = ctx.panels[ctx.panels.has_text].head(6)
     expected = stored[with_text.page_index, with_text.slot, 1]
@@ -194,7 +192,7 @@ def test_text_tasks_show_the_answer_text_free_and_new_texts_are_encoded(run: Pat
     assert np.allclose(pathway(texts), coherence.texts[:2], atol=1e-5)
 
 
-def test_character_coherence_swaps_the_speakers_of_the_answer_panel(run: Path, ctx: TaskContext) -> None:
+def test_character_coherence_swaps_the_speakers_of_the_answer_panel(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     for s in read_task_set(task_dir(run, "test"), "character_coherence").samples:
         truth = panels.loc[s.candidates[0].panel_id]
@@ -209,7 +207,7 @@ def test_character_coherence_swaps_the_speakers_of_the_answer_panel(run: Path, c
                 assert line["text"] in right and line["text"] in swapped
 
 
-def test_hard_negatives_share_the_scene_and_difficulty_follows_the_rule(run: Path, ctx: TaskContext) -> None:
+def test_hard_negatives_share_the_scene_and_difficulty_follows_the_rule(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     seen = Counter()
     for split in SPLITS:
@@ -237,7 +235,7 @@ def test_hard_negatives_share_the_scene_and_difficulty_follows_the_rule(run: Pat
     assert seen["hard"] > 0 and seen["easy"] > 0
 
 
-def test_visual_closure_context_is_the_action_so_far(run: Path, ctx: TaskContext) -> None:
+def test_visual_closure_context_is_the_action_so_far(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     for s in read_task_set(task_dir(run, "test"), "visual_closure").samples:
         answer = panels.loc[s.candidates[s.answer].panel_id]
@@ -248,7 +246,7 @@ def test_visual_closure_context_is_the_action_so_far(run: Path, ctx: TaskContext
         )
 
 
-def test_caption_relevance_asks_for_the_panel_after_a_unique_caption(run: Path, ctx: TaskContext) -> None:
+def test_caption_relevance_asks_for_the_panel_after_a_unique_caption(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     for s in read_task_set(task_dir(run, "test"), "caption_relevance").samples:
         captioned = panels.loc[s.built_from["caption_of"]]
@@ -259,7 +257,7 @@ def test_caption_relevance_asks_for_the_panel_after_a_unique_caption(run: Path, 
         assert len({panels.description[c.panel_id] for c in s.candidates}) == len(s.candidates)
 
 
-def test_text_cloze_has_three_panels_of_context_and_both_difficulties(run: Path, ctx: TaskContext) -> None:
+def test_text_cloze_has_three_panels_of_context_and_both_difficulties(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     samples = read_task_set(task_dir(run, "test"), "text_cloze").samples
     assert Counter(s.difficulty for s in samples) == {"hard": len(samples) // 2, "easy": len(samples) // 2}
@@ -273,7 +271,7 @@ def test_text_cloze_has_three_panels_of_context_and_both_difficulties(run: Path,
             assert all(n.book_id != answer.book_id for n in sources)
 
 
-def test_reading_order_shuffles_the_page_and_keeps_its_order(run: Path, ctx: TaskContext) -> None:
+def test_reading_order_shuffles_the_page_and_keeps_its_order(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     samples = read_task_set(task_dir(run, "test"), "reading_order").samples
     assert any(s.order != sorted(s.order) for s in samples)
@@ -284,7 +282,7 @@ def test_reading_order_shuffles_the_page_and_keeps_its_order(run: Path, ctx: Tas
         assert s.direction in ("ltr", "rtl")
 
 
-def test_every_panel_is_a_sample_or_a_counted_skip(run: Path, manifests: dict, ctx: TaskContext) -> None:
+def test_every_panel_is_a_sample_or_a_counted_skip(run: Path, manifests: dict, ctx: RunView) -> None:
     for split in SPLITS:
         part = ctx.panels[ctx.panels.split == split]
         tasks = manifests[split]["tasks"]
@@ -300,7 +298,7 @@ def test_every_panel_is_a_sample_or_a_counted_skip(run: Path, manifests: dict, c
         assert tasks["character_coherence"]["skipped"]["fewer_than_2_speakers"] > 0
 
 
-def test_training_samples_are_redrawn_and_keep_the_rules(ctx: TaskContext) -> None:
+def test_training_samples_are_redrawn_and_keep_the_rules(ctx: RunView) -> None:
     first = training_samples(ctx, "panel_picking", np.random.default_rng(1))
     again = training_samples(ctx, "panel_picking", np.random.default_rng(1))
     other = training_samples(ctx, "panel_picking", np.random.default_rng(2))
@@ -313,7 +311,7 @@ def test_training_samples_are_redrawn_and_keep_the_rules(ctx: TaskContext) -> No
         assert {s.split for s in task_set.samples} == {"train"}
 
 
-def test_limits_take_a_balanced_seeded_subset(ctx: TaskContext) -> None:
+def test_limits_take_a_balanced_seeded_subset(ctx: RunView) -> None:
     full = make_task_set(ctx, "visual_closure", "test", task_rng(0, "visual_closure", "test"))
     capped = make_task_set(ctx, "visual_closure", "test", task_rng(0, "visual_closure", "test"), limit=7)
     assert len(capped) == 7 < len(full)
@@ -323,9 +321,9 @@ def test_limits_take_a_balanced_seeded_subset(ctx: TaskContext) -> None:
 
 
 def test_without_text_free_twins_text_tasks_show_no_image_and_the_manifest_says_so(
-    ctx: TaskContext, tmp_path: Path
+    ctx: RunView, tmp_path: Path
 ) -> None:
-    bare = TaskContext(**{**ctx.__dict__, "panels": ctx.panels.assign(text_free=False), "text_free": False})
+    bare = replace(ctx, panels=ctx.panels.assign(text_free=False), text_free_masks=None)
     manifest = write_split(bare, tmp_path, "test", tasks=("text_closure", "visual_closure", "character_coherence"))
     assert manifest["text_free"] is False and manifest["text_free_note"] == NO_TWINS
     for task in ("text_closure", "character_coherence"):
@@ -333,14 +331,14 @@ def test_without_text_free_twins_text_tasks_show_no_image_and_the_manifest_says_
     assert set(manifest["tasks"]["visual_closure"]["vision"]) == {"full"}
 
 
-def test_a_split_without_panels_gives_empty_sets(ctx: TaskContext, tmp_path: Path) -> None:
+def test_a_split_without_panels_gives_empty_sets(ctx: RunView, tmp_path: Path) -> None:
     manifest = write_split(ctx, tmp_path, "no-such-split")
     assert manifest["panels"] == 0 and all(entry["samples"] == 0 for entry in manifest["tasks"].values())
     assert read_task_set(tmp_path, "panel_picking").samples == []
 
 
-def test_truth_missing_a_column_is_a_clear_error(ctx: TaskContext) -> None:
-    stale = TaskContext(**{**ctx.__dict__, "panels": ctx.panels.drop(columns=["beat"])})
+def test_truth_missing_a_column_is_a_clear_error(ctx: RunView) -> None:
+    stale = replace(ctx, panels=ctx.panels.drop(columns=["beat"]))
     with pytest.raises(TruthColumnsMissing, match="beat"):
         SAMPLERS["visual_closure"](stale, "test", np.random.default_rng(0))
 

@@ -32,20 +32,12 @@ from comicnb.checkpoint import CheckpointExistsError, rng_state
 from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints as stage3_checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage4.baselines import SUMMARY_COLUMNS
-from comicnb.stage4.config import ABLATIONS
-from comicnb.stage4.samplers import build_task_sets
-from comicnb.stage4.scoring import load_stage4_model, score_models, trained_models
+from comicnb.stage4.config import ABLATIONS, checkpoints
+from comicnb.stage4.results import COLUMNS
+from comicnb.stage4.scoring import evaluate, load_stage4_model, score_models, trained_models
+from comicnb.stage4.task_sets import TaskSetsMissingError, build_task_sets
 from comicnb.stage4.tasks import TASKS, read_task_set, task_dir
-from comicnb.stage4.trainer import (
-    BEST_METRIC,
-    NonFiniteLossError,
-    TaskSetsMissingError,
-    build_stage4_trainer,
-    checkpoints,
-    evaluate,
-    train_stage4,
-)
+from comicnb.stage4.trainer import BEST_METRIC, NonFiniteLossError, build_stage4_trainer, train_stage4
 from comicnb.store import STORE_NAME, EmbedConfig, generate
 
 SMALL_MODEL = dict(d_model=32, nhead=2, num_layers=1, dim_feedforward=64)
@@ -118,7 +110,7 @@ def test_a_short_run_learns(learned: tuple[Any, Path]) -> None:
     epochs = trainer.history.epochs
     first, last = epochs[0], epochs[-1]
     table = trainer.last_validation
-    rows = table[table.difficulty.isin(["all", "-"])].set_index("task")
+    rows = table[table.difficulty == "all"].set_index("task")
     print("\ntask, untrained, after the run, chance, 95 % interval, n")
     for task in TASKS:
         row = rows.loc[task]
@@ -152,9 +144,9 @@ def test_evaluate_gives_the_baselines_table(learned: tuple[Any, Path], run: Path
     baselines' columns."""
     sets = {task: read_task_set(task_dir(run, "test"), task) for task in ("panel_picking", "reading_order")}
     trainer, _ = learned
-    table = evaluate(trainer.model, sets, trainer.encoder)
-    assert list(table.columns) == SUMMARY_COLUMNS
-    assert set(table.baseline) == {"stage4"} and set(table.split) == {"test"}
+    table = evaluate(trainer.model, sets, trainer.builder)
+    assert list(table.columns) == COLUMNS
+    assert set(table.method) == {"stage4"} and set(table.split) == {"test"}
     assert set(table[table.task == "panel_picking"].difficulty) == {"hard", "easy", "all"}
     assert ((table.low <= table.accuracy) & (table.accuracy <= table.high)).all()
     order = table[table.task == "reading_order"].iloc[0]
@@ -184,12 +176,12 @@ def test_ablations_train_into_their_own_folder_and_score_beside_the_model(
     assert no_layers.encoder is None and config["model"]["use_transformer"] is False
     assert load_stage4_model(models["text_only"])[1]["train"]["modalities"] == ["text"]
     table = score_models(target, "test")
-    assert list(table.columns) == SUMMARY_COLUMNS and set(table.split) == {"test"}
-    assert set(table.baseline) == set(models)
-    assert table.groupby("baseline").task.nunique().to_dict() == {name: len(TASKS) for name in models}
+    assert list(table.columns) == COLUMNS and set(table.split) == {"test"}
+    assert set(table.method) == set(models)
+    assert table.groupby("method").task.nunique().to_dict() == {name: len(TASKS) for name in models}
     # The main model scores here exactly as evaluate scores it with its own trainer's inputs.
-    own = evaluate(load_stage4_model(models["stage4"])[0], read_sets(target, "test"), learned[0].encoder)
-    mine = table[table.baseline == "stage4"].reset_index(drop=True)
+    own = evaluate(load_stage4_model(models["stage4"])[0], read_sets(target, "test"), learned[0].builder)
+    mine = table[table.method == "stage4"].reset_index(drop=True)
     assert mine.accuracy.tolist() == own.accuracy.tolist()
 
 
@@ -336,8 +328,8 @@ def test_help_describes_the_command_and_its_defaults(capsys: pytest.CaptureFixtu
     assert "Train Stage 4, the panel sequence model" in text and "comicnb tasks --run-dir RUN_DIR" in text
     for flag in ("--train_embeddings", "--train_metadata", "--val_embeddings", "--val_metadata", "--run_name"):
         assert flag in text
-    assert "sets d_model (default: the params file's, else 256)" in text
-    assert "sets lr (default: the params file's, else 0.0001)" in text
+    assert "sets d_model (default: the params file's, else 128)" in text  # Stage4ModelConfig's, notebook 04's
+    assert "sets lr (default: the params file's, else 0.001)" in text
     with pytest.raises(SystemExit):
         cli.main(["tasks", "--help"])
     assert "--max-samples" in capsys.readouterr().out

@@ -5,7 +5,7 @@ texts joined in reading order (Stage 4's ``text_similarity`` baseline). Ties sco
 candidates, so a scorer that cannot tell candidates apart scores chance.
 
 Intervals are 95 % percentile bootstrap intervals that resample whole books
-(``comicnb.evaluation.metrics.bootstrap_interval``, groups = book id): samples of one book are not independent (one
+(``comicnb.metrics.bootstrap_interval``, groups = book id): samples of one book are not independent (one
 story, one letterer, neighbouring windows share panels and answers), so an interval over samples would be too narrow.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 from comicnb.comics.embed import TextVectors, candidate_text, context_text, sample_vectors
 from comicnb.comics.folds import split_seen
 from comicnb.comics.reader import TEXT_CLOZE, ComicsSample, ComicsTable
-from comicnb.comics.scorer import expected_hits, load_scorer, model_scores
-from comicnb.evaluation.metrics import bootstrap_interval
+from comicnb.comics.scorer import load_scorer, model_scores
+from comicnb.metrics import bootstrap_interval, expected_hits
 
 LEVEL = 0.95
 INTERVAL_NOTES = {"book bootstrap": "95 % bootstrap interval resampling whole books"}

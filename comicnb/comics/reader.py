@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comicnb.store.schema import file_sha256
+from comicnb.checkpoint import file_sha256
 
 TEXT_CLOZE = "text_cloze"
 CHAR_COHERENCE = "char_coherence"

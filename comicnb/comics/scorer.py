@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from comicnb.checkpoint import file_sha256
 from comicnb.comics.embed import TextVectors, sample_vectors
 from comicnb.comics.folds import DEFAULT_FOLDS, book_fold, unit_hash, validation_books
 from comicnb.comics.reader import CHAR_COHERENCE, TEXT_CLOZE, ComicsSample, ComicsTable, book_sort_key
 from comicnb.comics.settings import FitSettings
-from comicnb.store.schema import file_sha256
+from comicnb.loop import EpochLoop, SingleProcess
+from comicnb.metrics import expected_hits
+from comicnb.seed import set_seed
 
 STAGE4_TASK = {TEXT_CLOZE: "text_cloze", CHAR_COHERENCE: "character_coherence"}
 MODEL_FILE = "model.pt"
@@ -52,15 +55,6 @@ def make_batch(context: Tensor, candidates: Tensor, answer: Tensor) -> dict[str,
         "query": torch.zeros(batch_size, dim),
         "direction": torch.zeros(batch_size, dtype=torch.long),
     }
-
-
-def expected_hits(scores: np.ndarray, answers: np.ndarray) -> np.ndarray:
-    """(N,) chance of hitting the answer when picking uniformly among each row's top-scored candidates: a scorer that
-    cannot tell candidates apart scores chance, not whatever index its argmax prefers."""
-    scores = np.asarray(scores, dtype=np.float64)
-    top = np.isclose(scores, scores.max(axis=1, keepdims=True), rtol=1e-6, atol=1e-6)
-    answers = np.asarray(answers, dtype=np.int64)
-    return top[np.arange(len(answers)), answers] / top.sum(axis=1)
 
 
 def stage4_model_sha256() -> str:
@@ -143,56 +137,86 @@ def _validate(model, task: str, part: _Part) -> tuple[float, float]:
     return loss, float(expected_hits(logits, part.answers_np).mean())
 
 
+class ScorerTrainer(EpochLoop):
+    """Trains one COMICS scorer in one sitting (``comicnb.loop``): shuffled batches of the training part, AdamW at a
+    constant learning rate, the gradient clipped, and after each epoch the validation part's loss, which keeps the
+    best epoch's weights in memory and stops the run after ``patience`` epochs without a lower one. It never resumes,
+    so its random draws come from one stream seeded once (``step_seeds`` off)."""
+
+    step_seeds = False
+    constant_lr = True
+
+    def __init__(
+        self, task: str, train: _Part, val: _Part, settings: FitSettings, log: Callable[[str], None] = print
+    ) -> None:
+        set_seed(settings.seed)
+        self.cfg, self.task, self.train_part, self.val_part, self.log = settings, task, train, val, log
+        self.model = build_model(settings.model_config(train.context.shape[-1], task))
+        self.accelerator = SingleProcess()  # the scorer trains on the CPU, seeded, without Accelerate
+        self.steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+        if not self.steps_per_epoch:
+            raise ValueError("no training rows: a COMICS scorer needs at least one training sample")
+        self.start_loop(self.model)
+        self.generator = torch.Generator().manual_seed(settings.seed)  # the epochs' shuffles
+        self.best_state: dict[str, Tensor] | None = None
+        self.waited = 0  # epochs since the validation loss last fell
+        self.losses: list[float] = []  # the current epoch's training losses
+
+    def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
+        """One epoch over the training part in a fresh shuffle, a batch a step (a run in one sitting: offset 0)."""
+        self.model.train()
+        order = torch.randperm(len(self.train_part), generator=self.generator)
+        self.losses = []
+        for start in range(0, len(self.train_part), self.cfg.batch_size):
+            batch = self.train_part.batch(order[start : start + self.cfg.batch_size])
+            loss = self.model.task_loss(STAGE4_TASK[self.task], batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss is {loss.item()} at epoch {epoch + 1}, step {self.step}")
+            self.optimise(loss)
+            self.losses.append(loss.item())
+            yield
+
+    def end_epoch(self, epoch: int, seconds: float, files: Any | None) -> None:
+        """Score the validation part; keep the weights when its loss fell (by more than 1e-6)."""
+        val_loss, val_accuracy = _validate(self.model, self.task, self.val_part)
+        scalars = dict(
+            train_loss=float(np.mean(self.losses)) if self.losses else 0.0,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            neg_val_loss=-val_loss,
+        )
+        self.history.epochs.append({"epoch": epoch, **scalars, "seconds": seconds})
+        self.log(
+            f"  epoch {epoch}: train loss {scalars['train_loss']:.4f}, validation loss {val_loss:.4f}, "
+            f"accuracy {val_accuracy:.3f} ({seconds:.1f} s)"
+        )
+        if self.update_best(scalars, epoch, "neg_val_loss", min_delta=1e-6):
+            self.waited = 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.waited += 1
+
+    def should_stop(self) -> bool:
+        """After ``patience`` epochs without a lower validation loss."""
+        if self.waited >= self.cfg.patience:
+            self.log(f"  stopped: no lower validation loss for {self.waited} epochs")
+            return True
+        return False
+
+    def save(self, path: str | Path) -> Path:  # the scorer keeps its best weights in memory; fit writes the folder
+        raise NotImplementedError("a COMICS scorer is saved by fit(), not checkpointed")
+
+
 def train_scorer(
     task: str, train: _Part, val: _Part, settings: FitSettings, log: Callable[[str], None] = print
 ) -> tuple[Any, list[dict], int]:
     """(model with the best validation state loaded, history per epoch, best epoch)."""
-    from comicnb.seed import set_seed
-
-    set_seed(settings.seed)
-    model = build_model(settings.model_config(train.context.shape[-1], task))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(settings.seed)
-    stage4_task = STAGE4_TASK[task]
-    history, best, best_state, best_epoch, waited = [], math.inf, None, 0, 0
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        started, total, steps = time.perf_counter(), 0.0, 0
-        order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(train), settings.batch_size):
-            loss = model.task_loss(stage4_task, train.batch(order[start : start + settings.batch_size]))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss is {loss.item()} at epoch {epoch}, step {steps}")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            total, steps = total + loss.item(), steps + 1
-        val_loss, val_accuracy = _validate(model, task, val)
-        row = dict(
-            epoch=epoch,
-            train_loss=total / max(steps, 1),
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            seconds=time.perf_counter() - started,
-        )
-        history.append(row)
-        log(
-            f"  epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss {val_loss:.4f}, "
-            f"accuracy {val_accuracy:.3f} ({row['seconds']:.1f} s)"
-        )
-        if val_loss < best - 1e-6:
-            best, best_epoch, waited = val_loss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= settings.patience:
-                log(f"  stopped: no lower validation loss for {waited} epochs")
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return model, history, best_epoch
+    trainer = ScorerTrainer(task, train, val, settings, log)
+    trainer.train()
+    if trainer.best_state is not None:
+        trainer.model.load_state_dict(trainer.best_state)
+    history = [{k: v for k, v in row.items() if k != "neg_val_loss"} for row in trainer.history.epochs]
+    return trainer.model.eval(), history, int(trainer.best.get("epoch", 0))
 
 
 def fit(

@@ -1,10 +1,16 @@
-"""Model size and training settings of a COMICS scorer: importable without torch (the command line's defaults)."""
+"""Model size and training settings of a COMICS scorer (the command line's and notebook 05's defaults).
+
+The model is Stage 4's sequence model: its size defaults are ``Stage4ModelConfig``'s, so a COMICS scorer and a bare
+Stage 4 run build the same model; what is COMICS' own (epochs, batch, learning rate, early stopping) is set here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from comicnb.stage4.config import Stage4ModelConfig
 
 PAIR_VECTORS = ("first_box", "joined")  # how a character-coherence candidate becomes a vector (comicnb.comics.embed)
 
@@ -13,15 +19,16 @@ PAIR_VECTORS = ("first_box", "joined")  # how a character-coherence candidate be
 class FitSettings:
     """Model size and training of a COMICS scorer (small: the dev folds hold ~10k samples)."""
 
-    d_model: int = 128
-    nhead: int = 4
-    num_layers: int = 2
-    dim_feedforward: int = 256
-    dropout: float = 0.1
+    d_model: int = Stage4ModelConfig.d_model
+    nhead: int = Stage4ModelConfig.nhead
+    num_layers: int = Stage4ModelConfig.num_layers
+    dim_feedforward: int = Stage4ModelConfig.dim_feedforward
+    dropout: float = Stage4ModelConfig.dropout
     epochs: int = 10
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 0.01
+    grad_clip: float = 1.0  # gradient norm clip (the learning rate is constant: no warm-up, no decay)
     patience: int = 2  # epochs without a lower validation loss before stopping
     validation_share: float = 0.1  # of the training books
     seed: int = 0

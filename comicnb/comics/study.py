@@ -14,7 +14,7 @@ import pandas as pd
 
 from comicnb.comics.embed import TextVectors
 from comicnb.comics.evaluate import Evaluation, evaluate
-from comicnb.comics.folds import book_fold, unit_hash
+from comicnb.comics.folds import DEFAULT_FOLDS, book_fold, unit_hash
 from comicnb.comics.reader import CHAR_COHERENCE, TEXT_CLOZE, ComicsTable, read_comics
 from comicnb.comics.scorer import fit
 from comicnb.comics.settings import FitSettings
@@ -42,20 +42,20 @@ def subset_books(tables: Mapping[str, ComicsTable], max_rows: int, seed: int = 0
 def held_out_study(
     folder: str | Path,
     out: str | Path,
-    epochs: int = 10,
-    folds: int = 5,
-    seed: int = 0,
+    settings: FitSettings | None = None,
+    folds: int = DEFAULT_FOLDS,
     max_rows: int = 0,
 ) -> tuple[dict[str, Evaluation], dict]:
-    """Train and score one scorer per shared file (see the module); models and the text-vector cache go under
-    ``out``. Returns (task -> Evaluation, the ``comics`` section: each evaluation as a dict and the protocol)."""
+    """Train and score one scorer per shared file (see the module) with ``settings`` (FitSettings' defaults where
+    None); models and the text-vector cache go under ``out``. Returns (task -> Evaluation, the ``comics`` section:
+    each evaluation as a dict and the protocol)."""
+    settings = settings or FitSettings()
     out = Path(out)
     vectors = TextVectors(cache=out / "text_vectors.npz")
     tables = {task: read_comics(Path(folder) / name, task) for task, name in COMICS_FILES.items()}
-    tables = subset_books(tables, max_rows, seed)
+    tables = subset_books(tables, max_rows, settings.seed)
     evaluations, trained = {}, set()
     for task, table in tables.items():
-        settings = FitSettings(epochs=epochs, seed=seed)
         manifest = fit(
             table,
             out / task,

@@ -21,7 +21,7 @@ from comicnb.corpus.reader import (
     text_free_name,
 )
 from comicnb.corpus.splits import SPLITS, split_books, split_counts
-from comicnb.corpus.tables import load_pages, load_run_pages, save_corpus, save_pages
+from comicnb.corpus.tables import corpus_record, load_pages, load_run_pages, save_corpus, save_pages
 
 __all__ = [
     "BBOX_FORMATS",
@@ -36,6 +36,7 @@ __all__ = [
     "check_bbox_format",
     "checked_run_pages",
     "clean_text",
+    "corpus_record",
     "composition_features",
     "composition_table",
     "crop_panels",

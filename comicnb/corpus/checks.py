@@ -13,7 +13,7 @@ from PIL import Image
 
 from comicnb.corpus.boxes import BBOX_FORMATS
 from comicnb.corpus.reader import _PageLog, _read_json, _scan, _shape_error
-from comicnb.corpus.tables import load_run_pages
+from comicnb.corpus.tables import corpus_record, load_run_pages
 
 
 def bbox_fit(data_root: str | Path, *, tolerance: float = 0.01) -> pd.DataFrame:
@@ -96,7 +96,7 @@ def checked_run_pages(run_dir: str | Path) -> tuple[pd.DataFrame, Path]:
     """A run's pages table and data_root (``load_run_pages``), after the bbox-convention check notebook 01 makes,
     so training and embedding refuse boxes read the wrong way round just as the notebook does."""
     pages, data_root = load_run_pages(run_dir)
-    options = json.loads((Path(run_dir) / "corpus.json").read_text(encoding="utf-8")).get("options", {})
+    options = corpus_record(run_dir).get("options", {})
     if data_root.is_dir():
         check_bbox_format(data_root, options.get("bbox_format", "xywh"))
     return pages, data_root

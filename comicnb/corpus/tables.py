@@ -49,10 +49,18 @@ def save_corpus(corpus: Corpus, run_dir: str | Path) -> list[Path]:
     return [save_pages(corpus.pages, out / "pages.jsonl"), out / "problems.csv", out / "corpus.json"]
 
 
+def corpus_record(run_dir: str | Path) -> dict[str, Any]:
+    """What notebook 01 recorded of a run's corpus (``corpus.json``): ``data_root``, the page count and the reading
+    ``options`` (bbox_format, max_panels, labels...). The one reader of that file."""
+    path = Path(run_dir) / "corpus.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 01 with run_dir={str(run_dir)!r}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def load_run_pages(run_dir: str | Path) -> tuple[pd.DataFrame, Path]:
     """The pages table a run's notebook 01 wrote, and the data_root its image paths are relative to."""
     run_dir = Path(run_dir)
     if not (run_dir / "pages.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir / 'pages.jsonl'} is missing: run notebook 01 with run_dir={str(run_dir)!r}")
-    meta = json.loads((run_dir / "corpus.json").read_text(encoding="utf-8"))
-    return load_pages(run_dir / "pages.jsonl"), Path(meta["data_root"])
+    return load_pages(run_dir / "pages.jsonl"), Path(corpus_record(run_dir)["data_root"])

@@ -1,148 +1,57 @@
-"""Notebook 05's task figures: per-sample results of every model and baseline -> accuracy with a book-level bootstrap
-interval per task and difficulty, a ComicsPAP-style total, the reading-order breakdown, and ``metrics.json``.
+"""Notebook 05's task figures: every method's results on the test books in one table with book-level intervals, the
+verdicts against the best baseline and the ablations, a ComicsPAP-style total, the reading-order breakdown, and
+``metrics.json`` with its provenance.
 
 Samples of one book are not independent (one story, one artist, one cast), so every interval here resamples books,
-not samples (``metrics.bootstrap_interval``). A method's per-sample results come from
-``comicnb.stage4.baselines.run_baselines`` and ``comicnb.stage4.scoring.model_results`` (both ``BaselineResult``);
-``sample_frame`` puts them in one long table, one row per method and sample.
+not samples (``comicnb.metrics.bootstrap_interval``). The per-sample results come from
+``comicnb.stage4.baselines.run_baselines`` and ``comicnb.stage4.scoring.model_results`` (both ``Result``s);
+``comicnb.stage4.results`` makes the table.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from comicnb.evaluation.metrics import bootstrap_interval, total_accuracy
-from comicnb.stage4.baselines import BaselineResult
-from comicnb.stage4.config import ABLATIONS
-from comicnb.stage4.scoring import MAIN
-from comicnb.stage4.tasks import TASKS, TaskSet
+from comicnb.checkpoint import file_sha256
+from comicnb.metrics import total_accuracy
+from comicnb.paths import git_revision
+from comicnb.stage4.config import MAIN, MODELS
+from comicnb.stage4.results import ALL, READING_ORDER, Result, interval_row
+from comicnb.stage4.tasks import TASKS, TaskSample, TaskSet
 
-ALL = "all"
-READING_ORDER = "reading_order"
-SAMPLE_COLUMNS = [
-    "method",
-    "task",
-    "split",
-    "sample_id",
-    "book_id",
-    "difficulty",
-    "correct",
-    "chance",
-    "pairwise",
-    "kendall_tau",
-]
-TASK_COLUMNS = [
-    "method",
-    "task",
-    "difficulty",
-    "n",
-    "books",
-    "accuracy",
-    "low",
-    "high",
-    "chance",
-    "pairwise",
-    "kendall_tau",
-]
-MODEL_NAMES = (MAIN, *ABLATIONS)  # the main model, then its ablations
-NOT_BASELINES = frozenset(MODEL_NAMES)
+FEW_BOOKS = 10  # fewer held-out books than this: a single book moves a figure by several points
 
 
-def sample_frame(results: Iterable[BaselineResult], sets: Mapping[Any, TaskSet] | Iterable[TaskSet]) -> pd.DataFrame:
-    """One row per method and sample (SAMPLE_COLUMNS): the method's correctness (reading order: exact page order,
-    with its pairwise accuracy and Kendall tau), the sample's chance and its book."""
-    task_sets = list(sets.values()) if isinstance(sets, Mapping) else list(sets)
-    books = {s.sample_id: s.book_id for task_set in task_sets for s in task_set.samples}
-    frames = []
-    for result in results:
-        n = len(result.sample_ids)
-        missing = [i for i in result.sample_ids if i not in books]
-        if missing:
-            raise KeyError(f"{result.baseline} scored samples the given sets do not hold, e.g. {missing[0]!r}")
-        frames.append(
-            pd.DataFrame(
-                dict(
-                    method=result.baseline,
-                    task=result.task,
-                    split=result.split,
-                    sample_id=result.sample_ids,
-                    book_id=[books[i] for i in result.sample_ids],
-                    difficulty=result.difficulty,
-                    correct=np.asarray(result.correct, dtype=np.float64),
-                    chance=np.asarray(result.chance, dtype=np.float64),
-                    pairwise=result.pairwise if result.pairwise is not None else np.full(n, np.nan),
-                    kendall_tau=result.kendall_tau if result.kendall_tau is not None else np.full(n, np.nan),
-                )
+def verdicts(compare: pd.DataFrame, books: int) -> list[str]:
+    """One line per task of a ``comparison``: whether the main model's interval clears its best baseline and its
+    ablations, and a last line when ``books`` held-out books are too few for any claim."""
+    lines = []
+    for row in compare.itertuples(index=False):
+        figure = f"{row.task}: {row.stage4:.3f} [{row.low:.3f}, {row.high:.3f}]"
+        bar = f"({row.best_baseline} {row.best_baseline_accuracy:.3f})"
+        if row.above_best_baseline and row.above_ablations:
+            lines.append(f"{figure} clears its best baseline {bar} and the ablations")
+        elif row.above_best_baseline:
+            lines.append(
+                f"{figure} clears its best baseline {bar} but not every ablation: the transformer is not what helps"
             )
+        else:
+            lines.append(f"{figure} does NOT clear its best baseline {bar}: not a result")
+    if books < FEW_BOOKS:
+        lines.append(
+            f"\nOnly {books} held-out books: the intervals are wide and a single book moves a figure by several "
+            "points. The study profile (`make demo PROFILE=study`, 45 test books) is the one to quote; its figures are "
+            "in docs/results.md."
         )
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
-
-
-def interval_row(part: pd.DataFrame, level: float, n_resamples: int, seed: int) -> dict[str, float]:
-    """n, books, accuracy and its book-level bootstrap interval, mean chance, pairwise and tau of some samples."""
-    correct = part.correct.to_numpy(dtype=np.float64)
-    low, high = bootstrap_interval(correct, part.book_id.to_numpy(), level=level, n_resamples=n_resamples, seed=seed)
-    return dict(
-        n=len(part),
-        books=int(part.book_id.nunique()),
-        accuracy=float(correct.mean()),
-        low=low,
-        high=high,
-        chance=float(part.chance.mean()),
-        pairwise=float(part.pairwise.mean()) if part.pairwise.notna().any() else math.nan,
-        kendall_tau=float(part.kendall_tau.mean()) if part.kendall_tau.notna().any() else math.nan,
-    )
-
-
-def task_table(
-    samples: pd.DataFrame, level: float = 0.95, n_resamples: int = 2000, seed: int = 0, by_difficulty: bool = True
-) -> pd.DataFrame:
-    """One row per method, task and difficulty (``all`` over every difficulty, and each one where a task has
-    several): accuracy with its book-level bootstrap interval (TASK_COLUMNS)."""
-    rows = []
-    for (method, task), part in samples.groupby(["method", "task"], sort=False):
-        rows.append(dict(method=method, task=task, difficulty=ALL, **interval_row(part, level, n_resamples, seed)))
-        kinds = sorted(set(part.difficulty) - {"-"})
-        if by_difficulty and len(kinds) > 1:
-            for kind in kinds:
-                chosen = part[part.difficulty == kind]
-                rows.append(
-                    dict(method=method, task=task, difficulty=kind, **interval_row(chosen, level, n_resamples, seed))
-                )
-    return pd.DataFrame(rows, columns=TASK_COLUMNS)
-
-
-def comparison(table: pd.DataFrame, models: Sequence[str] = MODEL_NAMES) -> pd.DataFrame:
-    """Per task (``all`` rows): the main model's accuracy and interval beside chance, its best baseline (the most
-    accurate method that is not a trained model or chance) and each ablation, and whether its interval clears
-    them."""
-    rows = table[table.difficulty == ALL]
-    out = []
-    for task in [t for t in TASKS if t in set(rows.task)]:
-        part = rows[rows.task == task].set_index("method")
-        baselines = part[~part.index.isin(list(NOT_BASELINES) + ["chance"])]
-        entry: dict[str, Any] = dict(task=task, chance=float(part.chance.iloc[0]), n=int(part.n.max()))
-        if len(baselines):
-            best = baselines.accuracy.idxmax()
-            entry.update(best_baseline=best, best_baseline_accuracy=float(baselines.loc[best, "accuracy"]))
-        for name in models:
-            if name in part.index:
-                entry[name] = float(part.loc[name, "accuracy"])
-        if models[0] in part.index:
-            main = part.loc[models[0]]
-            entry.update(low=float(main.low), high=float(main.high))
-            entry["above_best_baseline"] = bool(main.low > entry.get("best_baseline_accuracy", -1.0))
-            ablations = [entry[m] for m in models[1:] if m in entry]
-            entry["above_ablations"] = bool(ablations) and bool(main.low > max(ablations))
-        out.append(entry)
-    return pd.DataFrame(out)
+    return lines
 
 
 def totals(table: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
@@ -162,24 +71,11 @@ def totals(table: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFr
 # ----------------------------------------------------------------------------------------------- reading order
 
 
-def page_truth(data_root: str | Path | None) -> dict[str, dict[str, Any]]:
-    """``"book/page"`` -> the sidecar's page truth (layout, reading_direction, naive_order_correct) of a synthetic
-    corpus; empty for a corpus without a sidecar (real data)."""
-    path = Path(data_root) / "ground_truth.json" if data_root else None
-    if path is None or not path.is_file():
-        return {}
-    truth = json.loads(path.read_text(encoding="utf-8"))
-    return {
-        f"{book_id}/{name}": {k: page.get(k) for k in ("layout", "reading_direction", "naive_order_correct")}
-        for book_id, book in truth.get("books", {}).items()
-        for name, page in book.get("pages", {}).items()
-    }
-
-
 def reading_order_samples(samples: pd.DataFrame, task_set: TaskSet, truth: Mapping[str, Mapping]) -> pd.DataFrame:
-    """The reading-order rows of ``samples`` with what splits them: ``layout`` (the sidecar's, "unknown" without
-    one), ``direction`` (the book's, "unlabelled" where the corpus does not say), and ``naive_sort_right`` (whether
-    the direction-aware (y, x) sort gets the page's exact order, from that baseline's own rows)."""
+    """The reading-order rows of ``samples`` with what splits them: ``layout`` (the sidecar's page truth, "unknown"
+    without one), ``direction`` (the book's, "unlabelled" where the corpus does not say), ``naive_sort_right``
+    (whether the direction-aware (y, x) sort gets the page's exact order, from that baseline's own rows) and ``all``
+    (one group of every page)."""
     order = samples[samples.task == READING_ORDER].copy()
     by_id = {s.sample_id: s for s in task_set.samples}
     pages = {i: s.built_from.get("page", "") for i, s in by_id.items()}
@@ -188,6 +84,7 @@ def reading_order_samples(samples: pd.DataFrame, task_set: TaskSet, truth: Mappi
     naive = samples[(samples.task == READING_ORDER) & (samples.method == "yx_sort_direction")]
     right = dict(zip(naive.sample_id, naive.correct > 0.5))
     order["naive_sort_right"] = [right.get(i) for i in order.sample_id]
+    order["all"] = "all pages"
     return order
 
 
@@ -200,17 +97,43 @@ def reading_order_table(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Exact page order (with its book-level interval), pairwise accuracy and Kendall tau of ``methods`` on the
-    reading-order samples split by the column ``by`` (layout, direction or naive_sort_right)."""
+    reading-order samples split by the column ``by`` (all, layout, direction or naive_sort_right)."""
     rows = []
     for (value, method), part in order[order.method.isin(methods)].groupby([by, "method"], sort=True):
-        rows.append({by: value, "method": method, **interval_row(part, level, n_resamples, seed)})
+        rows.append({by: value, "method": method, **interval_row(part, "bootstrap", level, n_resamples, seed)})
     return pd.DataFrame(rows)
+
+
+READING_ORDER_METHODS = ("yx_sort", "yx_sort_direction", "geometry", *MODELS)
+SPLITS_OF_ORDER = ("all", "naive_sort_right", "layout", "direction")
+
+
+def reading_order_tables(
+    order: pd.DataFrame, level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, pd.DataFrame]:
+    """``reading_order_table`` of every method scored on reading order, split each way of SPLITS_OF_ORDER."""
+    methods = [m for m in READING_ORDER_METHODS if m in set(order.method)]
+    return {by: reading_order_table(order, methods, by, level, n_resamples, seed) for by in SPLITS_OF_ORDER}
+
+
+def disagreements(
+    results: Sequence[Result], task_set: TaskSet, method: str = MAIN, other: str = "yx_sort_direction"
+) -> list[tuple[TaskSample, dict[str, list[int]]]]:
+    """The reading-order samples where ``method``'s predicted order differs from ``other``'s, with both orders:
+    a list of (sample, {method: order, other: order})."""
+    predicted = {r.method: dict(zip(r.sample_ids, r.predictions)) for r in results if r.task == READING_ORDER}
+    mine, theirs = predicted.get(method, {}), predicted.get(other, {})
+    return [
+        (s, {method: list(mine[s.sample_id]), other: list(theirs[s.sample_id])})
+        for s in task_set.samples
+        if s.sample_id in mine and s.sample_id in theirs and list(mine[s.sample_id]) != list(theirs[s.sample_id])
+    ]
 
 
 # -------------------------------------------------------------------------------------------------- metrics.json
 
 
-def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODEL_NAMES) -> dict[str, Any]:
+def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODELS) -> dict[str, Any]:
     """``metrics.json``'s ``tasks``: per task the main model's accuracy, ci95, chance, every baseline, the
     ablations, n and the accuracy per difficulty."""
     rows = table[table.difficulty == ALL]
@@ -219,7 +142,7 @@ def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODEL_NAMES) -> d
         part = rows[rows.task == task].set_index("method")
         entry: dict[str, Any] = dict(
             chance=_number(part.chance.iloc[0]),
-            baselines={m: _number(part.loc[m, "accuracy"]) for m in part.index if m not in NOT_BASELINES},
+            baselines={m: _number(part.loc[m, "accuracy"]) for m in part.index if m not in models},
             n=int(part.n.max()),
             books=int(part.books.max()),
         )
@@ -236,6 +159,28 @@ def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODEL_NAMES) -> d
             entry["kendall_tau"] = {m: _number(part.loc[m, "kendall_tau"]) for m in part.index}
         section[task] = entry
     return section
+
+
+def provenance(
+    run_dir: Path, split: str, models: Mapping[str, Path], view_provenance: Mapping[str, Any], bootstrap: dict
+) -> dict[str, Any]:
+    """``metrics.json``'s ``provenance``: the run, its profile (the runner's last invocation) and parameters, the
+    scored split, each checkpoint's path and SHA-256, the store's checkpoint hash, the git revision and how the
+    intervals were drawn."""
+    summary, params = run_dir / "summary.json", run_dir / "params.yaml"
+    history = json.loads(summary.read_text()).get("history", []) if summary.is_file() else []
+    return dict(
+        run=str(run_dir),
+        profile=history[-1].get("profile") if history else None,
+        split=split,
+        git_revision=git_revision(),
+        checkpoints={
+            name: dict(path=str(path.relative_to(run_dir)), sha256=file_sha256(path)) for name, path in models.items()
+        },
+        store_checkpoint_sha256=view_provenance.get("store_checkpoint_sha256"),
+        params=yaml.safe_load(params.read_text()) if params.is_file() else {},
+        bootstrap=dict(bootstrap),
+    )
 
 
 def write_metrics(path: str | Path, sections: Mapping[str, Any]) -> Path:

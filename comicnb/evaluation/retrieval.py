@@ -12,7 +12,7 @@ Panels. For the test split's panels (``split_panels``), each method gives per qu
   so its LayerNorm turns the zeros into the norm's bias, the gate gives that constant weight and it is mixed into
   every query alike (the seed's "dummy input contamination"). Keys are zero-filled too where a panel lacks a
   modality (``v1_keys="zero_filled"``, what a v1 system would have stored), or the stored vectors (``"stored"``).
-  It is the trained Stage 3 fusion fed v1's inputs, not a v1 model trained that way;
+  It is the trained Stage 3 fusion fed v1's view, not a v1 model trained that way;
 - ``raw pretrained`` (``raw_backbone_features``, optional: it decodes every crop): the frozen backbones' own
   features before any learned layer, the crop through the visual backbone(s) pooled and the text through the
   sentence-transformer; image-only against raw image keys, text-only against raw text keys, multimodal the
@@ -34,7 +34,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,11 +41,10 @@ import torch
 from PIL import Image
 
 from comicnb.corpus.crops import crop_panels
-from comicnb.evaluation.labels import panel_labels
-from comicnb.evaluation.metrics import mean_average_precision, recall_at_k_labels
-
-if TYPE_CHECKING:  # the Stage 4 baselines module pulls in the model code; only its types are needed here
-    from comicnb.stage4.baselines import BaselineInputs
+from comicnb.corpus.truth import panel_labels
+from comicnb.metrics import mean_average_precision, recall_at_k_labels
+from comicnb.stage4.inputs import refuse_chunked
+from comicnb.stage4.view import RunView
 
 KINDS = ("image_only", "text_only", "multimodal")
 STAGE3, V1, RAW = "stage3 masked", "v1 zero-filled", "raw pretrained"
@@ -128,24 +126,19 @@ class RetrievalSpace:
     asks: dict[str, np.ndarray]
 
 
-def _gather(inputs: BaselineInputs, panel_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gather(view: RunView, panel_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(K, D) stored fused vectors, (K, 3, D) per-modality embeddings (zeroed where masked) and (K, 3) masks."""
-    rows, slots = inputs.array_rows(panel_ids)
-    mask = inputs.modality_masks[rows, slots].astype(bool)
-    parts = np.where(mask[..., None], inputs.modalities[rows, slots], 0.0).astype(np.float32)
-    return inputs.fused[rows, slots].astype(np.float32), parts, mask
+    pages, slots = view.locate(panel_ids)
+    mask = view.modality_masks[pages, slots].astype(bool)
+    parts = np.where(mask[..., None], view.modalities[pages, slots], 0.0).astype(np.float32)
+    return view.fused[pages, slots].astype(np.float32), parts, mask
 
 
-def _fuse(parts: np.ndarray, mask: np.ndarray, inputs: BaselineInputs, batch: int) -> np.ndarray:
+def _fuse(parts: np.ndarray, mask: np.ndarray, view: RunView, batch: int) -> np.ndarray:
     """(K, D) vectors of parts under a mask through the frozen Stage 3 fusion, ``batch`` panels at a time."""
-    from comicnb.stage4.baselines import refuse
-
-    if inputs.model is None:
-        raise ValueError("these inputs hold no Stage 3 model: load them with load_baseline_inputs")
-    if inputs.model.training:
+    if view.model.training:
         raise ValueError("the Stage 3 model is in training mode (fusion dropout would hide modalities): call .eval()")
-    chunks = [refuse(parts[i : i + batch], mask[i : i + batch], inputs.model) for i in range(0, len(parts), batch)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, parts.shape[-1]), np.float32)
+    return refuse_chunked(parts, mask, view.model, batch)
 
 
 def one_hot(modality: int, count: int) -> np.ndarray:
@@ -156,21 +149,19 @@ def one_hot(modality: int, count: int) -> np.ndarray:
 
 
 def query_variants(
-    inputs: BaselineInputs, panel_ids: Sequence[int] | np.ndarray, v1_keys: str = "zero_filled", batch: int = 4096
+    view: RunView, panel_ids: Sequence[int] | np.ndarray, v1_keys: str = "zero_filled", batch: int = 4096
 ) -> dict[str, RetrievalSpace]:
-    """The ``stage3 masked`` and ``v1 zero-filled`` spaces of the given panels (flat store ids), see the module.
-
-    ``inputs`` from ``comicnb.stage4.baselines.load_baseline_inputs`` (every page, or at least the panels' pages).
-    """
+    """The ``stage3 masked`` and ``v1 zero-filled`` spaces of the given panels (flat store ids) of the run's
+    ``view`` (``comicnb.stage4.view.open_run``), see the module."""
     if v1_keys not in ("zero_filled", "stored"):
         raise ValueError(f"v1_keys must be zero_filled or stored, not {v1_keys!r}")
     ids = np.asarray(panel_ids, dtype=np.int64)
-    fused, parts, mask = _gather(inputs, ids)
+    fused, parts, mask = _gather(view, ids)
     count = len(ids)
     asks = dict(image_only=mask[:, VISION], text_only=mask[:, TEXT], multimodal=mask.any(axis=1))
     masked = dict(
-        image_only=_fuse(parts, one_hot(VISION, count), inputs, batch),
-        text_only=_fuse(parts, one_hot(TEXT, count), inputs, batch),
+        image_only=_fuse(parts, one_hot(VISION, count), view, batch),
+        text_only=_fuse(parts, one_hot(TEXT, count), view, batch),
         multimodal=fused,
     )
     present = np.ones((count, 3), dtype=bool)  # v1: every slot "present", the missing ones holding zeros
@@ -178,10 +169,10 @@ def query_variants(
         kind: np.where(one_hot(m, count)[..., None], parts, 0.0)
         for kind, m in (("image_only", VISION), ("text_only", TEXT))
     }
-    filled = _fuse(parts, present, inputs, batch) if v1_keys == "zero_filled" else fused
+    filled = _fuse(parts, present, view, batch) if v1_keys == "zero_filled" else fused
     zero_filled = dict(
-        image_only=_fuse(alone["image_only"].astype(np.float32), present, inputs, batch),
-        text_only=_fuse(alone["text_only"].astype(np.float32), present, inputs, batch),
+        image_only=_fuse(alone["image_only"].astype(np.float32), present, view, batch),
+        text_only=_fuse(alone["text_only"].astype(np.float32), present, view, batch),
         multimodal=filled,
     )
     return {
@@ -204,7 +195,7 @@ class RawFeatures:
 
 @torch.no_grad()
 def raw_backbone_features(
-    inputs: BaselineInputs, panel_ids: Sequence[int] | np.ndarray, batch: int = 64, vision: str = "full"
+    view: RunView, panel_ids: Sequence[int] | np.ndarray, batch: int = 64, vision: str = "full"
 ) -> RawFeatures:
     """The panels' features from the Stage 3 model's frozen backbones, before any learned layer.
 
@@ -213,11 +204,9 @@ def raw_backbone_features(
     texts) go through the model's own sentence-transformer (``model.text.sentence_features``). Nothing is cached on
     disk. ``vision="text_free"`` crops each page's text-free twin instead, where it has one.
     """
-    model = inputs.model
-    if model is None:
-        raise ValueError("these inputs hold no Stage 3 model: load them with load_baseline_inputs")
+    model = view.model
     ids = np.asarray(panel_ids, dtype=np.int64)
-    _, _, mask = _gather(inputs, ids)
+    _, _, mask = _gather(view, ids)
     has_image, has_text = mask[:, VISION], mask[:, TEXT]
     image = np.zeros((len(ids), sum(model.visual.feature_widths)), np.float32)
     text = np.zeros((len(ids), model.text.sentence_dim), np.float32)
@@ -231,14 +220,14 @@ def raw_backbone_features(
             crops.clear()
 
     by_page: dict[int, list[int]] = defaultdict(list)
-    pages, slots = inputs.locate(ids)
+    pages, slots = view.locate(ids)
     for row in np.flatnonzero(has_image):
         by_page[int(pages[row])].append(int(row))
     pending_rows: list[int] = []
     pending: list[torch.Tensor] = []
     for page, rows in sorted(by_page.items()):
-        boxes = [inputs.pages["boxes"].iat[page][int(slots[r])] for r in rows]
-        with Image.open(inputs.image_file(page, vision)) as picture:
+        boxes = [view.pages["boxes"].iat[page][int(slots[r])] for r in rows]
+        with Image.open(view.image_file(page, vision)) as picture:
             crops = crop_panels(picture, boxes, min_side=model.visual.image_size)
         for row, crop in zip(rows, crops):
             pending_rows.append(row)
@@ -250,7 +239,7 @@ def raw_backbone_features(
     with_text = np.flatnonzero(has_text)
     for start in range(0, len(with_text), batch):
         rows = with_text[start : start + batch]
-        tokens = model.text.tokenize([inputs.text(int(ids[r])) for r in rows])
+        tokens = model.text.tokenize([view.text(int(ids[r])) for r in rows])
         features = model.text.sentence_features(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
         text[rows] = features.float().cpu().numpy()
     return RawFeatures(image, text, has_image, has_text)
@@ -272,16 +261,16 @@ def raw_space(raw: RawFeatures) -> RetrievalSpace:
 
 
 def retrieval_spaces(
-    inputs: BaselineInputs,
+    view: RunView,
     panel_ids: Sequence[int] | np.ndarray,
     raw: bool = False,
     v1_keys: str = "zero_filled",
     batch: int = 64,
 ) -> dict[str, RetrievalSpace]:
     """Every method's space of the panels: stage3 masked and v1 zero-filled, and raw pretrained with ``raw``."""
-    spaces = query_variants(inputs, panel_ids, v1_keys)
+    spaces = query_variants(view, panel_ids, v1_keys)
     if raw:
-        spaces[RAW] = raw_space(raw_backbone_features(inputs, panel_ids, batch))
+        spaces[RAW] = raw_space(raw_backbone_features(view, panel_ids, batch))
     return spaces
 
 
@@ -360,39 +349,54 @@ def retrieval_table(
     return table.reindex(columns=TABLE_COLUMNS[:3] + recalls + TABLE_COLUMNS[3:])
 
 
+def claim_check(
+    table: pd.DataFrame, metric: str = "recall@1", labels: Sequence[str] | None = None, claim: float = CLAIM
+) -> pd.DataFrame:
+    """Whether image-only retrieval with masked fusion beats the v1-style zero-filled input by the seed's "+30 %":
+    one row per label with the queries, both figures of ``metric``, the relative change (masked / v1 - 1; NaN where
+    v1 scores 0), the absolute one, and ``confirms`` (True, False, or None where either figure is missing).
+
+    ``recall@1`` by default: the seed speaks of retrieval *accuracy*, the share of queries whose first hit is right.
+    With v1 at 0 the claim holds exactly when masked fusion finds anything.
+    """
+    rows = table[table["query"] == "image_only"]
+    out = []
+    for label in list(labels or dict.fromkeys(rows.label)):
+        pick = {m: rows[(rows.method == m) & (rows.label == label)] for m in (STAGE3, V1)}
+        row: dict = dict(label=label, queries=None, masked=np.nan, v1=np.nan, change=np.nan, absolute=np.nan)
+        if any(p.empty or pd.isna(p[metric].iloc[0]) for p in pick.values()):
+            out.append({**row, "confirms": None})
+            continue
+        masked, v1 = float(pick[STAGE3][metric].iloc[0]), float(pick[V1][metric].iloc[0])
+        change = masked / v1 - 1 if v1 else np.nan
+        confirms = change >= claim if v1 else masked > 0
+        queries = int(pick[STAGE3]["queries"].iloc[0])
+        out.append({**row, "queries": queries, "masked": masked, "v1": v1, "change": change, "absolute": masked - v1})
+        out[-1]["confirms"] = bool(confirms)
+    return pd.DataFrame(out, columns=["label", "queries", "masked", "v1", "change", "absolute", "confirms"])
+
+
 def seed_claim(
     table: pd.DataFrame, metric: str = "recall@1", labels: Sequence[str] | None = None, claim: float = CLAIM
 ) -> str:
-    """Whether image-only retrieval with masked fusion beats the v1-style zero-filled input by the seed's "+30 %",
-    in words, one sentence per label: the relative change of ``metric`` on image-only queries.
-
-    ``recall@1`` by default: the seed speaks of retrieval *accuracy*, the share of queries whose first hit is right.
-    The change is relative (masked / v1 - 1); the absolute difference is given beside it.
-    """
-    rows = table[table["query"] == "image_only"]
-    labels = list(labels or dict.fromkeys(rows.label))
+    """``claim_check`` in words, one sentence per label, for the report."""
     sentences = []
-    for label in labels:
-        pick = {m: rows[(rows.method == m) & (rows.label == label)] for m in (STAGE3, V1)}
-        if any(p.empty or pd.isna(p[metric].iloc[0]) for p in pick.values()):
-            sentences.append(f"Same {label}: no image-only {metric} of both masked fusion and v1 to compare.")
+    for row in claim_check(table, metric, labels, claim).itertuples(index=False):
+        if row.confirms is None:
+            sentences.append(f"Same {row.label}: no image-only {metric} of both masked fusion and v1 to compare.")
             continue
-        masked, v1 = float(pick[STAGE3][metric].iloc[0]), float(pick[V1][metric].iloc[0])
-        queries = int(pick[STAGE3]["queries"].iloc[0])
+        verdict = "confirms" if row.confirms else "refutes"
         head = (
-            f"Same {label}, image-only {metric} over {queries} held-out queries: masked fusion {masked:.3f}, "
-            f"v1-style zero-filling {v1:.3f}"
+            f"Same {row.label}, image-only {metric} over {row.queries} held-out queries: masked fusion "
+            f"{row.masked:.3f}, v1-style zero-filling {row.v1:.3f}"
         )
-        if v1 == 0:
-            verdict = "confirms" if masked > 0 else "refutes"
+        if np.isnan(row.change):
             sentences.append(f"{head}; v1 finds nothing, so no relative change: this {verdict} the seed's claim.")
-            continue
-        change = masked / v1 - 1
-        verdict = "confirms" if change >= claim else "refutes"
-        sentences.append(
-            f"{head}, a relative change of {change:+.0%} ({masked - v1:+.3f} absolute): this {verdict} the seed's "
-            f"'{claim:+.0%} image-only retrieval over v1'."
-        )
+        else:
+            sentences.append(
+                f"{head}, a relative change of {row.change:+.0%} ({row.absolute:+.3f} absolute): this {verdict} the "
+                f"seed's '{claim:+.0%} image-only retrieval over v1'."
+            )
     sentences.append(
         "(v1 here is the trained Stage 3 fusion fed v1's zero-filled inputs, not a model trained on them.)"
     )
@@ -470,6 +474,30 @@ def compare_strips(
                 }
             )
     return pd.DataFrame(rows)
+
+
+@dataclass
+class StripComparison:
+    """Pages of a split by Stage 4 strip embedding and by mean Stage 3 vector: ``table`` (``compare_strips``), both
+    vector arrays (by store page) and the pages compared (``split_pages``)."""
+
+    table: pd.DataFrame
+    strips: np.ndarray
+    means: np.ndarray
+    pages: pd.DataFrame
+
+
+def strip_comparison(export: str | Path, store: str | Path, panels: pd.DataFrame, k: int = 5) -> StripComparison:
+    """``compare_strips`` of the pages of ``panels`` (``split_panels``), the strips read from a Stage 5 export and the
+    mean Stage 3 vectors from its store."""
+    from comicnb.search import page_vectors
+    from comicnb.stage4.export import open_export_group
+    from comicnb.store import open_embeddings
+
+    strips = np.asarray(open_export_group(export)["strip_embeddings"][:])
+    means = page_vectors(open_embeddings(store))
+    pages = split_pages(panels)
+    return StripComparison(compare_strips(strips, means, pages, k), strips, means, pages)
 
 
 def strip_neighbours(

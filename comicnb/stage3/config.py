@@ -1,17 +1,33 @@
 """Stage 3's settings as three dataclasses, each defined once: the model's, the objective's and training's.
 
 A checkpoint stores each as a dict under ``config`` (``model``, ``objective``, ``train``) and the model is rebuilt
-from it; notebook 02's parameters and a ``--params`` file are one flat mapping, split here by field name.
+from it; notebook 02's parameters and a ``--params`` file are one flat mapping, split here by field name
+(``comicnb.settings``). The defaults here are the only ones: notebook 02's parameters repeat them (a test keeps them
+equal), and a profile's params file states what it changes.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from comicnb import settings
 from comicnb.precision import PRECISIONS
+from comicnb.settings import UnknownSettingError, check_known, names, pick
+
+__all__ = [
+    "DERIVED",
+    "RESUMABLE_CHANGES",
+    "SETTING_KEYS",
+    "ObjectiveConfig",
+    "PanelModelConfig",
+    "TrainConfig",
+    "UnknownSettingError",
+    "config_dicts",
+    "settings_from",
+    "split_settings",
+]
 
 
 @dataclass
@@ -59,8 +75,8 @@ class ObjectiveConfig:
 class TrainConfig:
     """How to train (the model and objective carry their own configs)."""
 
-    epochs: int = 2
-    batch_size: int = 8  # pages per optimisation step
+    epochs: int = 8  # passes over the training pages
+    batch_size: int = 4  # pages per optimisation step
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up from zero
@@ -86,49 +102,23 @@ RESUMABLE_CHANGES = frozenset({"num_workers", "encode_batch_pages", "checkpoint_
 DERIVED = frozenset({"feature_dim", "max_panels"})  # objective fields taken from the model and from training
 
 
-def names(config: type) -> tuple[str, ...]:
-    """The field names of a config dataclass."""
-    return tuple(f.name for f in fields(config))
-
-
 SETTING_KEYS = frozenset((*names(PanelModelConfig), *names(ObjectiveConfig), *names(TrainConfig)))
-
-
-class UnknownSettingError(ValueError):
-    """A settings key that no Stage 3 config has."""
-
-
-def unknown_settings_message(unknown: list[str]) -> str:
-    """One line naming each unknown key with its closest known ones: ``unknown Stage 3 setting 'lr_rate' (did you
-    mean 'lr'?)``."""
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), sorted(SETTING_KEYS), n=3)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        parts.append(f"{key!r}{hint}")
-    plural = "s" if len(unknown) > 1 else ""
-    return f"unknown Stage 3 setting{plural} {', '.join(parts)}; the settings are notebook 02's parameters"
+WHERE = "the settings are notebook 02's parameters"
 
 
 def settings_from(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The training settings among a namespace's names (a notebook's parameters: ``settings_from(globals())``)."""
-    return {key: value for key, value in namespace.items() if key in SETTING_KEYS}
+    return settings.settings_from(namespace, SETTING_KEYS)
 
 
-def split_settings(settings: Mapping[str, Any]) -> tuple[PanelModelConfig, ObjectiveConfig, TrainConfig]:
+def split_settings(given: Mapping[str, Any]) -> tuple[PanelModelConfig, ObjectiveConfig, TrainConfig]:
     """Flat settings (a params file, notebook 02's parameters) -> the three configs; unknown keys are an error."""
-    unknown = sorted(set(settings) - SETTING_KEYS)
-    if unknown:
-        raise UnknownSettingError(unknown_settings_message(unknown))
-    model = PanelModelConfig(**{k: settings[k] for k in names(PanelModelConfig) if k in settings})
-    train = TrainConfig(**{k: settings[k] for k in names(TrainConfig) if k in settings})
-    settable = [k for k in names(ObjectiveConfig) if k in settings and k not in DERIVED]
-    objective = ObjectiveConfig(
-        **{k: settings[k] for k in settable}, feature_dim=model.feature_dim, max_panels=train.max_panels
-    )
+    check_known(given, SETTING_KEYS, "Stage 3 setting", WHERE)
+    model, train = pick(PanelModelConfig, given), pick(TrainConfig, given)
+    objective = pick(ObjectiveConfig, given, feature_dim=model.feature_dim, max_panels=train.max_panels)
     return model, objective, train
 
 
 def config_dicts(model: PanelModelConfig, objective: ObjectiveConfig, train: TrainConfig) -> dict[str, dict]:
     """The ``config`` entry of a checkpoint."""
-    return dict(model=asdict(model), objective=asdict(objective), train=asdict(train))
+    return settings.config_dicts(model=model, objective=objective, train=train)

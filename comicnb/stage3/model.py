@@ -233,23 +233,12 @@ class PanelFeatureExtractor(nn.Module):
         mask = modality_only("text", input_ids.shape[0], input_ids.device)
         return self({"input_ids": input_ids, "attention_mask": attention_mask, "modality_mask": mask})
 
-    def encode_query(
-        self, images: Tensor | None = None, texts: Sequence[str] | None = None, *, store: str | Path | None = None
-    ) -> Tensor:
+    def encode_query(self, images: Tensor | None = None, texts: Sequence[str] | None = None) -> Tensor:
         """(P, D) search queries in the fused space from images, texts, or both paired row by row (layout masked).
 
-        With ``store`` (an embedding store's path) the queries are for that store: a model from another checkpoint
-        than the store's is a StoreMismatchError (``comicnb.store``), since its vectors would live in another space.
+        For an embedding store, query through ``comicnb.search.PanelSearch(store).encode_query(model, ...)``: it
+        refuses a model of another checkpoint than the store's, whose vectors would live in another space.
         """
-        if store is not None:
-            import zarr
-
-            from comicnb.store.reader import check_checkpoint
-
-            attrs = zarr.open_group(str(store), mode="r").attrs
-            check_checkpoint(
-                store, attrs, getattr(self, "checkpoint_sha256", None), getattr(self, "checkpoint_path", None)
-            )
         if images is None and texts is None:
             raise ValueError("a query needs images, texts or both")
         if images is not None and texts is not None and len(images) != len(texts):

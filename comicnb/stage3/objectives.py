@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from comicnb.evaluation.metrics import page_index
+from comicnb.metrics import page_index
 from comicnb.stage3.config import ObjectiveConfig
 from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.model import PanelEncoding, PanelFeatureExtractor

@@ -17,15 +17,17 @@ from typing import Any
 
 from comicnb.corpus.reader import load_corpus, read_labels
 from comicnb.corpus.tables import save_corpus
+from comicnb.settings import add_flag, add_setting_flags, defaults, given_flags
+from comicnb.stage3.config import PanelModelConfig, TrainConfig
 
 # The seed's model and training flags, with the comicnb setting each one sets.
 SEED_SETTINGS = {
-    "visual_backbone": str,
-    "visual_fusion": str,
-    "feature_dim": int,
-    "batch_size": int,
-    "epochs": int,
-    "lr": float,
+    "visual_backbone": ("visual_backbone", str),
+    "visual_fusion": ("visual_fusion", str),
+    "feature_dim": ("feature_dim", int),
+    "batch_size": ("batch_size", int),
+    "epochs": ("epochs", int),
+    "lr": ("lr", float),
 }
 WANDB_MESSAGE = (
     "--use_wandb: wandb is not installed in comicnb's environment and nothing is sent anywhere; every "
@@ -37,54 +39,25 @@ WANDB_MESSAGE = (
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's flags (underscore spelling, as in the seed; the dashed spelling works too)."""
     seed = parser.add_argument_group("the seed's train_stage3.py flags")
-    for flag, kind in SEED_SETTINGS.items():
-        spellings = dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}"))  # --lr has one spelling
-        seed.add_argument(
-            *spellings,
-            dest=flag,
-            type=kind,
-            default=None,
-            help=f"sets {flag} (default: the params file's, else comicnb's)",
-        )
-    seed.add_argument(
-        "--data_root",
-        "--data-root",
-        dest="data_root",
+    add_setting_flags(seed, SEED_SETTINGS, {**defaults(PanelModelConfig), **defaults(TrainConfig)})
+    add_flag(
+        seed,
+        "data_root",
         default=None,
         help="corpus folder (book/page.jpg + page.json): read it into a new run folder first",
     )
-    seed.add_argument(
-        "--train_pss_labels",
-        "--train-pss-labels",
-        dest="train_pss_labels",
+    add_flag(
+        seed,
+        "train_pss_labels",
         default=None,
         help="PSS labels of the training pages (with --data_root; default <data_root>/pss_labels.json split by book)",
     )
-    seed.add_argument(
-        "--val_pss_labels",
-        "--val-pss-labels",
-        dest="val_pss_labels",
-        default=None,
-        help="PSS labels of the validation pages (with --train_pss_labels)",
-    )
-    seed.add_argument(
-        "--output_dir",
-        "--output-dir",
-        dest="output_dir",
-        default="outputs",
-        help="folder the run folder is made in (with --data_root)",
-    )
-    seed.add_argument(
-        "--run_name",
-        "--run-name",
-        dest="run_name",
-        default=None,
-        help="run folder name under --output_dir (default stage3-<time>)",
-    )
-    seed.add_argument(
-        "--use_wandb",
-        "--use-wandb",
-        dest="use_wandb",
+    add_flag(seed, "val_pss_labels", default=None, help="PSS labels of the validation pages (with --train_pss_labels)")
+    add_flag(seed, "output_dir", default="outputs", help="folder the run folder is made in (with --data_root)")
+    add_flag(seed, "run_name", default=None, help="run folder name under --output_dir (default stage3-<time>)")
+    add_flag(
+        seed,
+        "use_wandb",
         action="store_true",
         help="accepted for the seed's sake: wandb is not installed; says what is logged instead",
     )
@@ -92,7 +65,7 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def seed_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the seed's flags give on the command line."""
-    return {flag: getattr(args, flag) for flag in SEED_SETTINGS if getattr(args, flag) is not None}
+    return given_flags(args, SEED_SETTINGS)
 
 
 def split_labels(train: Mapping, val: Mapping) -> tuple[dict, dict[tuple[str, str], str]]:

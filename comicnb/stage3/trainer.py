@@ -15,7 +15,6 @@ cache) and every epoch trains on their stored outputs.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,15 +26,10 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 
-from comicnb.checkpoint import (
-    StageCheckpoints,
-    load_checkpoint,
-    resume_conflicts,
-    set_rng_state,
-)
+from comicnb.checkpoint import StageCheckpoints, load_checkpoint, resume_conflicts
 from comicnb.corpus.checks import checked_run_pages
-from comicnb.evaluation.metrics import collapse_diagnostics, recall_at_k, same_panel_retrieval
-from comicnb.loop import EpochLoop, History
+from comicnb.loop import EpochLoop
+from comicnb.metrics import collapse_diagnostics, recall_at_k, same_panel_retrieval
 from comicnb.precision import accelerate_mixed_precision
 from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng, set_seed
@@ -194,35 +188,20 @@ class Stage3Trainer(EpochLoop):
         """The panel encoder being trained."""
         return self.trainable.model
 
-    def train(self, until_step: int | None = None, files: StageCheckpoints | None = None) -> History:
-        """Train to the end (or to ``until_step``), validating after each epoch.
+    def first_validation(self) -> dict[str, float]:
+        """The untrained model's figures, once image features are centred on the training pages' mean."""
+        if self.cfg.center_features:
+            self.model.visual.set_feature_mean(self.train_source.vision_feature_mean())
+        scalars, self.last_validation = self.validate()
+        return scalars
 
-        With ``files`` the last checkpoint is written after every epoch (and every ``checkpoint_every`` steps), and
-        ``best_model.pt`` whenever the validation figure ``best_metric`` improves; an interrupted run resumes
-        (``resume``) from the last one and still ends exactly where the uninterrupted run would.
-        """
-        stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
-        set_rng_state(self.rng)
-        if self.step == 0 and not self.history.epochs:  # the untrained model: the no-learning baseline
-            if self.cfg.center_features:
-                self.model.visual.set_feature_mean(self.train_source.vision_feature_mean())
-            scalars, self.last_validation = self.validate()
-            self.history.epochs.append({"epoch": 0, "step": 0, "train_seconds": 0.0, **scalars})
-        while self.step < stop:
-            epoch, offset = divmod(self.step, self.steps_per_epoch)
-            batches = epoch_batches(len(self.train_source), self.cfg.batch_size, self.cfg.seed, epoch)
-            mine = shard_batches(batches, self.accelerator.process_index, self.accelerator.num_processes)
-            start = time.perf_counter()
-            for batch in self.train_source.iterate(mine[offset : offset + stop - self.step]):
-                self.train_step(batch)
-                if files is not None and self.mid_epoch_checkpoint_due():
-                    self.save(files.last)
-            seconds = time.perf_counter() - start
-            if self.step % self.steps_per_epoch == 0:
-                self.end_epoch(epoch + 1, seconds, files)
-        if files is not None:
-            self.save(files.last)
-        return self.history
+    def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
+        """The epoch's page batches from ``offset``, one optimisation step each (see the module)."""
+        batches = epoch_batches(len(self.train_source), self.cfg.batch_size, self.cfg.seed, epoch)
+        mine = shard_batches(batches, self.accelerator.process_index, self.accelerator.num_processes)
+        for batch in self.train_source.iterate(mine[offset : offset + count]):
+            self.train_step(batch)
+            yield
 
     def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
@@ -371,18 +350,6 @@ def summarise_validation(outputs: list[dict[str, Any]]) -> tuple[dict[str, float
 
 
 # ---------------------------------------------------------------------------------------------------- one call
-
-
-def parameter_summary(model: nn.Module) -> pd.DataFrame:
-    """Trainable and frozen parameter counts of each named part of the model."""
-    rows = {}
-    for name, param in model.named_parameters():
-        part = ".".join(name.split(".")[: 3 if name.startswith("visual.backbones") else 2])
-        counts = rows.setdefault(part, {"trainable": 0, "frozen": 0})
-        counts["trainable" if param.requires_grad else "frozen"] += param.numel()
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("part")
-    table.loc["total"] = table.sum()
-    return table
 
 
 def build_trainer(run_dir: str | Path, settings: Mapping[str, Any]) -> Stage3Trainer:

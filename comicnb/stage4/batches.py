@@ -1,9 +1,8 @@
 """Stage 4 batches: task samples turned into the tensors ``Stage4SequenceModel`` reads, from the embedding store.
 
-A ``SampleEncoder`` loads a run's store once (fused and per-modality embeddings, their masks, the text-free vision
-embeddings) with the frozen Stage 3 model of the store's checkpoint, through ``baselines.load_baseline_inputs``, so a
-model is fed exactly what the baselines score. Candidates are rebuilt from the parts each one names and re-fused by
-the frozen fusion (``baselines.candidate_parts`` and ``baselines.refuse``). ``modalities`` keeps only some parts
+A ``BatchBuilder`` reads the run's view (``comicnb.stage4.view``: the stored vectors and the frozen Stage 3 model of the
+store's checkpoint), so a model is fed exactly what the baselines score. Candidates are rebuilt from the parts each one
+names and re-fused by the frozen fusion (``comicnb.stage4.inputs``). ``modalities`` keeps only some parts
 everywhere (context, candidates, the answer panel, strips): ``("text",)`` and ``("vision",)`` are the text-only and
 vision-only ablations. A caption (caption relevance) is the task's input, not a panel's part, and always enters.
 
@@ -18,7 +17,8 @@ vision-only ablations. A caption (caption relevance) is the task's input, not a 
   composition) without a text, zero elsewhere; candidates of a text task differ only in their text;
 - ``boxes`` (B, L, 4) float32: each context panel's box as fractions of its page ([x1, y1, x2, y2]); zero for the
   masked place and padding;
-- ``order`` (B, L) long: reading order's target positions, -1 padding; ``direction`` (B,) long: 1 rtl, else 0.
+- ``order`` (B, L) long: reading order's target positions, -1 padding; ``direction`` (B,) long: the book's
+  direction (``comicnb.stage4.geometry.DIRECTIONS``: 0 unlabelled, 1 rtl, 2 ltr).
 
 ``pages(indices)`` gives whole stored pages for the strip term, ``page_indices(split)`` the pages of a split.
 """
@@ -26,65 +26,53 @@ vision-only ablations. A caption (caption relevance) is the task's input, not a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from comicnb.stage3.fusion import MODALITIES
-from comicnb.stage4.baselines import BaselineInputs, candidate_parts, load_baseline_inputs, refuse
+from comicnb.stage4.geometry import direction_code
+from comicnb.stage4.inputs import candidate_parts, refuse, refuse_chunked
 from comicnb.stage4.tasks import TEXT_TASKS, TaskSample, TaskSet
+from comicnb.stage4.view import RunView
 
-REFUSE_CHUNK = 4096  # panels re-fused per pass when a modality is left out: bounds memory on a large store
 TEXT = MODALITIES.index("text")
 
 
-class SampleEncoder:
-    """Task samples and stored pages as model batches (see the module), from one run's store."""
+class BatchBuilder:
+    """Task samples and stored pages as model batches (see the module), from one run's view."""
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        store: str | Path | None = None,
-        modalities: Sequence[str] = MODALITIES,
-        *,
-        checkpoint: str | Path | None = None,
-    ) -> None:
-        """Load the store of ``run_dir`` (or ``store``) and the Stage 3 model of its checkpoint (``checkpoint``
-        overrides; a model of another checkpoint is refused)."""
+    def __init__(self, view: RunView, modalities: Sequence[str] = MODALITIES) -> None:
+        """Batches of ``view``'s panels entering with ``modalities`` (all three, or an ablation's part)."""
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, not {tuple(modalities)}")
+        self.view = view
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.keep = np.array([m in self.modalities for m in MODALITIES])  # (3,) parts that enter
-        self.inputs: BaselineInputs = load_baseline_inputs(run_dir, store=store, checkpoint=checkpoint)
-        self.panel_masks = self.inputs.modality_masks.any(axis=-1)  # (P, N) real panels
+        self.panel_masks = view.modality_masks.any(axis=-1)  # (P, N) real panels
         self.vectors = self._panel_vectors()  # (P, N, D) every stored panel under the kept modalities
         self.captions: dict[str, np.ndarray] = {}
 
     @property
     def feature_dim(self) -> int:
         """Width D of every vector a batch holds (the model's ``input_dim``)."""
-        return int(self.inputs.fused.shape[-1])
+        return int(self.view.fused.shape[-1])
 
     @property
     def model(self) -> torch.nn.Module:
         """The frozen Stage 3 model of the store's checkpoint."""
-        return self.inputs.model
+        return self.view.model
 
     def _panel_vectors(self) -> np.ndarray:
         """The stored fused vectors when every modality is kept (exactly what the baselines compare with), else
         the stored parts re-fused without the left-out ones."""
         if self.keep.all():
-            return self.inputs.fused.astype(np.float32, copy=False)
-        parts, masks = self.inputs.modalities, self.inputs.modality_masks & self.keep
+            return self.view.fused.astype(np.float32, copy=False)
+        parts, masks = self.view.modalities, self.view.modality_masks & self.keep
         flat_parts, flat_masks = parts.reshape(-1, *parts.shape[-2:]), masks.reshape(-1, masks.shape[-1])
-        chunks = [
-            refuse(flat_parts[i : i + REFUSE_CHUNK], flat_masks[i : i + REFUSE_CHUNK], self.model)
-            for i in range(0, len(flat_parts), REFUSE_CHUNK)
-        ]
-        return np.concatenate(chunks).reshape(parts.shape[0], parts.shape[1], -1)
+        return refuse_chunked(flat_parts, flat_masks, self.model).reshape(parts.shape[0], parts.shape[1], -1)
 
     # ------------------------------------------------------------------------------------------------ samples
 
@@ -94,7 +82,7 @@ class SampleEncoder:
         batch = self._contexts(samples)
         batch.update(self._candidates(task_set, samples))
         batch["query"] = torch.from_numpy(self._queries(samples))
-        batch["direction"] = torch.tensor([int(s.direction == "rtl") for s in samples], dtype=torch.long)
+        batch["direction"] = torch.tensor([direction_code(s.direction) for s in samples], dtype=torch.long)
         return batch
 
     def _contexts(self, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
@@ -109,9 +97,9 @@ class SampleEncoder:
             mask[b, : len(ids)] = True
             real = [k for k, i in enumerate(ids) if i is not None]
             if real:
-                rows, slots = self.inputs.array_rows([ids[k] for k in real])
-                context[b, real] = self.vectors[rows, slots]
-                boxes[b, real] = [self.inputs.box(ids[k]) for k in real]
+                pages, slots = self.view.locate([ids[k] for k in real])
+                context[b, real] = self.vectors[pages, slots]
+                boxes[b, real] = [self.view.box(ids[k]) for k in real]
             if sample.order is not None:
                 order[b, : len(sample.order)] = sample.order
         slot = [s.slot if s.task == "panel_picking" and s.slot is not None else -1 for s in samples]
@@ -127,7 +115,7 @@ class SampleEncoder:
         """candidates, candidate_mask, answer and answer_panel, every candidate of the batch re-fused in one pass."""
         width = max([1, *(len(s.candidates) for s in samples)])
         flat = [c for s in samples for c in s.candidates]
-        parts, masks = candidate_parts(flat, self.inputs, task_set.texts)  # (K, 3, D), (K, 3)
+        parts, masks = candidate_parts(flat, self.view, task_set.texts)  # (K, 3, D), (K, 3)
         vectors = refuse(parts, masks & self.keep, self.model)  # (K, D)
         firsts = np.cumsum([0] + [len(s.candidates) for s in samples])[:-1]
         shown = np.array([s.task in TEXT_TASKS and len(s.candidates) > 0 for s in samples])
@@ -166,17 +154,15 @@ class SampleEncoder:
 
     def page_indices(self, split: str | None = None) -> np.ndarray:
         """Store pages (of one split) that have at least one panel."""
-        pages = self.inputs.pages
-        chosen = np.ones(len(pages), dtype=bool) if split is None else (pages["split"] == split).to_numpy()
-        return np.flatnonzero(chosen & self.panel_masks.any(axis=1))
+        return self.view.split_pages(split)
 
     def pages(self, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
         """(panel_embeddings (B, N, D), panel_mask (B, N) bool) of store pages, N their most panels, reading
         order as stored; the input of ``Stage4SequenceModel.strip_loss``."""
-        rows = self.inputs.page_rows[np.asarray(indices, dtype=np.int64)]
-        masks = self.panel_masks[rows]
+        pages = np.asarray(indices, dtype=np.int64)
+        masks = self.panel_masks[pages]
         width = max(1, int(masks.sum(axis=1).max(initial=0)))
-        return torch.from_numpy(np.ascontiguousarray(self.vectors[rows, :width])), torch.from_numpy(masks[:, :width])
+        return torch.from_numpy(np.ascontiguousarray(self.vectors[pages, :width])), torch.from_numpy(masks[:, :width])
 
 
 def _places(sample: TaskSample) -> list[int | None]:

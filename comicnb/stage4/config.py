@@ -1,22 +1,50 @@
-"""Stage 4's settings: the sequence model's (``Stage4ModelConfig``, in ``comicnb.stage4.model``) and training's.
+"""Stage 4's settings, each with its one default: the sequence model's (``Stage4ModelConfig``) and training's
+(``Stage4TrainConfig``), the ablations, and where a run's Stage 4 checkpoints live.
 
-A checkpoint stores both as dicts under ``config`` (``model``, ``train``) and the model is rebuilt from it; notebook
-04's parameters and a ``--params`` file are one flat mapping, split here by field name, as Stage 3's are
-(``comicnb.stage3.config``).
+A checkpoint stores both configs as dicts under ``config`` (``model``, ``train``) and the model is rebuilt from it;
+notebook 04's parameters and a ``--params`` file are one flat mapping, split here by field name
+(``comicnb.settings``). The defaults are the small configuration a bare run trains: notebook 04's parameters repeat
+them (a test keeps them equal), ``comicnb train stage4`` without ``--params`` trains the same model, and a profile's
+params file states what it changes (the study's model is larger; ``SEED_SIZE`` is the seed's).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from comicnb import settings
+from comicnb.checkpoint import StageCheckpoints
 from comicnb.precision import PRECISIONS
+from comicnb.settings import UnknownSettingError, check_known, did_you_mean, names, pick
 from comicnb.stage3.fusion import MODALITIES
-from comicnb.stage4.model import Stage4ModelConfig
 from comicnb.stage4.tasks import TASKS
 
+__all__ = [
+    "ABLATIONS",
+    "DERIVED",
+    "MAIN",
+    "MODELS",
+    "NOTEBOOK_KEYS",
+    "RESUMABLE_CHANGES",
+    "SEED_SIZE",
+    "SEED_TASK_WEIGHTS",
+    "SETTING_KEYS",
+    "STAGE",
+    "Stage4ModelConfig",
+    "Stage4TrainConfig",
+    "UnknownSettingError",
+    "ablation_settings",
+    "checkpoints",
+    "config_dicts",
+    "settings_from",
+    "split_stage4_settings",
+]
+
+STAGE = "stage4"
+SEED_SIZE = dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048)  # the seed's train_stage4.py defaults
 # The seed's multi-task table (docs/stage4 README, "Training Tasks"). Its flag example sets
 # `--reading_order_weight 0.3`, which contradicts the table's 0.7; the table is the seed's stated design, so 0.7 it is.
 SEED_TASK_WEIGHTS: dict[str, float] = {
@@ -31,18 +59,32 @@ SEED_TASK_WEIGHTS: dict[str, float] = {
 
 
 @dataclass
+class Stage4ModelConfig:
+    """Size of the Stage 4 model (see the module for where its defaults are used); ``SEED_SIZE`` is the seed's."""
+
+    input_dim: int = 512  # width of the Stage 3 vectors (the store's feature_dim; the trainer takes it from the store)
+    d_model: int = 128  # width of the sequence transformer
+    nhead: int = 4  # attention heads
+    num_layers: int = 2  # transformer layers
+    dim_feedforward: int = 256  # feed-forward width
+    dropout: float = 0.1  # dropout inside the transformer
+    use_transformer: bool = True  # False: the ablation with no encoder layers
+    input_prior: bool = True  # a candidate logit adds the learned-weight cosine of the raw inputs (see CandidateHead)
+
+
+@dataclass
 class Stage4TrainConfig:
     """How Stage 4 trains (the model carries its own config)."""
 
-    epochs: int = 10
+    epochs: int = 2  # passes over freshly drawn training samples
     batch_size: int = 16  # samples per task batch (one task per optimisation step); also pages per strip term
-    lr: float = 1e-4
+    lr: float = 1e-3  # peak learning rate of AdamW (the seed's: 1e-4)
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up from zero
     grad_clip: float = 1.0
     precision: str = "auto"  # comicnb.precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
     seed: int = 0  # model initialisation, each epoch's training draws, batch order and every step's dropout
-    train_samples: int = 3000  # training samples per task drawn afresh each epoch (0: every sample the task gives)
+    train_samples: int = 300  # training samples per task drawn afresh each epoch (0: every sample the task gives)
     strip_weight: float = 0.5  # the seed's contrastive weight: panels of one page vs other pages (strip embedding)
     strip_temperature: float = 0.1
     task_weights: dict[str, float] = field(default_factory=lambda: dict(SEED_TASK_WEIGHTS))  # 0 leaves a task out
@@ -57,7 +99,7 @@ class Stage4TrainConfig:
         weights = dict(self.task_weights or {})
         unknown = [k for k in weights if k not in TASKS]
         if unknown:
-            raise UnknownSettingError(_did_you_mean("task in task_weights", unknown, TASKS, "the tasks"))
+            raise UnknownSettingError(did_you_mean("Stage 4 task in task_weights", unknown, TASKS, "the tasks"))
         self.task_weights = {task: float(weights.get(task, SEED_TASK_WEIGHTS[task])) for task in TASKS}
         if any(w < 0 for w in self.task_weights.values()):
             raise ValueError(f"task weights must be >= 0: {self.task_weights}")
@@ -91,54 +133,43 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "text_only": {"modalities": ["text"]},
     "vision_only": {"modalities": ["vision"]},
 }
-
-
-def names(config: type) -> tuple[str, ...]:
-    """The field names of a config dataclass."""
-    return tuple(f.name for f in fields(config))
-
-
+MAIN = "stage4"  # the main model's name in result tables; an ablation's is its name in ABLATIONS
+MODELS = (MAIN, *ABLATIONS)  # every trained model of a run, the main one first
 SETTING_KEYS = frozenset((*names(Stage4ModelConfig), *names(Stage4TrainConfig)))
-
-
-class UnknownSettingError(ValueError):
-    """A settings key that no Stage 4 config has."""
-
-
-def _did_you_mean(what: str, unknown: list[str], known: Any, where: str) -> str:
-    """One line naming each unknown key with its closest known ones."""
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), sorted(known), n=3)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        parts.append(f"{key!r}{hint}")
-    plural = "s" if len(unknown) > 1 else ""
-    return f"unknown Stage 4 {what}{plural} {', '.join(parts)}; {where}"
-
-
-def unknown_settings_message(unknown: list[str]) -> str:
-    """``unknown Stage 4 setting 'lr_rate' (did you mean 'lr'?); ...``: one line."""
-    return _did_you_mean("setting", unknown, SETTING_KEYS, "the settings are notebook 04's training parameters")
+WHERE = "the settings are notebook 04's training parameters"
 
 
 def settings_from(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The training settings among a namespace's names (a notebook's parameters: ``settings_from(globals())``)."""
-    return {key: value for key, value in namespace.items() if key in SETTING_KEYS}
+    return settings.settings_from(namespace, SETTING_KEYS)
 
 
-def split_stage4_settings(settings: Mapping[str, Any]) -> tuple[Stage4ModelConfig, Stage4TrainConfig]:
+def split_stage4_settings(given: Mapping[str, Any]) -> tuple[Stage4ModelConfig, Stage4TrainConfig]:
     """Flat settings (a params file, notebook 04's parameters) -> the two configs; unknown keys are an error.
 
     ``input_dim`` keeps its default here: the trainer sets it from the store (and refuses a store of another width).
     """
-    unknown = sorted(set(settings) - SETTING_KEYS)
-    if unknown:
-        raise UnknownSettingError(unknown_settings_message(unknown))
-    model = Stage4ModelConfig(**{k: settings[k] for k in names(Stage4ModelConfig) if k in settings})
-    train = Stage4TrainConfig(**{k: settings[k] for k in names(Stage4TrainConfig) if k in settings})
-    return model, train
+    check_known(given, SETTING_KEYS, "Stage 4 setting", WHERE)
+    return pick(Stage4ModelConfig, given), pick(Stage4TrainConfig, given)
 
 
 def config_dicts(model: Stage4ModelConfig, train: Stage4TrainConfig) -> dict[str, dict]:
     """The ``config`` entry of a checkpoint."""
-    return dict(model=asdict(model), train=asdict(train))
+    return settings.config_dicts(model=model, train=train)
+
+
+def ablation_settings(given: Mapping[str, Any], ablation: str | None) -> dict[str, Any]:
+    """The settings of an ablation: the main model's with the ablation's changes (the settings as given for None)."""
+    if ablation is not None and ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
+    return {**given, **(ABLATIONS[ablation] if ablation else {})}
+
+
+def checkpoints(run_dir: str | Path, ablation: str | None = None) -> StageCheckpoints:
+    """The Stage 4 checkpoint files of a run: ``<run_dir>/stage4/checkpoint.pt`` and ``best_model.pt``; an
+    ablation's (ABLATIONS) under ``<run_dir>/stage4/ablations/<name>/``."""
+    if ablation is None:
+        return StageCheckpoints(Path(run_dir), STAGE)
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
+    return StageCheckpoints(Path(run_dir), f"{STAGE}/ablations/{ablation}")

@@ -45,14 +45,14 @@ from comicnb.checkpoint import load_checkpoint
 from comicnb.paths import git_revision
 from comicnb.search import exact_topk
 from comicnb.stage3.batches import page_chunks
-from comicnb.stage3.fusion import MODALITIES
-from comicnb.stage4.batches import SampleEncoder
+from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.config import checkpoints
 from comicnb.stage4.model import Stage4SequenceModel
-from comicnb.stage4.scoring import load_stage4_model
-from comicnb.stage4.trainer import checkpoints
+from comicnb.stage4.scoring import load_stage4_model, trained_modalities
+from comicnb.stage4.view import RunView, open_run
 from comicnb.store.reader import load_metadata, open_embeddings
 from comicnb.store.schema import DONE, EMBEDDINGS, MASKS, METADATA, STORE_NAME, StoreMismatchError, file_sha256
-from comicnb.store.writer import remove_lock, store_lock, write_chunk
+from comicnb.store.writer import ArraySpec, create_arrays, remove_lock, store_lock, write_chunk
 
 EXPORT_NAME = "stage4_embeddings.zarr"
 CONTEXTUALIZED = "contextualized_panels"  # the seed's names
@@ -122,22 +122,15 @@ def _describe(attrs: dict[str, Any]) -> str:
     )
 
 
-def _create_arrays(group: zarr.Group, pages: int, max_panels: int, d_model: int, chunk: int) -> None:
-    """The export's arrays, all zero (fill value), chunked by whole chunks of pages; float32 uncompressed, as the
-    Stage 3 store's (embeddings barely compress, and search streams them)."""
-    group.create_array(
-        CONTEXTUALIZED,
-        shape=(pages, max_panels, d_model),
-        chunks=(chunk, max_panels, d_model),
-        dtype="float32",
-        fill_value=0.0,
-        compressors=None,
-    )
-    group.create_array(
-        STRIPS, shape=(pages, d_model), chunks=(chunk, d_model), dtype="float32", fill_value=0.0, compressors=None
-    )
-    group.create_array(MASKS, shape=(pages, max_panels), chunks=(chunk, max_panels), dtype="bool", fill_value=False)
-    group.create_array(DONE, shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
+def export_arrays(max_panels: int, d_model: int) -> dict[str, ArraySpec]:
+    """The export's arrays per page (all zero at first): float32 uncompressed, as the Stage 3 store's (embeddings
+    barely compress, and search streams them)."""
+    return {
+        CONTEXTUALIZED: ArraySpec((max_panels, d_model), "float32"),
+        STRIPS: ArraySpec((d_model,), "float32"),
+        MASKS: ArraySpec((max_panels,), "bool"),
+        DONE: ArraySpec((), "bool"),
+    }
 
 
 def _remove_export(path: Path, hint: str) -> None:
@@ -184,7 +177,7 @@ def open_export(
                     f"{path} exists and is not a Stage 4 export; choose another path (nothing was deleted)"
                 )
             group = zarr.open_group(str(path), mode="w", attributes=attrs)
-            _create_arrays(group, pages, attrs["max_panels"], attrs["d_model"], attrs["pages_per_chunk"])
+            create_arrays(group, pages, attrs["pages_per_chunk"], export_arrays(attrs["max_panels"], attrs["d_model"]))
         if not (path / METADATA).is_file():  # the store's page records, byte for byte (its hash matched)
             shutil.copyfile(metadata_file, path / METADATA)
         return group
@@ -205,7 +198,7 @@ def check_trained_on(checkpoint_path: Path, store_path: Path, store_attrs: dict[
 
 def export_chunk(
     model: Stage4SequenceModel,
-    encoder: SampleEncoder,
+    builder: BatchBuilder,
     pages: list[int],
     max_panels: int,
     d_model: int,
@@ -216,10 +209,9 @@ def export_chunk(
     contextualized = np.zeros((len(pages), max_panels, d_model), dtype=np.float32)
     strips = np.zeros((len(pages), d_model), dtype=np.float32)
     masks = np.zeros((len(pages), max_panels), dtype=bool)
-    rows = encoder.inputs.page_rows[np.asarray(pages, dtype=np.int64)]
-    real = [i for i, row in enumerate(rows) if encoder.panel_masks[row].any()]
+    real = [i for i, page in enumerate(pages) if builder.panel_masks[page].any()]
     if real:
-        embeddings, mask = encoder.pages([pages[i] for i in real])  # (B, W, D), (B, W); W <= max_panels
+        embeddings, mask = builder.pages([pages[i] for i in real])  # (B, W, D), (B, W); W <= max_panels
         with torch.inference_mode():
             out = model(embeddings.to(device), mask.to(device))
         mask_np = mask.numpy()
@@ -241,9 +233,10 @@ def export_stage4(
     overwrite: bool = False,
     overwrite_hint: str = OVERWRITE,
     device: str | torch.device | None = None,
+    view: RunView | None = None,
 ) -> dict[str, Any]:
     """Export every page of the run's Stage 3 store through a Stage 4 checkpoint (default: the run's best, else
-    last) into ``out`` (default ``<run>/stage4_embeddings.zarr``); see the module.
+    last) into ``out`` (default ``<run>/stage4_embeddings.zarr``); see the module. ``view``: the run already open.
 
     ``pages_per_chunk`` None: the existing export's (so resuming never fails on it), else 16. Resumes an export of
     the same checkpoint, store and settings; refuses (StoreMismatchError) one of other content unless ``overwrite``.
@@ -260,8 +253,9 @@ def export_stage4(
     if out_path.resolve() == store_path.resolve():
         raise ValueError(f"the export path {out_path} is the Stage 3 store itself; choose another path")
     try:
+        paths = dict(run_dir=run_dir, checkpoint_path=checkpoint_path, store_path=store_path, out=out_path)
         return _export(
-            run_dir, checkpoint_path, store_path, out_path, pages_per_chunk, overwrite, overwrite_hint, device
+            **paths, pages_per_chunk=pages_per_chunk, overwrite=overwrite, hint=overwrite_hint, device=device, view=view
         )
     finally:
         remove_lock(out_path)
@@ -284,6 +278,7 @@ def _export(
     overwrite: bool,
     hint: str,
     device: str | torch.device | None,
+    view: RunView | None,
 ) -> dict[str, Any]:
     """export_stage4, once the paths are resolved."""
     chunk = pages_per_chunk or _existing_chunk(out, overwrite) or DEFAULT_PAGES_PER_CHUNK
@@ -303,7 +298,7 @@ def _export(
             f"{checkpoint_path} reads {model.cfg.input_dim}-wide panel vectors, the store {store_path} holds "
             f"{width}-wide ones: train Stage 4 on this store"
         )
-    modalities = tuple(m for m in MODALITIES if m in (config.get("train", {}).get("modalities") or MODALITIES))
+    modalities = trained_modalities(config)
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     attrs = export_attrs(checkpoint_path, config, store_path, store_attrs, max_panels, modalities, chunk, device.type)
     metadata_file = store_path / METADATA if (store_path / METADATA).is_file() else store_path.parent / METADATA
@@ -311,14 +306,14 @@ def _export(
         raise FileNotFoundError(f"no {METADATA} in or beside the store {store_path}")
     # The export is checked (and refused) before the store's arrays and the Stage 3 model are loaded.
     group = open_export(out, metadata_file, pages, attrs, overwrite, hint)
-    encoder = SampleEncoder(run_dir, store_path, modalities=modalities)
+    builder = BatchBuilder(view or open_run(run_dir, store_path), modalities)
     model.to(device)
     chunks = page_chunks(pages, chunk)
     done = np.asarray(group[DONE][:])
     todo = [c for c in chunks if not done[c].all()]
     start = time.perf_counter()
     for pages_of_chunk in todo:
-        arrays = export_chunk(model, encoder, pages_of_chunk, max_panels, attrs["d_model"], device)
+        arrays = export_chunk(model, builder, pages_of_chunk, max_panels, attrs["d_model"], device)
         write_chunk(group, slice(pages_of_chunk[0], pages_of_chunk[-1] + 1), arrays)
     seconds = time.perf_counter() - start
     return dict(

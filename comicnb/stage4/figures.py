@@ -1,8 +1,10 @@
-"""Drawing a Stage 4 sample as a researcher reads it: the context, the candidates, the answer marked."""
+"""Notebook 04's and 05's Stage 4 figures: a sample as a researcher reads it (the context, the candidates, the answer
+marked), reading orders on the page, accuracy bars beside the baselines, training curves, maps of strip embeddings."""
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pandas as pd
 from PIL import Image
 
 from comicnb.corpus.crops import crop_panels
-from comicnb.stage4.tasks import Candidate, TaskSample
+from comicnb.stage4.results import overall
+from comicnb.stage4.tasks import TASKS, Candidate, TaskSample, TaskSet
 
 TEXT_FREE_SUFFIX = ".textfree"  # <page stem>.textfree.<ext>: the page's text-free twin (docs/corpus.md)
 ANSWER_COLOUR = "forestgreen"
@@ -143,5 +146,57 @@ def draw_orders(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"{sample.sample_id} ({sample.direction or 'direction unlabelled'})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- notebook 04's figures
+
+
+def draw_examples(sets: Mapping[str, TaskSet], refs: dict[int, PanelRef]) -> None:
+    """The first sample of each task's set (by task), drawn and shown one after another."""
+    for task in TASKS:
+        task_set = sets.get(task)
+        if task_set is None or not task_set.samples:
+            print(f"{task}: no sample")
+            continue
+        draw_sample(task_set.samples[0], refs)
+        plt.show()
+
+
+def accuracy_bars(table: pd.DataFrame, split: str, colours: Mapping[str, str] | None = None) -> plt.Figure:
+    """One panel per task: each method's accuracy on ``split`` (``ALL`` rows of a result table) with its interval,
+    chance dotted; ``colours`` by method (grey otherwise)."""
+    rows = overall(table)
+    rows = rows[rows.split == split]
+    tasks = [t for t in TASKS if t in set(rows.task)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.7 * len(tasks), 3.6), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        part = rows[rows.task == task]
+        colour = [(colours or {}).get(m, "tab:grey") for m in part.method]
+        error = [part.accuracy - part.low, part.high - part.accuracy]
+        ax.bar(range(len(part)), part.accuracy, color=colour, yerr=error, capsize=2)
+        ax.set_xticks(range(len(part)), part.method, rotation=75, fontsize=7)
+        ax.axhline(float(part.chance.iloc[0]), color="black", linestyle=":", linewidth=1)
+        ax.set_title(task.replace("_", " "), fontsize=9)
+    axes[0][0].set_ylabel(f"{split} accuracy (reading order: exact page order)")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(steps: pd.DataFrame, epochs: pd.DataFrame, tasks: Sequence[str]) -> plt.Figure:
+    """Each task's training loss (running mean) by step, and its validation accuracy by epoch (0: untrained)."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 3.6))
+    for task in tasks:
+        column = f"loss_{task}"
+        if column in steps:
+            series = steps[column].dropna()
+            loss_ax.plot(series.index, series.rolling(max(1, len(series) // 20), min_periods=1).mean(), label=task)
+        if f"val_{task}" in epochs:
+            acc_ax.plot(epochs.epoch, epochs[f"val_{task}"], marker="o", label=task)
+    loss_ax.set(xlabel="step", ylabel="task loss (running mean)", title="training loss per task")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per task (epoch 0: untrained)")
+    for ax in (loss_ax, acc_ax):
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

@@ -17,7 +17,7 @@ Every head scores from the transformer's output (architecture, "Stage 4 task pro
 - where the batch gives ``boxes`` (each context panel's page-fraction box), they enter every panel's token (its place
   on the page, beside its reading position);
 - reading order enters the shuffled panels with no positional encoding (their boxes are the input) and scores every
-  ordered pair from the two panels' states and the pair's box geometry (``pair_box_features``); ``decode_order``
+  ordered pair from the two panels' states and the pair's box geometry (``comicnb.stage4.geometry``); ``decode_order``
   turns the pair logits into a permutation;
 - the strip embedding pools the contextual states with a learned query; every head reads it beside its slot state,
   so the multitask objective trains the pool, and ``strip_loss`` trains it as a page descriptor (two views of a
@@ -26,17 +26,17 @@ Every head scores from the transformer's output (architecture, "Stage 4 task pro
 ``use_transformer=False`` is the ablation: the same embedding, pool, heads and skip on the projected Stage 3 vectors
 with no encoder layer in between, so evaluation shows what the transformer's context buys.
 
-Batches are dicts of tensors (``comicnb.stage4.batches.SampleEncoder.collate`` makes them): ``context`` (B, L, D),
+Batches are dicts of tensors (``comicnb.stage4.batches.BatchBuilder.collate`` makes them): ``context`` (B, L, D),
 ``context_mask`` (B, L), ``slot`` (B,), ``candidates`` (B, C, D), ``candidate_mask`` (B, C), ``answer`` (B,),
-``query`` (B, D), ``order`` (B, L), ``direction`` (B,), and optionally ``answer_panel`` (B, D) and ``boxes``
-(B, L, 4).
+``query`` (B, D), ``order`` (B, L), ``direction`` (B,) (0 unlabelled, 1 rtl, 2 ltr), and optionally ``answer_panel``
+(B, D) and ``boxes`` (B, L, 4).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from comicnb.stage4.config import Stage4ModelConfig
+from comicnb.stage4.geometry import PAIR_FEATURES, direction_sign, pair_features
 from comicnb.stage4.tasks import TASKS
 
 READING_ORDER = "reading_order"
 CANDIDATE_TASKS = tuple(t for t in TASKS if t != READING_ORDER)
-SEED_SIZE = dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048)  # the seed's training defaults
 POSITION_BASE = 10000.0  # the sinusoid's longest wavelength, as in "Attention is all you need"
 INITIAL_SCALE = 10.0  # candidate logits are cosines times a learned scale, starting where a softmax is not flat
 # With the input prior, the learned term starts small, so the model starts where the prior is; the prior's weight
@@ -58,21 +59,6 @@ PRIOR_LEARNED_SCALE = 1.0
 PRIOR_WEIGHT = 20.0
 MAX_SCALE = 100.0
 BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
-PAIR_FEATURES = 12  # per ordered pair of boxes: offsets of centres and edges, overlaps, direction (pair_box_features)
-
-
-@dataclass
-class Stage4ModelConfig:
-    """Size of the Stage 4 model; the defaults are the demo size, ``SEED_SIZE`` the seed's."""
-
-    input_dim: int = 512  # width of the Stage 3 vectors (the store's feature_dim)
-    d_model: int = 256
-    nhead: int = 4
-    num_layers: int = 2
-    dim_feedforward: int = 512
-    dropout: float = 0.1
-    use_transformer: bool = True  # False: the ablation with no encoder layers
-    input_prior: bool = True  # a candidate logit adds the learned-weight cosine of the raw inputs (see CandidateHead)
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -162,9 +148,9 @@ class CandidateHead(nn.Module):
 class ReadingOrderHead(nn.Module):
     """Pairwise "i is read before j" logits from contextual states: (B, N, d) -> (B, N, N), antisymmetric.
 
-    ``forward(states, mask=None, strip=None, pairs=None)``: ``pairs`` (B, N, N, PAIR_FEATURES) the geometry of
-    each ordered pair of boxes (``pair_box_features``), read beside the two states; pairs with a padding panel, and
-    the diagonal, are 0.
+    ``forward(states, mask=None, strip=None, pairs=None)``: ``pairs`` (B, N, N, len(PAIR_FEATURES)) the geometry
+    of each ordered pair of boxes (``comicnb.stage4.geometry.pair_features``), read beside the two states; pairs with
+    a padding panel, and the diagonal, are 0.
     """
 
     def __init__(self, d_model: int) -> None:
@@ -174,7 +160,7 @@ class ReadingOrderHead(nn.Module):
         self.first = nn.Linear(d_model, d_model)
         self.second = nn.Linear(d_model, d_model, bias=False)
         self.context = nn.Linear(d_model, d_model, bias=False)
-        self.geometry = nn.Linear(PAIR_FEATURES, d_model, bias=False)
+        self.geometry = nn.Linear(len(PAIR_FEATURES), d_model, bias=False)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(d_model, 1))
 
     def forward(
@@ -212,7 +198,7 @@ class Stage4SequenceModel(nn.Module):
         self.embed = nn.Sequential(nn.Linear(cfg.input_dim, d), nn.LayerNorm(d))
         self.slot_tokens = nn.Embedding(len(TASKS), d)  # the mask token of panel picking, a query slot per task
         self.caption_type = nn.Parameter(torch.zeros(d))  # tells a caption token from a panel
-        self.direction = nn.Embedding(2, d, padding_idx=0)  # 0 ltr or unlabelled adds nothing; 1 rtl
+        self.direction = nn.Embedding(2, d, padding_idx=0)  # index 1 for rtl; 0 (ltr, unlabelled) adds nothing
         # A panel's place on the page, where the batch gives boxes; no bias, so a place with no box adds nothing.
         self.box_embed = nn.Linear(BOX_FEATURES, d, bias=False)
         self.encoder = self._encoder(cfg) if cfg.use_transformer else None
@@ -261,15 +247,15 @@ class Stage4SequenceModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """(states (B, T, d), strip (B, d)) of embedded tokens (B, T, d); padding states are zero.
 
-        ``positions`` (B, T) reading positions (None: no positional encoding), ``direction`` (B,) 0 ltr/unknown,
-        1 rtl, ``boxes`` (B, T, 4) page-fraction boxes (zero where a token has none)."""
+        ``positions`` (B, T) reading positions (None: no positional encoding), ``direction`` (B,) 0 unlabelled,
+        1 rtl, 2 ltr, ``boxes`` (B, T, 4) page-fraction boxes (zero where a token has none)."""
         x = tokens
         if boxes is not None:
             x = x + self.box_embed(boxes.to(x.device, x.dtype))
         if positions is not None:
             x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
-        if direction is not None:
-            x = x + self.direction(direction.long().to(x.device))[:, None]
+        if direction is not None:  # codes: 0 unlabelled, 1 rtl, 2 ltr (geometry.DIRECTIONS); only rtl adds a vector
+            x = x + self.direction((direction.to(x.device) == 1).long())[:, None]
         if self.encoder is not None:
             x = self.encoder(x, src_key_padding_mask=~attendable(mask))
         states = self.norm(x) * mask[..., None]  # (B, T, d)
@@ -356,7 +342,11 @@ class Stage4SequenceModel(nn.Module):
         mask = batch["context_mask"].to(device).bool()
         direction, boxes = batch.get("direction"), batch.get("boxes")
         states, strip = self.encode(self.embed(batch["context"].to(device)), mask, None, direction, boxes)
-        pairs = None if boxes is None else pair_box_features(boxes.to(device), direction)
+        if boxes is None:
+            pairs = None
+        else:
+            codes = direction if direction is not None else torch.zeros(len(mask), dtype=torch.long)
+            pairs = pair_features(boxes.to(device), direction_sign(codes.to(device)))
         return self.reading_order_head(states, mask, strip, pairs)
 
     def task_loss(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
@@ -450,32 +440,6 @@ def input_prior(batch: Mapping[str, Tensor], candidates: Tensor) -> Tensor:
         query = query.to(device)
         mean = torch.where(query.abs().sum(dim=-1, keepdim=True) > 0, query, mean)
     return torch.einsum("bd,bcd->bc", F.normalize(mean, dim=-1), F.normalize(candidates, dim=-1))
-
-
-def pair_box_features(boxes: Tensor, direction: Tensor | None = None) -> Tensor:
-    """(B, N, N, PAIR_FEATURES) geometry of every ordered pair (i, j) of (B, N, 4) page-fraction boxes: differences
-    of centres and of edges, overlap along each axis over the smaller extent, the reading direction (+1 rtl, -1
-    otherwise) and the horizontal differences signed by it (the features of the geometry baseline's pair model)."""
-    b = boxes.float()
-    centre = (b[..., :2] + b[..., 2:]) / 2
-
-    def diff(values: Tensor) -> Tensor:
-        return values[:, :, None] - values[:, None, :]
-
-    def overlap(low: Tensor, high: Tensor) -> Tensor:
-        shared = torch.minimum(high[:, :, None], high[:, None, :]) - torch.maximum(low[:, :, None], low[:, None, :])
-        extent = high - low
-        smaller = torch.minimum(extent[:, :, None], extent[:, None, :]).clamp(min=1e-6)
-        return shared.clamp(min=0) / smaller
-
-    dx, dx1, dx2 = diff(centre[..., 0]), diff(b[..., 0]), diff(b[..., 2])
-    sign = torch.full(b.shape[:1], -1.0, device=b.device)
-    if direction is not None:
-        sign = torch.where(direction.to(b.device) == 1, 1.0, -1.0)
-    sign = sign[:, None, None].expand_as(dx)
-    stacked = [dx, diff(centre[..., 1]), dx1, diff(b[..., 1]), dx2, diff(b[..., 3])]
-    stacked += [overlap(b[..., 0], b[..., 2]), overlap(b[..., 1], b[..., 3]), sign, sign * dx, sign * dx1, sign * dx2]
-    return torch.stack(stacked, dim=-1)
 
 
 def drop_panels(mask: Tensor, rate: float = 0.25) -> Tensor:

@@ -1,29 +1,32 @@
-"""Scoring trained Stage 4 models on a run's fixed task sets: the main model and its ablations, one table.
+"""Scoring trained Stage 4 models: load a checkpoint, predict on task sets, and one table for the main model and its
+ablations. Inference only: nothing here imports the trainer or Accelerate's training loop.
 
-``score_models(run_dir, split="test")`` loads each trained model's checkpoint (``best_model.pt`` by default: picked
-on the validation sets, so only other splits score it fairly), feeds it the inputs it was trained on (an ablation's
-modalities) and returns the baselines' table (``baselines.SUMMARY_COLUMNS``) with the model's name as ``baseline``,
-so it concatenates with ``baselines.score_baselines``' table of the same sets.
+``score_models(run_dir, split="test")`` loads each trained model's checkpoint (``best_model.pt`` by default: picked on
+the validation sets, so only other splits score it fairly), feeds it the inputs it was trained on (an ablation's
+modalities) and returns the result table (``comicnb.stage4.results.result_table``) with the model's name as
+``method``, so it concatenates with the baselines' table of the same sets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
 from comicnb.checkpoint import load_checkpoint
 from comicnb.stage3.fusion import MODALITIES
-from comicnb.stage4.baselines import BaselineResult, summarize
-from comicnb.stage4.batches import SampleEncoder
-from comicnb.stage4.config import ABLATIONS
+from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.config import ABLATIONS, MAIN, checkpoints
 from comicnb.stage4.model import Stage4SequenceModel
-from comicnb.stage4.samplers import load_context
-from comicnb.stage4.tasks import TASKS
-from comicnb.stage4.trainer import checkpoints, predict_sets, read_val_sets
-
-MAIN = "stage4"  # the main model's name in tables; an ablation's is its name in config.ABLATIONS
+from comicnb.stage4.results import READING_ORDER, Result, choice_result, order_result, result_table
+from comicnb.stage4.task_sets import read_sets
+from comicnb.stage4.tasks import TASKS, TaskSet
+from comicnb.stage4.view import RunView, open_run
 
 
 def load_stage4_model(path: str | Path) -> tuple[Stage4SequenceModel, dict[str, Any]]:
@@ -43,6 +46,12 @@ def load_stage4_model(path: str | Path) -> tuple[Stage4SequenceModel, dict[str, 
     return model.eval(), config
 
 
+def trained_modalities(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stored parts a checkpoint's panels entered with (its ``train`` config's; all three by default)."""
+    given = config.get("train", {}).get("modalities") or MODALITIES
+    return tuple(m for m in MODALITIES if m in given)
+
+
 def trained_models(run_dir: str | Path, which: str = "best") -> dict[str, Path]:
     """The run's trained Stage 4 models that exist: ``stage4`` and each ablation, by name -> checkpoint file
     (``which``: ``best`` or ``last``)."""
@@ -53,41 +62,92 @@ def trained_models(run_dir: str | Path, which: str = "best") -> dict[str, Path]:
     return {name: path for name, path in found.items() if path.is_file()}
 
 
+@torch.no_grad()
+def predict_sets(
+    model: Stage4SequenceModel,
+    task_sets: Mapping[Any, TaskSet] | Sequence[TaskSet],
+    builder: BatchBuilder,
+    batch_size: int = 64,
+    name: str = MAIN,
+) -> list[Result]:
+    """The model's per-sample predictions and correctness on each (non-empty) task set, as results named ``name``."""
+    sets = list(task_sets.values()) if isinstance(task_sets, Mapping) else list(task_sets)
+    mode = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    results = []
+    for task_set in sets:
+        if not len(task_set):
+            continue
+        predictions: list[Any] = []
+        for start in range(0, len(task_set), batch_size):
+            batch = builder.collate(task_set, task_set.samples[start : start + batch_size])
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            predictions.extend(model.predict(task_set.task, batch))
+        made = order_result if task_set.task == READING_ORDER else choice_result
+        results.append(made(name, task_set, predictions))
+    model.train(mode)
+    return results
+
+
+@torch.no_grad()
+def page_strips(model: Stage4SequenceModel, builder: BatchBuilder, pages: Sequence[int]) -> np.ndarray:
+    """(P, d_model) strip embeddings of store pages, each page's panels in reading order (eval mode)."""
+    panels, mask = builder.pages(pages)
+    device = next(model.parameters()).device
+    mode = model.training
+    strips = model.eval().encode_strip(panels.to(device), mask.to(device)).float().cpu().numpy()
+    model.train(mode)
+    return strips
+
+
+def evaluate(
+    model: Stage4SequenceModel,
+    task_sets: Mapping[Any, TaskSet] | Sequence[TaskSet],
+    builder: BatchBuilder,
+    batch_size: int = 64,
+    level: float = 0.95,
+    name: str = MAIN,
+) -> pd.DataFrame:
+    """The model's accuracy on each task set with Wilson ``level`` intervals: the result table, method ``name``.
+    Reading order: exact page order as accuracy, plus pairwise accuracy and Kendall tau."""
+    return result_table(predict_sets(model, task_sets, builder, batch_size, name), "wilson", level)
+
+
 def model_results(
     run_dir: str | Path,
     split: str = "test",
-    store: str | Path | None = None,
+    view: RunView | None = None,
     which: str = "best",
-    models: dict[str, Path] | None = None,
-) -> list[BaselineResult]:
+    models: Mapping[str, Path] | None = None,
+) -> list[Result]:
     """Per-sample results of every trained model of the run (or ``models``: name -> checkpoint) on the run's fixed
     ``split`` sets, each result named after its model; none when there is no model. The sets must be the ones built
     from this store (TaskSetsMissingError names the command that builds them)."""
     models = trained_models(run_dir, which) if models is None else models
     if not models:
         return []
-    ctx = load_context(run_dir, store)
-    sets = read_val_sets(run_dir, ctx, TASKS, split)
-    encoders: dict[tuple[str, ...], SampleEncoder] = {}
+    view = view or open_run(run_dir)
+    sets = read_sets(run_dir, view, TASKS, split)
+    builders: dict[tuple[str, ...], BatchBuilder] = {}
     results = []
     for name, path in models.items():
         model, config = load_stage4_model(path)
-        modalities = tuple(config.get("train", {}).get("modalities") or MODALITIES)
-        if modalities not in encoders:
-            encoders[modalities] = SampleEncoder(run_dir, store, modalities=modalities)
-        results.extend(predict_sets(model, sets, encoders[modalities], name=name))
+        modalities = trained_modalities(config)
+        if modalities not in builders:
+            builders[modalities] = BatchBuilder(view, modalities)
+        results.extend(predict_sets(model, sets, builders[modalities], name=name))
     return results
 
 
 def score_models(
     run_dir: str | Path,
     split: str = "test",
-    store: str | Path | None = None,
+    view: RunView | None = None,
     which: str = "best",
-    models: dict[str, Path] | None = None,
+    models: Mapping[str, Path] | None = None,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """``model_results`` summarised: the baselines' table, one row per model, task and difficulty, with Wilson
-    ``level`` intervals; an empty table when there is no model."""
-    results = model_results(run_dir, split, store, which, models)
-    return summarize(results, level) if results else pd.DataFrame()
+    """``model_results`` in the result table, Wilson ``level`` intervals; an empty table when there is no model."""
+    results = model_results(run_dir, split, view, which, models)
+    return result_table(results, "wilson", level) if results else pd.DataFrame()

@@ -27,8 +27,8 @@ A part a candidate does not name is masked. Context panels enter as stored (all 
 
 Validation and test sets are written once (``write_task_set``) under ``<run>/tasks/<split>/``: ``<task>.jsonl``
 (one sample a line), ``<task>.texts.npy`` (the extra text embeddings, rows of ``text_row``) and ``manifest.json``
-(what the sets were built from, with counts). Ground truth chooses negatives and scores; it is recorded under
-``built_from`` for reports and never part of a model's input.
+(what the sets were built from, with counts; ``comicnb.stage4.task_sets`` writes and checks them). Ground truth
+chooses negatives and scores; it is recorded under ``built_from`` for reports and never part of a model's input.
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ TASKS = (
     "reading_order",
 )
 TEXT_TASKS = ("character_coherence", "text_closure", "text_cloze")
+CANDIDATES = {  # candidates per sample of each candidate task
+    "panel_picking": 5,
+    "character_coherence": 2,
+    "visual_closure": 5,
+    "text_closure": 4,
+    "caption_relevance": 4,
+    "text_cloze": 3,
+}
+MAX_CONTEXT = 4  # preceding panels given in text closure and character coherence
+MIN_CONTEXT = 2  # fewest context panels of a sequence task: one panel shows no progression
+CLOZE_CONTEXT = 3  # text-cloze gives exactly three preceding panels, as COMICS does
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
 TASKS_DIR = "tasks"

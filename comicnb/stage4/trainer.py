@@ -1,7 +1,7 @@
 """Stage 4 training: redrawn task samples -> interleaved task batches -> weighted losses -> checkpoints, via Accelerate.
 
 ``python -m comicnb train stage4`` and notebook 04 both call :func:`train_stage4`. Every epoch redraws each task's
-training samples from the training books (``samplers.training_samples``: new negatives, answer slots, shuffles),
+training samples from the training books (``task_sets.training_samples``: new negatives, answer slots, shuffles),
 cuts each task's draw into batches of ``batch_size`` samples and interleaves the batches of all tasks in a seeded
 order: one step, one task. The step's loss is that task's weighted loss plus ``strip_weight`` times the strip
 term over a batch of training pages. After each epoch the model is scored on the fixed validation sets
@@ -19,9 +19,8 @@ or topped up to it), so every epoch has the same number of steps and the learnin
 from __future__ import annotations
 
 import math
-import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,62 +31,37 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 
-from comicnb.checkpoint import (
-    StageCheckpoints,
-    load_checkpoint,
-    resume_conflicts,
-    set_rng_state,
-)
-from comicnb.loop import EpochLoop, History
+from comicnb.checkpoint import StageCheckpoints, load_checkpoint, resume_conflicts
+from comicnb.loop import EpochLoop
 from comicnb.precision import accelerate_mixed_precision
 from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng, set_seed
-from comicnb.stage4.baselines import ALL, BaselineResult, order_agreement, summarize
-from comicnb.stage4.batches import SampleEncoder
+from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.config import (
-    ABLATIONS,
+    MAIN,
     RESUMABLE_CHANGES,
+    Stage4ModelConfig,
     Stage4TrainConfig,
+    ablation_settings,
+    checkpoints,
     config_dicts,
     split_stage4_settings,
 )
-from comicnb.stage4.model import Stage4ModelConfig, Stage4SequenceModel
-from comicnb.stage4.samplers import TaskContext, TaskUnavailable, load_context, training_samples
-from comicnb.stage4.tasks import MANIFEST, TASKS, TaskSample, TaskSet, read_manifest, read_task_set, task_dir
+from comicnb.stage4.drafts import TaskUnavailable
+from comicnb.stage4.model import Stage4SequenceModel
+from comicnb.stage4.results import READING_ORDER, overall
+from comicnb.stage4.scoring import evaluate
+from comicnb.stage4.task_sets import PROVENANCE_KEYS, read_sets, training_samples
+from comicnb.stage4.tasks import TASKS, TaskSample, TaskSet
+from comicnb.stage4.view import RunView, open_run
 
-STAGE = "stage4"
 VAL_SEED = 1234  # fixed draws for validation, whatever the training seed
 BEST_METRIC = "val_mean_accuracy"  # mean over the validated tasks of their accuracy (reading order: exact order)
-READING_ORDER = "reading_order"
 ORDER_STREAM = len(TASKS)  # the generator key of an epoch's batch order, beside the tasks' draw keys 0..6
-# What the fixed sets' manifest records of the store; a set built from another store scores other inputs.
-PROVENANCE_KEYS = ("store_checkpoint_sha256", "store_metadata_sha256", "truth_sha256")
-TASKS_COMMAND = "`python -m comicnb tasks --run-dir {run}`"
-
-
-def checkpoints(run_dir: str | Path, ablation: str | None = None) -> StageCheckpoints:
-    """The Stage 4 checkpoint files of a run: ``<run_dir>/stage4/checkpoint.pt`` and ``best_model.pt``; an
-    ablation's (``config.ABLATIONS``) under ``<run_dir>/stage4/ablations/<name>/``."""
-    if ablation is None:
-        return StageCheckpoints(Path(run_dir), STAGE)
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
-    return StageCheckpoints(Path(run_dir), f"{STAGE}/ablations/{ablation}")
-
-
-def ablation_settings(settings: Mapping[str, Any], ablation: str | None) -> dict[str, Any]:
-    """The settings of an ablation: the main model's with the ablation's changes (the settings as given for None)."""
-    if ablation is not None and ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
-    return {**settings, **(ABLATIONS[ablation] if ablation else {})}
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss that is NaN or infinite: training stops before the step is taken; the message names step and task."""
-
-
-class TaskSetsMissingError(FileNotFoundError):
-    """The fixed validation sets are not built (or were built from another store)."""
 
 
 class Stage4Trainable(nn.Module):
@@ -131,13 +105,13 @@ class Stage4Trainer(EpochLoop):
         self,
         model: Stage4SequenceModel,
         cfg: Stage4TrainConfig,
-        ctx: TaskContext,
-        encoder: SampleEncoder,
+        view: RunView,
+        builder: BatchBuilder,
         val_sets: Mapping[str, TaskSet],
         data: Mapping[str, Any] | None = None,
     ) -> None:
         set_seed(cfg.seed)
-        self.cfg, self.ctx, self.encoder = cfg, ctx, encoder
+        self.cfg, self.view, self.builder = cfg, view, builder
         self.val_sets = dict(val_sets)
         self.data = dict(data or {})  # what the run trains on (store hashes), checked on resume
         self.accelerator = Accelerator(
@@ -147,7 +121,7 @@ class Stage4Trainer(EpochLoop):
         )
         self.trainable = Stage4Trainable(model, cfg)
         self.trainable.to(self.accelerator.device)
-        self.train_pages = [int(p) for p in encoder.page_indices("train")]
+        self.train_pages = [int(p) for p in view.split_pages("train")]
         self.skipped: dict[str, str] = {}  # task -> why it is not trained
         self.counts: dict[str, int] = {}  # task -> samples per epoch, fixed by the first epoch's draw
         self.plans: dict[int, EpochPlan] = {}
@@ -178,7 +152,7 @@ class Stage4Trainer(EpochLoop):
         for task in self.cfg.active_tasks if first else tuple(self.counts):
             rng = np.random.default_rng([self.cfg.seed, epoch, TASKS.index(task)])
             try:
-                drawn = training_samples(self.ctx, task, rng, limit=self.cfg.train_samples or None)
+                drawn = training_samples(self.view, task, rng, limit=self.cfg.train_samples or None)
             except TaskUnavailable as why:
                 if not first:
                     raise
@@ -233,37 +207,21 @@ class Stage4Trainer(EpochLoop):
 
     # ------------------------------------------------------------------------------------------------ training
 
-    def train(self, until_step: int | None = None, files: StageCheckpoints | None = None) -> History:
-        """Train to the end (or to ``until_step``), validating after each epoch.
+    def first_validation(self) -> dict[str, float]:
+        """The untrained model's validation figures: the no-learning reference of epoch 0."""
+        return self.validate()
 
-        With ``files`` the last checkpoint is written after every epoch (and every ``checkpoint_every`` steps), and
-        ``best_model.pt`` whenever the mean validation accuracy improves; an interrupted run resumes (``resume``)
-        from the last one and still ends exactly where the uninterrupted run would.
-        """
-        stop = self.total_steps if until_step is None else min(until_step, self.total_steps)
-        set_rng_state(self.rng)
-        if self.step == 0 and not self.history.epochs:  # the untrained model: the no-learning reference
-            scalars = self.validate()
-            self.history.epochs.append({"epoch": 0, "step": 0, "train_seconds": 0.0, **scalars})
-        while self.step < stop:
-            epoch, offset = divmod(self.step, self.steps_per_epoch)
-            start = time.perf_counter()  # the epoch's time includes its draw (the first epoch's was drawn at init)
-            plan = self.plan(epoch)
-            rank, world = self.accelerator.process_index, self.accelerator.num_processes
-            mine = shard_batches(plan.steps, rank, world)
-            if len(mine) != self.steps_per_epoch:  # draw() keeps the counts fixed; a mismatch would never end
-                raise RuntimeError(f"epoch {epoch + 1} has {len(mine)} steps, not {self.steps_per_epoch}")
-            for index in range(offset, min(len(mine), offset + stop - self.step)):
-                task, rows = mine[index]
-                self.train_step(epoch, task, plan.sets[task], rows, self.strip_pages(epoch, index * world + rank))
-                if files is not None and self.mid_epoch_checkpoint_due():
-                    self.save(files.last)
-            seconds = time.perf_counter() - start
-            if self.step % self.steps_per_epoch == 0:
-                self.end_epoch(epoch + 1, seconds, files)
-        if files is not None:
-            self.save(files.last)
-        return self.history
+    def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
+        """The epoch's task batches from ``offset`` (its draws made first: an epoch's time includes them)."""
+        plan = self.plan(epoch)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = shard_batches(plan.steps, rank, world)
+        if len(mine) != self.steps_per_epoch:  # draw() keeps the counts fixed; a mismatch would never end
+            raise RuntimeError(f"epoch {epoch + 1} has {len(mine)} steps, not {self.steps_per_epoch}")
+        for index in range(offset, min(len(mine), offset + count)):
+            task, rows = mine[index]
+            self.train_step(epoch, task, plan.sets[task], rows, self.strip_pages(epoch, index * world + rank))
+            yield
 
     def end_epoch(self, epoch: int, seconds: float, files: StageCheckpoints | None) -> None:
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
@@ -271,7 +229,7 @@ class Stage4Trainer(EpochLoop):
 
     def batch_on_device(self, task_set: TaskSet, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
         """The samples as model inputs on this process's device."""
-        batch = self.encoder.collate(task_set, list(samples))
+        batch = self.builder.collate(task_set, list(samples))
         return {k: v.to(self.accelerator.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def train_step(
@@ -283,7 +241,7 @@ class Stage4Trainer(EpochLoop):
         batch = self.batch_on_device(task_set, [task_set.samples[i] for i in rows])
         page_inputs = None
         if pages is not None:
-            embeddings, mask = self.encoder.pages(list(pages))
+            embeddings, mask = self.builder.pages(list(pages))
             page_inputs = (embeddings.to(self.accelerator.device), mask.to(self.accelerator.device))
         with self.accelerator.autocast():
             terms = self.wrapped(task, batch, page_inputs)
@@ -313,7 +271,7 @@ class Stage4Trainer(EpochLoop):
             torch.manual_seed(VAL_SEED)
             self.trainable.eval()
             with self.accelerator.autocast():
-                table = evaluate(self.model, self.val_sets, self.encoder, self.cfg.eval_batch_size)
+                table = evaluate(self.model, self.val_sets, self.builder, self.cfg.eval_batch_size)
         self.last_validation = table
         return validation_scalars(table)
 
@@ -366,91 +324,6 @@ def non_finite_message(step: int, epoch: int, task: str, values: Mapping[str, fl
     )
 
 
-# ---------------------------------------------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def evaluate(
-    model: Stage4SequenceModel,
-    task_sets: Mapping[Any, TaskSet] | Sequence[TaskSet],
-    encoder: SampleEncoder,
-    batch_size: int = 64,
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """The model's accuracy on each task set, per task, split and difficulty (and ``all`` where a set has several),
-    with Wilson ``level`` intervals: the baselines' table (``baselines.SUMMARY_COLUMNS``), baseline ``stage4``, so
-    the two concatenate. Reading order: exact page order as accuracy, plus pairwise accuracy and Kendall tau."""
-    return summarize(predict_sets(model, task_sets, encoder, batch_size), level)
-
-
-@torch.no_grad()
-def predict_sets(
-    model: Stage4SequenceModel,
-    task_sets: Mapping[Any, TaskSet] | Sequence[TaskSet],
-    encoder: SampleEncoder,
-    batch_size: int = 64,
-    name: str = "stage4",
-) -> list[BaselineResult]:
-    """The model's per-sample predictions and correctness on each (non-empty) task set, as baseline results named
-    ``name``."""
-    sets = list(task_sets.values()) if isinstance(task_sets, Mapping) else list(task_sets)
-    mode = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    results = []
-    for task_set in sets:
-        if not len(task_set):
-            continue
-        predictions: list[Any] = []
-        for start in range(0, len(task_set), batch_size):
-            chunk = task_set.samples[start : start + batch_size]
-            batch = encoder.collate(task_set, chunk)
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            predictions.extend(model.predict(task_set.task, batch))
-        results.append(model_result(task_set, predictions, name))
-    model.train(mode)
-    return results
-
-
-def model_result(task_set: TaskSet, predictions: Sequence[Any], name: str = "stage4") -> BaselineResult:
-    """Per-sample correctness of a model's predictions (candidate index, or reading position of each panel)."""
-    samples = task_set.samples
-    common = dict(
-        baseline=name,
-        task=task_set.task,
-        split=task_set.split,
-        sample_ids=[s.sample_id for s in samples],
-        difficulty=[s.difficulty for s in samples],
-        chance=np.array([s.chance for s in samples], dtype=np.float64),
-    )
-    if task_set.task == READING_ORDER:
-        orders = [np.asarray(p, dtype=np.int64).reshape(-1) for p in predictions]
-        measures = np.array([order_agreement(o, s.order or []) for o, s in zip(orders, samples, strict=True)])
-        measures = measures.reshape(-1, 3)
-        return BaselineResult(
-            **common,
-            correct=measures[:, 0],
-            predictions=[o.tolist() for o in orders],
-            scores=[o.astype(np.float64) for o in orders],
-            pairwise=measures[:, 1],
-            kendall_tau=measures[:, 2],
-        )
-    picked = [int(p) for p in predictions]
-    return BaselineResult(
-        **common,
-        correct=np.array([float(p == s.answer) for p, s in zip(picked, samples, strict=True)]),
-        predictions=picked,
-        scores=[np.eye(len(s.candidates))[p] for p, s in zip(picked, samples, strict=True)],
-    )
-
-
-def overall(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per task and split: the ``all`` row where a set has several difficulties, else its only row."""
-    keys = ["task", "split", "baseline"]
-    several = table.groupby(keys).difficulty.transform("size") > 1
-    return table[~several | (table.difficulty == ALL)].reset_index(drop=True)
-
-
 def validation_scalars(table: pd.DataFrame) -> dict[str, float]:
     """``val_<task>`` accuracy (and chance), ``val_reading_order_pairwise``, and ``val_mean_accuracy`` over tasks."""
     scalars: dict[str, float] = {}
@@ -467,32 +340,16 @@ def validation_scalars(table: pd.DataFrame) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------- one call
 
 
-def read_val_sets(run_dir: str | Path, ctx: TaskContext, tasks: Sequence[str], split: str = "val") -> dict:
-    """The fixed sets of ``split`` for ``tasks`` (those the corpus could build); a missing or stale set is a
-    TaskSetsMissingError naming the command that builds it."""
-    folder = task_dir(run_dir, split)
-    command = TASKS_COMMAND.format(run=run_dir)
-    if not (folder / MANIFEST).is_file():
-        raise TaskSetsMissingError(
-            f"no Stage 4 {split} task sets in {folder}/: build them with {command} (or notebook 04, part 1)"
-        )
-    manifest = read_manifest(folder)
-    stale = [k for k in PROVENANCE_KEYS if manifest.get(k) != ctx.provenance.get(k)]
-    if stale:
-        raise TaskSetsMissingError(
-            f"the {split} task sets in {folder}/ were built from another store ({', '.join(stale)} differ): "
-            f"rebuild them with {command} --overwrite (or notebook 04 with rebuild_tasks=True)"
-        )
-    entries = manifest.get("tasks", {})
-    return {t: read_task_set(folder, t) for t in tasks if entries.get(t, {}).get("built") and entries[t].get("samples")}
-
-
 def build_stage4_trainer(
-    run_dir: str | Path, settings: Mapping[str, Any], store: str | Path | None = None
+    run_dir: str | Path,
+    settings: Mapping[str, Any],
+    store: str | Path | None = None,
+    view: RunView | None = None,
 ) -> Stage4Trainer:
-    """A trainer over ``run_dir``'s embedding store (or ``store``) and its fixed validation sets."""
+    """A trainer over ``run_dir``'s embedding store (or ``store``, or an open ``view`` of the run) and its fixed
+    validation sets."""
     model_cfg, cfg = split_stage4_settings(settings)
-    return stage4_trainer_for(run_dir, model_cfg, cfg, store, input_dim_given="input_dim" in settings)
+    return stage4_trainer_for(run_dir, model_cfg, cfg, store, "input_dim" in settings, view)
 
 
 def stage4_trainer_for(
@@ -501,42 +358,41 @@ def stage4_trainer_for(
     cfg: Stage4TrainConfig,
     store: str | Path | None = None,
     input_dim_given: bool = False,
+    view: RunView | None = None,
 ) -> Stage4Trainer:
     """A trainer for the two configs; the model's input width is the store's feature_dim."""
-    ctx = load_context(run_dir, store)
-    # One text at a time through the frozen text pathway: a text's embedding then never depends on which other new
-    # texts share its batch (padding length, kernel shapes), so a resumed run, whose cache starts empty, encodes the
-    # same numbers as the uninterrupted one.
-    if hasattr(ctx.encoder, "batch_size"):
-        ctx.encoder.batch_size = 1
-    if input_dim_given and model_cfg.input_dim != ctx.feature_dim:
-        raise ValueError(f"input_dim={model_cfg.input_dim}, but the store's panel embeddings have {ctx.feature_dim}")
-    model_cfg = replace(model_cfg, input_dim=ctx.feature_dim)
-    val_sets = read_val_sets(run_dir, ctx, cfg.active_tasks)
-    encoder = SampleEncoder(run_dir, store, modalities=tuple(cfg.modalities))
+    # One text at a time through the frozen text pathway, from an empty cache: a text's embedding then never depends
+    # on which other new texts shared its batch (padding length, kernel shapes), so a resumed run encodes the same
+    # numbers as the uninterrupted one, and a view that built task sets (64 texts a batch) shares none of its cache.
+    view = (view or open_run(run_dir, store)).with_text_batch(1)
+    if input_dim_given and model_cfg.input_dim != view.feature_dim:
+        raise ValueError(f"input_dim={model_cfg.input_dim}, but the store's panel embeddings have {view.feature_dim}")
+    model_cfg = replace(model_cfg, input_dim=view.feature_dim)
+    val_sets = read_sets(run_dir, view, cfg.active_tasks)
+    builder = BatchBuilder(view, tuple(cfg.modalities))
     if cfg.task_weights["caption_relevance"] > 0 or "caption_relevance" in val_sets:
-        warm_captions(encoder, ctx, val_sets.values())
+        warm_captions(builder, view, val_sets.values())
     set_seed(cfg.seed)
     model = Stage4SequenceModel(model_cfg)
-    data = {k: ctx.provenance.get(k) for k in PROVENANCE_KEYS}
-    return Stage4Trainer(model, cfg, ctx, encoder, val_sets, data)
+    data = {k: view.provenance.get(k) for k in PROVENANCE_KEYS}
+    return Stage4Trainer(model, cfg, view, builder, val_sets, data)
 
 
-def warm_captions(encoder: SampleEncoder, ctx: TaskContext, sets: Iterable[TaskSet], chunk: int = 64) -> None:
+def warm_captions(builder: BatchBuilder, view: RunView, sets: Iterable[TaskSet], chunk: int = 64) -> None:
     """Encode every caption caption relevance can give (the training split's, the fixed sets') once, in sorted
-    chunks, before training: the encoder caches captions as batches first meet them, and a text's numbers can
+    chunks, before training: the builder caches captions as batches first meet them, and a text's numbers can
     depend on what shares its batch (padding length, kernel shapes), so a resumed run, whose cache starts empty,
     would otherwise encode some captions differently from the uninterrupted run."""
     texts = {s.query_text for task_set in sets for s in task_set.samples if s.query_text}
-    if "description" in ctx.panels:
-        train = ctx.panels[ctx.panels.split == "train"].description
+    if "description" in view.panels:
+        train = view.panels[view.panels.split == "train"].description
         texts.update(str(t) for t in train if isinstance(t, str) and t.strip())
-    new = sorted(texts - set(encoder.captions))
+    new = sorted(texts - set(builder.captions))
     with torch.no_grad():
         for start in range(0, len(new), chunk):
             part = new[start : start + chunk]
-            encoded = encoder.model.encode_texts(part).float().cpu().numpy()
-            encoder.captions.update(zip(part, encoded, strict=True))
+            encoded = builder.model.encode_texts(part).float().cpu().numpy()
+            builder.captions.update(zip(part, encoded, strict=True))
 
 
 def train_stage4(
@@ -546,10 +402,12 @@ def train_stage4(
     overwrite: bool = False,
     store: str | Path | None = None,
     ablation: str | None = None,
+    view: RunView | None = None,
 ) -> Stage4Trainer:
-    """Train Stage 4 on ``run_dir``'s embedding store into ``run_dir/stage4/`` (``checkpoint.pt`` written every
-    epoch, ``best_model.pt`` at the best mean validation accuracy); with ``ablation`` (a name of
-    ``config.ABLATIONS``), that ablation of the same settings into ``run_dir/stage4/ablations/<name>/``.
+    """Train Stage 4 on ``run_dir``'s embedding store (or an open ``view`` of the run) into ``run_dir/stage4/``
+    (``checkpoint.pt`` written every epoch, ``best_model.pt`` at the best mean validation accuracy); with
+    ``ablation`` (a name of ``config.ABLATIONS``), that ablation of the same settings into
+    ``run_dir/stage4/ablations/<name>/``.
 
     A run folder that already holds Stage 4 checkpoints is a CheckpointExistsError unless ``resume`` (continue from
     the last checkpoint) or ``overwrite`` (remove both first, then train anew) says what to do with them; the check
@@ -557,8 +415,32 @@ def train_stage4(
     """
     files = checkpoints(run_dir, ablation)
     resuming = files.prepare(resume=resume, overwrite=overwrite)
-    trainer = build_stage4_trainer(run_dir, ablation_settings(settings, ablation), store)
+    trainer = build_stage4_trainer(run_dir, ablation_settings(settings, ablation), store, view)
     if resuming:
         trainer.resume(files.last)
     trainer.train(files=files)
     return trainer
+
+
+def train_models(
+    run_dir: str | Path,
+    settings: Mapping[str, Any],
+    ablations: Sequence[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    store: str | Path | None = None,
+    view: RunView | None = None,
+) -> dict[str, Stage4Trainer]:
+    """The main model and each ablation of ``ablations``, trained one after another as ``train_stage4`` trains them
+    (each from its seed); name -> trainer, the main model as ``MAIN``."""
+    names = [None, *ablations]
+    return {
+        name or MAIN: train_stage4(run_dir, settings, resume, overwrite, store, ablation=name, view=view)
+        for name in names
+    }
+
+
+def validation_table(trainers: Mapping[str, Stage4Trainer], sets: Mapping[Any, TaskSet]) -> pd.DataFrame:
+    """Each trained model's result table on ``sets`` as it ends training (Wilson intervals), named by its key."""
+    tables = [evaluate(t.model, sets, t.builder, t.cfg.eval_batch_size, name=name) for name, t in trainers.items()]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

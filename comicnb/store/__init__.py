@@ -8,7 +8,7 @@ store load neither the model nor training code.
 import importlib
 from typing import Any
 
-from comicnb.store.reader import load_metadata, open_embeddings, text_free_vision
+from comicnb.store.reader import first_panel_ids, load_metadata, open_embeddings, sample_query_pages, text_free_vision
 from comicnb.store.schema import (
     CONTENT_ATTRS,
     DONE,
@@ -40,10 +40,12 @@ __all__ = [
     "EmbedConfig",
     "StoreMismatchError",
     "file_sha256",
+    "first_panel_ids",
     "generate",
     "load_metadata",
     "open_embeddings",
     "parse_shard",
+    "sample_query_pages",
     "store_metadata",
     "text_free_vision",
     "verify_store",

@@ -1,4 +1,4 @@
-"""Reading a finished embedding store: its arrays and its page metadata."""
+"""Reading a finished embedding store: its arrays, its page metadata, and query pages drawn from a split."""
 
 from __future__ import annotations
 
@@ -69,3 +69,17 @@ def check_checkpoint(store: str | Path, attrs: Mapping[str, Any], sha256: str | 
             f"(sha256 {sha256[:12]}…): its vectors live in another space. Search it with the model of {made_from}, "
             f"or re-embed with `comicnb embed --checkpoint {checkpoint or 'PATH'} --overwrite`"
         )
+
+
+def sample_query_pages(metadata: pd.DataFrame, split: str = "test", n: int = 2, seed: int = 0) -> np.ndarray:
+    """``n`` distinct store page indices drawn (seeded) from the pages of ``split``; from all pages when a small
+    corpus has none in that split."""
+    candidates = metadata.index[metadata.split == split] if "split" in metadata else metadata.index[:0]
+    if len(candidates) == 0:
+        candidates = metadata.index
+    return np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False)
+
+
+def first_panel_ids(metadata: pd.DataFrame, page_indices: np.ndarray) -> np.ndarray:
+    """The flat id of the first stored panel of each page."""
+    return np.array([metadata.embedding_indices[p][0] for p in page_indices])

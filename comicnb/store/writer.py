@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ import zarr
 from comicnb import __version__
 from comicnb.checkpoint import load_checkpoint
 from comicnb.corpus.checks import checked_run_pages
+from comicnb.corpus.tables import corpus_record
 from comicnb.paths import git_revision
 from comicnb.precision import autocast, resolve_precision
 from comicnb.stage3 import checkpoints
@@ -155,53 +156,48 @@ def remove_lock(store: Path) -> None:
             path.unlink(missing_ok=True)  # under the lock: a shard waiting on this file retries on a new one
 
 
-def _create_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chunk: int) -> None:
-    """The store's arrays, all zero (fill value), chunked by whole chunks of pages.
+class ArraySpec(NamedTuple):
+    """One per-page array of a store: the shape of one page's entry and its dtype."""
 
-    Embeddings are stored uncompressed: float32 embeddings barely compress, and search streams them at memory speed.
+    shape: tuple[int, ...]
+    dtype: str  # float32 (stored uncompressed, fill 0.0) or bool (fill False)
+
+
+def create_arrays(group: zarr.Group, pages: int, chunk: int, specs: Mapping[str, ArraySpec]) -> None:
+    """Arrays of ``pages`` rows, all at their fill value, chunked by whole chunks of ``chunk`` pages.
+
+    Float arrays are stored uncompressed: float32 embeddings barely compress, and search streams them at memory speed.
     """
-    modalities = len(MODALITIES)
-    group.create_array(
-        EMBEDDINGS,
-        shape=(pages, max_panels, dim),
-        chunks=(chunk, max_panels, dim),
-        dtype="float32",
-        fill_value=0.0,
-        compressors=None,
-    )
-    group.create_array(MASKS, shape=(pages, max_panels), chunks=(chunk, max_panels), dtype="bool", fill_value=False)
-    group.create_array(
-        MODALITY_EMBEDDINGS,
-        shape=(pages, max_panels, modalities, dim),
-        chunks=(chunk, max_panels, modalities, dim),
-        dtype="float32",
-        fill_value=0.0,
-        compressors=None,
-    )
-    group.create_array(
-        MODALITY_MASKS,
-        shape=(pages, max_panels, modalities),
-        chunks=(chunk, max_panels, modalities),
-        dtype="bool",
-        fill_value=False,
-    )
-    _create_text_free_arrays(group, pages, max_panels, dim, chunk)
-    group.create_array(DONE, shape=(pages,), chunks=(chunk,), dtype="bool", fill_value=False)
+    for name, spec in specs.items():
+        floats = spec.dtype == "float32"
+        group.create_array(
+            name,
+            shape=(pages, *spec.shape),
+            chunks=(chunk, *spec.shape),
+            dtype=spec.dtype,
+            fill_value=0.0 if floats else False,
+            **({"compressors": None} if floats else {}),
+        )
 
 
-def _create_text_free_arrays(group: zarr.Group, pages: int, max_panels: int, dim: int, chunk: int) -> None:
-    """The text-free vision embeddings and their masks, all zero (fill value), chunked like the other arrays."""
-    group.create_array(
-        TEXT_FREE_VISION,
-        shape=(pages, max_panels, dim),
-        chunks=(chunk, max_panels, dim),
-        dtype="float32",
-        fill_value=0.0,
-        compressors=None,
-    )
-    group.create_array(
-        TEXT_FREE_MASKS, shape=(pages, max_panels), chunks=(chunk, max_panels), dtype="bool", fill_value=False
-    )
+def store_arrays(max_panels: int, dim: int) -> dict[str, ArraySpec]:
+    """The embedding store's arrays (comicnb.store.schema), the text-free twins' included."""
+    return {
+        EMBEDDINGS: ArraySpec((max_panels, dim), "float32"),
+        MASKS: ArraySpec((max_panels,), "bool"),
+        MODALITY_EMBEDDINGS: ArraySpec((max_panels, len(MODALITIES), dim), "float32"),
+        MODALITY_MASKS: ArraySpec((max_panels, len(MODALITIES)), "bool"),
+        **text_free_arrays(max_panels, dim),
+        DONE: ArraySpec((), "bool"),
+    }
+
+
+def text_free_arrays(max_panels: int, dim: int) -> dict[str, ArraySpec]:
+    """The text-free vision embeddings and their masks."""
+    return {
+        TEXT_FREE_VISION: ArraySpec((max_panels, dim), "float32"),
+        TEXT_FREE_MASKS: ArraySpec((max_panels,), "bool"),
+    }
 
 
 def open_store(
@@ -224,12 +220,13 @@ def open_store(
                     f"to replace it"
                 )
             if TEXT_FREE_VISION not in group:  # made before twins existed, of a corpus without them: all absent
-                shape = group[EMBEDDINGS].shape
-                _create_text_free_arrays(group, shape[0], shape[1], shape[2], group[EMBEDDINGS].chunks[0])
+                pages, max_panels, dim = group[EMBEDDINGS].shape
+                create_arrays(group, pages, group[EMBEDDINGS].chunks[0], text_free_arrays(max_panels, dim))
                 group.attrs["text_free"] = False
         else:
             group = zarr.open_group(str(path), mode="w", attributes=attrs)
-            _create_arrays(group, len(metadata), attrs["max_panels"], attrs["feature_dim"], attrs["pages_per_chunk"])
+            arrays = store_arrays(attrs["max_panels"], attrs["feature_dim"])
+            create_arrays(group, len(metadata), attrs["pages_per_chunk"], arrays)
         if not (path / METADATA).is_file():  # equal content (metadata_sha256 matched) if a creation was cut short
             (path / METADATA).write_text(json.dumps(metadata, ensure_ascii=False) + "\n", encoding="utf-8")
         return group
@@ -306,7 +303,7 @@ _END = object()
 
 def max_panels_of(run_dir: Path, pages: pd.DataFrame) -> int:
     """Panel slots per page: notebook 01's max_panels, or the most panels any page has."""
-    options = json.loads((run_dir / "corpus.json").read_text(encoding="utf-8")).get("options", {})
+    options = corpus_record(run_dir).get("options", {})
     return int(options.get("max_panels") or pages.num_panels.max())
 
 

@@ -1,9 +1,9 @@
-"""Notebook 05's metrics on tiny hand-made cases; every expected number is worked out by hand in a comment."""
+"""The floor metrics (comicnb.metrics) on tiny hand-made cases; every expected number is worked out in a comment."""
 
 import numpy as np
 import pytest
 
-from comicnb.evaluation.metrics import (
+from comicnb.metrics import (
     accuracy,
     book_accuracy_interval,
     bootstrap_interval,

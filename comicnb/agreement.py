@@ -1,0 +1,89 @@
+"""Neighbour agreement in the embedding store: how often a panel's nearest panels on other pages share its label
+(book, character, scene), and whether the fused vectors keep what each modality's own vectors know.
+
+Notebook 03 reads a store with these; they search with ``comicnb.search.exact_topk``, so they sit beside search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from comicnb.search import exact_topk
+
+
+def neighbour_agreement(vectors: np.ndarray, page: np.ndarray, labels: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """How often a panel's k nearest panels on *other* pages share its label, per label column, against chance.
+
+    Chance is the probability that a random panel of another page shares the label (from the label frequencies).
+    """
+    extra = int(np.bincount(page).max())  # enough hits to still have k after dropping the panel's own page
+    _, ids = exact_topk(vectors, vectors, k + extra)
+    other = page[ids] != page[:, None]  # (M, k + extra)
+    ranks = np.cumsum(other, axis=1) <= k
+    keep = other & ranks  # the first k hits on other pages
+    rows = []
+    for column in labels.columns:
+        values = labels[column].to_numpy()
+        agree = (values[ids] == values[:, None]) & keep
+        share = labels[column].value_counts(normalize=True)
+        rows.append(dict(label=column, agreement=agree.sum() / keep.sum(), chance=float((share**2).sum())))
+    return pd.DataFrame(rows).set_index("label")
+
+
+def fusion_against_modalities(
+    fused: np.ndarray,
+    modalities: np.ndarray,
+    modality_mask: np.ndarray,
+    page: np.ndarray,
+    labels: pd.DataFrame,
+    names: tuple[str, ...],
+    k: int = 5,
+) -> pd.DataFrame:
+    """Neighbour agreement of the fused vectors against each single modality's, on the panels that have it.
+
+    fused (M, D), modalities (M, len(names), D), modality_mask (M, len(names)), page (M,), labels (M rows). One row
+    per (modality, label): `modality` is that modality's own vectors, `fused` the fused vectors of the same panels,
+    `chance` as in neighbour_agreement; `fused_loses` where fusion scores below the modality alone.
+    """
+    rows = []
+    for i, name in enumerate(names):
+        rows_with = np.flatnonzero(modality_mask[:, i])
+        if len(np.unique(page[rows_with])) < 2:  # no other page to find neighbours on
+            continue
+        subset = labels.iloc[rows_with].reset_index(drop=True)
+        alone = neighbour_agreement(modalities[rows_with, i], page[rows_with], subset, k)
+        together = neighbour_agreement(fused[rows_with], page[rows_with], subset, k)
+        for label in subset.columns:
+            rows.append(
+                dict(
+                    input=name,
+                    label=label,
+                    panels=len(rows_with),
+                    modality=alone.loc[label, "agreement"],
+                    fused=together.loc[label, "agreement"],
+                    chance=alone.loc[label, "chance"],
+                )
+            )
+    table = pd.DataFrame(rows, columns=["input", "label", "panels", "modality", "fused", "chance"])
+    table["fused_loses"] = table.fused < table.modality
+    return table.set_index(["label", "input"]).sort_index()
+
+
+def fusion_losses(table: pd.DataFrame, label: str, margin: float = 0.0) -> pd.DataFrame:
+    """Rows of a fusion_against_modalities table where, for ``label``, the fused vectors score below the best
+    single modality by more than ``margin`` (empty when fusion matches or beats its best input)."""
+    if label not in table.index.get_level_values("label"):
+        return table.iloc[:0]
+    rows = table.loc[label]
+    best = rows.modality.max()
+    return rows[(rows.modality == best) & (rows.fused < best - margin)]
+
+
+def fusion_loss_warnings(table: pd.DataFrame, label: str, margin: float = 0.0) -> list[str]:
+    """One message per input that beats the fused vectors on ``label`` by more than ``margin`` (see fusion_losses)."""
+    return [
+        f"fusion loses to its best input on {label}: fused {row.fused:.3f} against {name} alone {row.modality:.3f} "
+        f"(chance {row.chance:.3f}); see notebook 02's gate weights and docs/modality-collapse.md"
+        for name, row in fusion_losses(table, label, margin).iterrows()
+    ]

@@ -1,0 +1,117 @@
+"""Drawing negatives: pools of candidate panels (rules) of one split, tried in order, hard ones first.
+
+A ``Rule`` is a pool with a name (recorded per negative in ``built_from``) and whether it makes a sample hard: the
+answer's scene run or scene (where the corpus has truth), nearby pages of its book, its book, other books of the
+split. ``draw`` takes k rows from the rules in order; ``difficulty_of`` says a sample is hard when every negative came
+from a hard rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from comicnb.stage4.view import RunView
+
+NEARBY_PAGES = 2  # "nearby" and "neighbouring" pages: at most this many narrative pages away in the same book
+SCENE_COLUMNS = ("scene_run", "scene")  # hard negatives: the same scene run, else the same place in the book
+
+
+@dataclass
+class Rule:
+    """A pool of negatives: its name (recorded per negative), whether it makes a sample hard, and its rows."""
+
+    name: str
+    hard: bool
+    rows: np.ndarray
+
+
+class SplitIndex:
+    """The panels of one split, grouped the ways the rules need (rows are positions in ``view.panels``)."""
+
+    def __init__(self, view: RunView, split: str) -> None:
+        panels = view.panels
+        self.panels = panels
+        self.rows = np.flatnonzero((panels.split == split).to_numpy())
+        part = panels.iloc[self.rows]
+        self.streams = {b: g.index.to_numpy() for b, g in part.sort_values(["page_index", "slot"]).groupby("book_id")}
+        self.pages = {p: g.sort_values("slot").index.to_numpy() for p, g in part.groupby("page_index")}
+        self.groups: dict[str, dict[tuple, np.ndarray]] = {}
+        for column in SCENE_COLUMNS:
+            if column in panels:
+                labelled = part[part[column].map(known).astype(bool)]
+                self.groups[column] = {k: g.index.to_numpy() for k, g in labelled.groupby(["book_id", column])}
+
+    def stream_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(book, its rows in reading order), books sorted."""
+        return iter(sorted(self.streams.items()))
+
+    def scene_rules(self, row: int) -> list[Rule]:
+        """The hard rules: the row's scene run, then its scene (place), in its book, where the truth has them."""
+        book, rules = self.panels.book_id[row], []
+        for column, name in zip(SCENE_COLUMNS, ("same_scene_run", "same_scene"), strict=True):
+            value = self.panels[column][row] if column in self.groups else None
+            if known(value):
+                rules.append(Rule(name, True, self.groups[column].get((book, value), np.zeros(0, int))))
+        return rules
+
+    def book_rule(self, row: int) -> Rule:
+        """Every panel of the row's book (in this split)."""
+        return Rule("same_book", False, self.streams[self.panels.book_id[row]])
+
+    def nearby_rule(self, row: int, name: str = "nearby_pages", hard: bool = False) -> Rule:
+        """Panels of the row's book at most NEARBY_PAGES narrative pages away (its own page included)."""
+        book_rows = self.streams[self.panels.book_id[row]]
+        ranks = self.panels.page_rank.to_numpy()[book_rows]
+        return Rule(name, hard, book_rows[np.abs(ranks - self.panels.page_rank[row]) <= NEARBY_PAGES])
+
+    def other_books_rule(self, row: int) -> Rule:
+        """Panels of the split's other books."""
+        book = self.panels.book_id[row]
+        others = [rows for b, rows in self.stream_items() if b != book]
+        return Rule("other_books", False, np.concatenate(others) if others else np.zeros(0, dtype=int))
+
+
+def known(value: Any) -> bool:
+    """A truth value that names something (not None / NaN)."""
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def draw(
+    rng: np.random.Generator,
+    rules: Sequence[Rule],
+    k: int,
+    exclude: set[int],
+    key: Callable[[int], Hashable] | None = None,
+    taken: set | None = None,
+    prefer: Callable[[int], bool] | None = None,
+) -> tuple[list[int], list[str]] | None:
+    """k rows from the rules' pools in order (random within a pool, ``prefer``-ed rows first), none excluded and,
+    with ``key``, none sharing a key with another or with ``taken``; with their rules' names. None if too few."""
+    chosen: list[int] = []
+    names: list[str] = []
+    seen, keys = set(exclude), set(taken or ())
+    for rule in rules:
+        pool = [int(r) for r in rng.permutation(np.asarray(rule.rows, dtype=int)) if int(r) not in seen]
+        if prefer is not None:
+            pool.sort(key=lambda r: not prefer(r))  # stable: preferred first, random order kept within each kind
+        for row in pool:
+            if len(chosen) == k:
+                break
+            if key is not None and key(row) in keys:
+                continue
+            chosen.append(row)
+            names.append(rule.name)
+            seen.add(row)
+            if key is not None:
+                keys.add(key(row))
+    return (chosen, names) if len(chosen) == k else None
+
+
+def difficulty_of(names: Sequence[str], rules: Sequence[Rule]) -> str:
+    """hard when every negative came from a hard rule, else easy."""
+    hard = {rule.name for rule in rules if rule.hard}
+    return "hard" if names and all(n in hard for n in names) else "easy"
