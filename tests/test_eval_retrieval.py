@@ -12,24 +12,26 @@ from tiny_runs import tiny_store_run
 
 from comicnb.evaluation.retrieval import (
     KINDS,
-    MEAN,
     RAW,
     STAGE3,
-    STRIP,
     V1,
     RetrievalSpace,
     claim_check,
-    compare_strips,
     label_retrieval,
-    majority,
-    page_neighbours,
     query_variants,
     raw_backbone_features,
     raw_space,
     retrieval_table,
     seed_claim,
-    split_pages,
     split_panels,
+)
+from comicnb.evaluation.strips import (
+    MEAN,
+    STRIP,
+    compare_strips,
+    majority,
+    page_neighbours,
+    split_pages,
     strip_neighbours,
 )
 from comicnb.stage3.batches import PanelPageDataset

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from comicnb.evaluation.retrieval import strip_neighbours
+from comicnb.evaluation.strips import strip_neighbours
 from comicnb.stage4.view import RunView
 
 

@@ -150,6 +150,13 @@ def draw_orders(
     return fig
 
 
+def draw_order_pairs(pairs: Sequence[tuple[TaskSample, dict[str, list[int]]]], refs: dict[int, PanelRef]) -> None:
+    """``draw_orders`` of each (sample, orders) pair, shown one after another."""
+    for sample, orders in pairs:
+        draw_orders(sample, refs, orders)
+        plt.show()
+
+
 # ---------------------------------------------------------------------------------------------- notebook 04's figures
 
 

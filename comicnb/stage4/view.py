@@ -40,7 +40,7 @@ from comicnb.store.schema import (
 LARGE = {"fused": EMBEDDINGS, "modalities": MODALITY_EMBEDDINGS, "text_free_vision": TEXT_FREE_VISION}
 
 
-@dataclass
+@dataclass(eq=False)  # views hold tables and arrays: compare what they hold, not the views
 class RunView:
     """A run's store, pages, truth and frozen Stage 3 model (see the module); build it with ``open_run``."""
 
@@ -58,7 +58,7 @@ class RunView:
     checkpoint: Path | None = None  # the store's Stage 3 checkpoint
     attrs: dict[str, Any] = field(default_factory=dict)  # the store's attributes
     provenance: dict[str, Any] = field(default_factory=dict)  # what task sets built from this view record
-    encoder: Callable[[Sequence[str]], np.ndarray] | None = None  # new texts -> text-modality vectors (frozen)
+    text_pathway: Callable[[Sequence[str]], np.ndarray] | None = None  # new texts -> text-modality vectors (frozen)
     arrays: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)  # LARGE, once read
     memo: dict[str, Any] = field(default_factory=dict, repr=False)  # features of panels computed once (baselines)
     _model: Any = field(default=None, repr=False)
@@ -197,16 +197,16 @@ class RunView:
         """The same view (its arrays, model and memo shared) with a fresh text pathway of ``batch_size`` texts a
         batch and an empty cache."""
         view = replace(self)
-        view.encoder = FrozenTextPathway(lambda: view.model, batch_size)
+        view.text_pathway = FrozenTextPathway(lambda: view.model, batch_size)
         return view
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(T, D) float32 text embeddings of new candidate texts, through the store's frozen text pathway."""
         if not texts:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
-        if self.encoder is None:
+        if self.text_pathway is None:
             raise RuntimeError("this view has no text encoder: open it with open_run")
-        return np.asarray(self.encoder(list(texts)), dtype=np.float32)
+        return np.asarray(self.text_pathway(list(texts)), dtype=np.float32)
 
 
 class FrozenTextPathway:
@@ -276,7 +276,7 @@ def open_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: s
         checkpoint=checkpoint,
         attrs=attrs,
     )
-    view.encoder = FrozenTextPathway(lambda: view.model)
+    view.text_pathway = FrozenTextPathway(lambda: view.model)
     view.provenance = dict(
         store=_relative(store, run_dir),
         store_checkpoint_sha256=attrs.get("checkpoint_sha256"),
