@@ -20,8 +20,9 @@ import numpy as np
 
 from comicnb.comics.embed import TextVectors, candidate_text, context_text, sample_vectors
 from comicnb.comics.folds import split_seen
+from comicnb.comics.heads import model_scores
 from comicnb.comics.reader import TEXT_CLOZE, ComicsSample, ComicsTable
-from comicnb.comics.scorer import load_scorer, model_scores
+from comicnb.comics.scorer import load_scorer
 from comicnb.metrics import bootstrap_interval, expected_hits
 
 LEVEL = 0.95

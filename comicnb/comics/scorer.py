@@ -14,74 +14,25 @@ CSV's SHA-256 and row counts, the selection of its rows, and every book the mode
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from comicnb.checkpoint import file_sha256
 from comicnb.comics.embed import TextVectors, sample_vectors
 from comicnb.comics.folds import DEFAULT_FOLDS, book_fold, unit_hash, validation_books
-from comicnb.comics.reader import CHAR_COHERENCE, TEXT_CLOZE, ComicsSample, ComicsTable, book_sort_key
+from comicnb.comics.heads import STAGE4_TASK, build_model, stage4_model_sha256
+from comicnb.comics.reader import ComicsSample, ComicsTable, book_sort_key
 from comicnb.comics.settings import FitSettings
-from comicnb.loop import EpochLoop, SingleProcess
-from comicnb.metrics import expected_hits
-from comicnb.seed import set_seed
 
-STAGE4_TASK = {TEXT_CLOZE: "text_cloze", CHAR_COHERENCE: "character_coherence"}
 MODEL_FILE = "model.pt"
 MANIFEST = "comics_model.json"
 FORMAT = 1
 CAP_SALT = "comicnb/comics/cap"
-
-
-def make_batch(context: Tensor, candidates: Tensor, answer: Tensor) -> dict[str, Tensor]:
-    """A Stage 4 candidate-task batch of text-only panels: every context panel and candidate is present (a panel
-    without text is a zero vector), the query slot is appended (slot -1), no caption, left-to-right."""
-    batch_size, length, dim = context.shape
-    return {
-        "context": context,
-        "context_mask": torch.ones(batch_size, length, dtype=torch.bool),
-        "slot": torch.full((batch_size,), -1, dtype=torch.long),
-        "candidates": candidates,
-        "candidate_mask": torch.ones(candidates.shape[:2], dtype=torch.bool),
-        "answer": answer.long(),
-        "query": torch.zeros(batch_size, dim),
-        "direction": torch.zeros(batch_size, dtype=torch.long),
-    }
-
-
-def stage4_model_sha256() -> str:
-    """SHA-256 of comicnb/stage4/model.py: a saved model names the code it was trained with."""
-    from comicnb.stage4 import model
-
-    return file_sha256(model.__file__)
-
-
-def build_model(config: Mapping[str, Any]):
-    """A Stage4SequenceModel from its config dict."""
-    from comicnb.stage4.model import Stage4SequenceModel
-
-    return Stage4SequenceModel.from_config(dict(config))
-
-
-@torch.no_grad()
-def model_scores(model, task: str, context: np.ndarray, candidates: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """(N, C) candidate logits of a trained model (eval mode) for text vectors of samples."""
-    model.eval()
-    out = []
-    for start in range(0, len(context), batch_size):
-        ctx = torch.from_numpy(context[start : start + batch_size])
-        cand = torch.from_numpy(candidates[start : start + batch_size])
-        batch = make_batch(ctx, cand, torch.zeros(len(ctx), dtype=torch.long))
-        out.append(model.task_logits(STAGE4_TASK[task], batch).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, candidates.shape[1] if candidates.ndim == 3 else 0))
 
 
 def cap_books(samples: list[ComicsSample], max_rows: int, seed: int) -> list[ComicsSample]:
@@ -111,112 +62,6 @@ def select_training(
     held = set(hold_out)
     chosen = [s for s in samples if book_fold(s.book_id, folds) not in held] if held else list(samples)
     return cap_books(chosen, max_rows, seed) if max_rows else chosen
-
-
-class _Part:
-    """Tensors of one part (training or validation)."""
-
-    def __init__(self, context: np.ndarray, candidates: np.ndarray, answers: np.ndarray) -> None:
-        self.context = torch.from_numpy(context)
-        self.candidates = torch.from_numpy(candidates)
-        self.answers = torch.from_numpy(answers)
-        self.answers_np = answers
-
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    def batch(self, index: Tensor) -> dict[str, Tensor]:
-        return make_batch(self.context[index], self.candidates[index], self.answers[index])
-
-
-def _validate(model, task: str, part: _Part) -> tuple[float, float]:
-    """(loss, accuracy) on a part, in eval mode."""
-    logits = model_scores(model, task, part.context.numpy(), part.candidates.numpy())
-    log_p = torch.log_softmax(torch.from_numpy(logits).double(), dim=1)
-    loss = float(-log_p[torch.arange(len(part)), part.answers].mean())
-    return loss, float(expected_hits(logits, part.answers_np).mean())
-
-
-class ScorerTrainer(EpochLoop):
-    """Trains one COMICS scorer in one sitting (``comicnb.loop``): shuffled batches of the training part, AdamW at a
-    constant learning rate, the gradient clipped, and after each epoch the validation part's loss, which keeps the
-    best epoch's weights in memory and stops the run after ``patience`` epochs without a lower one. It never resumes,
-    so its random draws come from one stream seeded once (``step_seeds`` off)."""
-
-    step_seeds = False
-    constant_lr = True
-
-    def __init__(
-        self, task: str, train: _Part, val: _Part, settings: FitSettings, log: Callable[[str], None] = print
-    ) -> None:
-        set_seed(settings.seed)
-        self.cfg, self.task, self.train_part, self.val_part, self.log = settings, task, train, val, log
-        self.model = build_model(settings.model_config(train.context.shape[-1], task))
-        self.accelerator = SingleProcess()  # the scorer trains on the CPU, seeded, without Accelerate
-        self.steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-        if not self.steps_per_epoch:
-            raise ValueError("no training rows: a COMICS scorer needs at least one training sample")
-        self.start_loop(self.model)
-        self.generator = torch.Generator().manual_seed(settings.seed)  # the epochs' shuffles
-        self.best_state: dict[str, Tensor] | None = None
-        self.waited = 0  # epochs since the validation loss last fell
-        self.losses: list[float] = []  # the current epoch's training losses
-
-    def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
-        """One epoch over the training part in a fresh shuffle, a batch a step (a run in one sitting: offset 0)."""
-        self.model.train()
-        order = torch.randperm(len(self.train_part), generator=self.generator)
-        self.losses = []
-        for start in range(0, len(self.train_part), self.cfg.batch_size):
-            batch = self.train_part.batch(order[start : start + self.cfg.batch_size])
-            loss = self.model.task_loss(STAGE4_TASK[self.task], batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss is {loss.item()} at epoch {epoch + 1}, step {self.step}")
-            self.optimise(loss)
-            self.losses.append(loss.item())
-            yield
-
-    def end_epoch(self, epoch: int, seconds: float, files: Any | None) -> None:
-        """Score the validation part; keep the weights when its loss fell (by more than 1e-6)."""
-        val_loss, val_accuracy = _validate(self.model, self.task, self.val_part)
-        scalars = dict(
-            train_loss=float(np.mean(self.losses)) if self.losses else 0.0,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            neg_val_loss=-val_loss,
-        )
-        self.history.epochs.append({"epoch": epoch, **scalars, "seconds": seconds})
-        self.log(
-            f"  epoch {epoch}: train loss {scalars['train_loss']:.4f}, validation loss {val_loss:.4f}, "
-            f"accuracy {val_accuracy:.3f} ({seconds:.1f} s)"
-        )
-        if self.update_best(scalars, epoch, "neg_val_loss", min_delta=1e-6):
-            self.waited = 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.waited += 1
-
-    def should_stop(self) -> bool:
-        """After ``patience`` epochs without a lower validation loss."""
-        if self.waited >= self.cfg.patience:
-            self.log(f"  stopped: no lower validation loss for {self.waited} epochs")
-            return True
-        return False
-
-    def save(self, path: str | Path) -> Path:  # the scorer keeps its best weights in memory; fit writes the folder
-        raise NotImplementedError("a COMICS scorer is saved by fit(), not checkpointed")
-
-
-def train_scorer(
-    task: str, train: _Part, val: _Part, settings: FitSettings, log: Callable[[str], None] = print
-) -> tuple[Any, list[dict], int]:
-    """(model with the best validation state loaded, history per epoch, best epoch)."""
-    trainer = ScorerTrainer(task, train, val, settings, log)
-    trainer.train()
-    if trainer.best_state is not None:
-        trainer.model.load_state_dict(trainer.best_state)
-    history = [{k: v for k, v in row.items() if k != "neg_val_loss"} for row in trainer.history.epochs]
-    return trainer.model.eval(), history, int(trainer.best.get("epoch", 0))
 
 
 def fit(
@@ -253,12 +98,14 @@ def fit(
         f"[comicnb] comics fit {table.task}: {len(train_rows)} training rows, {len(val_rows)} validation rows "
         f"({len(books) - len(held)} + {len(held)} books) of {table.report.rows} in {table.path.name}"
     )
+    from comicnb.comics.training import Part, train_scorer  # training code only where a scorer is fitted
+
     vectors = vectors or TextVectors(text_model, cache)
     encode_started = time.perf_counter()
     parts = []
     for rows in (train_rows, val_rows):
         context, candidates = sample_vectors(rows, vectors, settings.pair_vectors)
-        parts.append(_Part(context, candidates, np.array([s.answer for s in rows], dtype=np.int64)))
+        parts.append(Part(context, candidates, np.array([s.answer for s in rows], dtype=np.int64)))
     vectors.save()
     encode_seconds = time.perf_counter() - encode_started
     log(f"  text vectors: {vectors.encoded} texts encoded in {encode_seconds:.0f} s ({vectors.label})")
