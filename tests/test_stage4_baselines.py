@@ -315,6 +315,7 @@ def test_score_baselines_table(inputs: RunView) -> None:
     assert set(table[table.task == "panel_picking"].method) == {
         "chance",
         "geometry",
+        "shape",
         "colour_histogram",
         "stage3_cosine",
     }

@@ -32,6 +32,7 @@ from comicnb.stage4.tasks import (
     CANDIDATES,
     CLOZE_CONTEXT,
     TASKS,
+    TEXT_LENGTH_TOLERANCE,
     TEXT_TASKS,
     Candidate,
     TaskSample,
@@ -260,11 +261,15 @@ def test_caption_relevance_asks_for_the_panel_after_a_unique_caption(run: Path, 
 def test_text_cloze_has_three_panels_of_context_and_both_difficulties(run: Path, ctx: RunView) -> None:
     panels = by_id(ctx)
     samples = read_task_set(task_dir(run, "test"), "text_cloze").samples
-    assert Counter(s.difficulty for s in samples) == {"hard": len(samples) // 2, "easy": len(samples) // 2}
+    kinds = Counter(s.difficulty for s in samples)
+    assert set(kinds) == {"hard", "easy"} and min(kinds.values()) >= len(samples) / 3  # an answer gives both, mostly
     for s in samples:
         answer = panels.loc[s.candidates[s.answer].panel_id]
         assert len(s.context) == CLOZE_CONTEXT and panels.book_pos[s.context[-1]] == answer.book_pos - 1
         sources = [panels.loc[c.text_from] for i, c in enumerate(s.candidates) if i != s.answer]
+        # Every negative text has the answer's length: the empty balloons of the text-free answer show how much.
+        lengths = [np.log1p(len(" ".join(str(n.text).split()))) for n in sources]
+        assert np.allclose(lengths, np.log1p(len(" ".join(answer.text.split()))), atol=TEXT_LENGTH_TOLERANCE)
         if s.difficulty == "hard":
             assert all(n.book_id == answer.book_id and abs(n.page_rank - answer.page_rank) <= 2 for n in sources)
         else:

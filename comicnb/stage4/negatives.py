@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from comicnb.stage4.tasks import SHAPE_TOLERANCE, TEXT_LENGTH_TOLERANCE
 from comicnb.stage4.view import RunView
 
 NEARBY_PAGES = 2  # "nearby" and "neighbouring" pages: at most this many narrative pages away in the same book
@@ -35,6 +36,9 @@ class SplitIndex:
     def __init__(self, view: RunView, split: str) -> None:
         panels = view.panels
         self.panels = panels
+        width, height = panels.width.to_numpy(float), panels.height.to_numpy(float)
+        self.shape = np.stack([np.log(width / height), np.log(width * height)], axis=1)  # (P, 2) of every row
+        self.text_length = np.log1p([len(" ".join(str(t).split())) for t in panels.text])  # (P,) of every row
         self.rows = np.flatnonzero((panels.split == split).to_numpy())
         part = panels.iloc[self.rows]
         self.streams = {b: g.index.to_numpy() for b, g in part.sort_values(["page_index", "slot"]).groupby("book_id")}
@@ -44,6 +48,25 @@ class SplitIndex:
             if column in panels:
                 labelled = part[part[column].map(known).astype(bool)]
                 self.groups[column] = {k: g.index.to_numpy() for k, g in labelled.groupby(["book_id", column])}
+
+    def same_shape(self, row: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``draw`` filter keeping the rows whose box has the shape and size of ``row``'s within SHAPE_TOLERANCE
+        (log aspect ratio, log area in page pixels): what survives of a crop's shape in its image embedding."""
+        limits = np.array([SHAPE_TOLERANCE["log_aspect"], SHAPE_TOLERANCE["log_area"]])
+
+        def fits(rows: np.ndarray) -> np.ndarray:
+            return (np.abs(self.shape[rows] - self.shape[row]) <= limits).all(axis=1)
+
+        return fits
+
+    def same_length(self, row: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``draw`` filter keeping the rows whose text has the length of ``row``'s within TEXT_LENGTH_TOLERANCE:
+        what the answer panel's empty balloons show of its text."""
+
+        def fits(rows: np.ndarray) -> np.ndarray:
+            return np.abs(self.text_length[rows] - self.text_length[row]) <= TEXT_LENGTH_TOLERANCE
+
+        return fits
 
     def stream_items(self) -> Iterator[tuple[str, np.ndarray]]:
         """(book, its rows in reading order), books sorted."""
@@ -88,14 +111,19 @@ def draw(
     key: Callable[[int], Hashable] | None = None,
     taken: set | None = None,
     prefer: Callable[[int], bool] | None = None,
+    fits: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[int], list[str]] | None:
-    """k rows from the rules' pools in order (random within a pool, ``prefer``-ed rows first), none excluded and,
-    with ``key``, none sharing a key with another or with ``taken``; with their rules' names. None if too few."""
+    """k rows from the rules' pools in order (random within a pool, ``prefer``-ed rows first), none excluded, with
+    ``fits`` only rows it keeps ((n,) rows -> (n,) bool), and with ``key`` none sharing a key with another or with
+    ``taken``; with their rules' names. None if too few."""
     chosen: list[int] = []
     names: list[str] = []
     seen, keys = set(exclude), set(taken or ())
     for rule in rules:
-        pool = [int(r) for r in rng.permutation(np.asarray(rule.rows, dtype=int)) if int(r) not in seen]
+        drawn = rng.permutation(np.asarray(rule.rows, dtype=int))  # the same draw whatever the filters keep
+        if fits is not None:
+            drawn = drawn[fits(drawn)]
+        pool = [int(r) for r in drawn if int(r) not in seen]
         if prefer is not None:
             pool.sort(key=lambda r: not prefer(r))  # stable: preferred first, random order kept within each kind
         for row in pool:

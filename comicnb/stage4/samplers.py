@@ -13,9 +13,13 @@ The rules every sampler keeps (``comicnb.stage4.tasks.check_sample`` checks them
 - no candidate comes from the sample's context, and all candidates of a sample share the same vision kind, the same
   composition (``composition_from``: the slot they are offered for, or none) and (text tasks) distinct texts, so
   neither a candidate's own place on its page nor the kind of its parts can give it away;
+- where candidates are different panels' images offered for one slot (panel picking, visual closure), every
+  negative's box has the answer's shape and size within ``tasks.SHAPE_TOLERANCE``: a crop's aspect ratio and size
+  survive in its image embedding, and a model would read the slot's shape off the right one;
 - the text tasks show the answer panel text-free (``vision="text_free"``) where the store holds its text-free twin,
-  else without its image (``vision="none"``), and prefer negatives with as many balloons as the answer, since the
-  empty balloons of a text-free image still show how many lines there were;
+  else without its image (``vision="none"``); the empty balloons of a text-free image still show how much text there
+  was, so every negative text has the answer's length within ``tasks.TEXT_LENGTH_TOLERANCE``, and preferably as
+  many balloons;
 - ground truth (scene, scene run, beat, lines, descriptions) only chooses negatives and answers; the one exception,
   as in ComicsPAP, is caption relevance, whose input is a caption. Candidates are drawn from the sample's own split,
   so a model can never reject a negative for having been seen in training.
@@ -56,8 +60,9 @@ def sample_panel_picking(
     view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
 ) -> list[TaskSample]:
     """A page's panels in order with one slot masked; the masked panel among 5, each offered with the slot's
-    composition. Negatives: the same scene run, else scene, off the page (hard); else nearby pages of the book, the
-    book, other books (easy). ``context`` leaves the masked panel out; ``slot`` is where it goes."""
+    composition. Negatives, all of the answer's shape and size (``SplitIndex.same_shape``): the same scene run, else
+    scene, off the page (hard); else nearby pages of the book, the book, other books (easy). ``context`` leaves the
+    masked panel out; ``slot`` is where it goes."""
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     drafts = []
     for _, rows in sorted(index.pages.items()):
@@ -67,7 +72,7 @@ def sample_panel_picking(
         for slot, answer in enumerate(rows.tolist()):
             rules = [*index.scene_rules(answer), index.nearby_rule(answer), index.book_rule(answer)]
             rules.append(index.other_books_rule(answer))
-            drawn = draw(rng, rules, CANDIDATES["panel_picking"] - 1, set(rows.tolist()))
+            drawn = draw(rng, rules, CANDIDATES["panel_picking"] - 1, set(rows.tolist()), fits=index.same_shape(answer))
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
@@ -140,8 +145,9 @@ def sample_visual_closure(
     view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
 ) -> list[TaskSample]:
     """The panels of an action so far (at least 2); its next panel among 5 images (text-free where the store holds
-    every candidate's twin, else all full), image only, each with the next slot's composition. Negatives: the same
-    scene run (later steps of the action included), else scene (hard); else the book, other books (easy)."""
+    every candidate's twin, else all full), image only, each with the next slot's composition. Negatives, all of the
+    answer's shape and size: the same scene run (later steps of the action included), else scene (hard); else the
+    book, other books (easy)."""
     require_truth(view, "visual_closure")
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     drafts = []
@@ -152,7 +158,9 @@ def sample_visual_closure(
                 skips["no_action" if context is None else "fewer_than_2_preceding_panels_of_its_action"] += 1
                 continue
             rules = [*index.scene_rules(answer), index.book_rule(answer), index.other_books_rule(answer)]
-            drawn = draw(rng, rules, CANDIDATES["visual_closure"] - 1, {*context, answer})
+            drawn = draw(
+                rng, rules, CANDIDATES["visual_closure"] - 1, {*context, answer}, fits=index.same_shape(answer)
+            )
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
@@ -191,7 +199,7 @@ def sample_text_closure(
                 skips["fewer_than_2_preceding_panels"] += 1
             else:
                 context = stream[max(0, i - MAX_CONTEXT) : i].tolist()
-                draft = _text_draft(view, col, rng, "text_closure", answer, context, [index.book_rule(answer)])
+                draft = _text_draft(view, index, col, rng, "text_closure", answer, context, [index.book_rule(answer)])
                 if draft is None:
                     skips["too_few_negatives"] += 1
                 else:
@@ -203,7 +211,8 @@ def sample_text_cloze(
     view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
 ) -> list[TaskSample]:
     """Three preceding panels, then the answer panel text-free; its text among 3. Every answer gives a hard sample
-    (negatives from neighbouring pages of its book) and an easy one (other books of the split), as in COMICS."""
+    (negatives from neighbouring pages of its book) and an easy one (other books of the split), as in COMICS, where
+    its rule finds enough texts of its length."""
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     drafts = []
     for _, stream in index.stream_items():
@@ -218,9 +227,10 @@ def sample_text_cloze(
                 "hard": index.nearby_rule(answer, "neighbouring_pages", True),
                 "easy": index.other_books_rule(answer),
             }
+            context = stream[i - CLOZE_CONTEXT : i].tolist()
             for difficulty, rule in rules.items():
-                context = stream[i - CLOZE_CONTEXT : i].tolist()
-                draft = _text_draft(view, col, rng, "text_cloze", answer, context, [rule], suffix=f"-{difficulty}")
+                args = (view, index, col, rng, "text_cloze", answer, context, [rule])
+                draft = _text_draft(*args, suffix=f"-{difficulty}")
                 if draft is None:
                     skips[f"{difficulty}_too_few_negatives"] += 1
                 else:
@@ -230,6 +240,7 @@ def sample_text_cloze(
 
 def _text_draft(
     view: RunView,
+    index: SplitIndex,
     col: PanelColumns,
     rng: np.random.Generator,
     task: str,
@@ -239,7 +250,8 @@ def _text_draft(
     suffix: str = "",
 ) -> Draft | None:
     """A text task's draft: the answer panel (text-free, its own slot) with its own text and with k - 1 other texts
-    drawn by the rules among panels with text, all different; None where the rules give too few."""
+    drawn by the rules among panels with text, all different and of the answer's length (``SplitIndex.same_length``),
+    preferably with as many text boxes; None where the rules give too few."""
     has_text = np.asarray(col["has_text"], dtype=bool)
     rules = [Rule(r.name, r.hard, r.rows[has_text[r.rows]]) for r in rules]
     boxes, texts = col["n_boxes"], col["text"]
@@ -251,6 +263,7 @@ def _text_draft(
         key=lambda r: text_key(texts[r]),
         taken={text_key(texts[answer])},
         prefer=lambda r: boxes[r] == boxes[answer],
+        fits=index.same_length(answer),
     )
     if drawn is None:
         return None

@@ -62,6 +62,14 @@ CANDIDATES = {  # candidates per sample of each candidate task
 MAX_CONTEXT = 4  # preceding panels given in text closure and character coherence
 MIN_CONTEXT = 2  # fewest context panels of a sequence task: one panel shows no progression
 CLOZE_CONTEXT = 3  # text-cloze gives exactly three preceding panels, as COMICS does
+# A crop's shape and size survive in its image embedding (squashed to a square, the aspect ratio shows as
+# distortion; the size as sharpness): where candidates are different panels' images offered for one slot, every
+# negative's box is within these of the answer's (docs/stage4-tasks.md, "Shape").
+SHAPE_TOLERANCE = {"log_aspect": 0.1, "log_area": 0.3}
+SHAPE_MATCHED = ("panel_picking", "visual_closure")
+# Text tasks show the answer panel with its balloons empty, and a balloon's size says how much text it held: every
+# negative text's length is within this of the answer's (log of 1 + characters).
+TEXT_LENGTH_TOLERANCE = 0.2
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
 TASKS_DIR = "tasks"

@@ -308,9 +308,10 @@ def panel_table(
     """One row per stored panel: ids, page, split, text, stream position (and truth columns where given).
 
     Columns: panel_id, page_index, slot, book_id, page_id, page_name, split, num_panels, page_rank (the page's place
-    among its book's narrative pages), book_pos (the panel's place in its book's reading stream), text, has_text (the
-    store has its text embedding), n_boxes (balloons and captions, from the pages table's text_boxes; -1 unknown),
-    text_boxes, text_free (its text-free twin is stored), plus every column of ``truth`` (joined on panel_id).
+    among its book's narrative pages), book_pos (the panel's place in its book's reading stream), width and height
+    (the stored box in page pixels: the crop's shape and size), text, has_text (the store has its text embedding),
+    n_boxes (balloons and captions, from the pages table's text_boxes; -1 unknown), text_boxes, text_free (its
+    text-free twin is stored), plus every column of ``truth`` (joined on panel_id).
     """
     boxes = {p.page_id: p.text_boxes for p in pages.itertuples(index=False)} if _has(pages, "text_boxes") else {}
     rows = []
@@ -318,6 +319,7 @@ def panel_table(
         page_boxes = boxes.get(page.page_id)
         for slot, (panel_id, text) in enumerate(zip(page.embedding_indices, page.texts, strict=True)):
             text_boxes = list(page_boxes[slot]) if page_boxes is not None else None
+            x1, y1, x2, y2 = (float(v) for v in page.boxes[slot])
             rows.append(
                 dict(
                     panel_id=int(panel_id),
@@ -328,6 +330,8 @@ def panel_table(
                     page_name=page.page_name,
                     split=page.split,
                     num_panels=int(page.num_panels),
+                    width=x2 - x1,
+                    height=y2 - y1,
                     text=str(text),
                     has_text=bool(modality_masks[page.page_index, slot, 1])
                     if modality_masks is not None

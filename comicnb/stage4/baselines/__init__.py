@@ -7,6 +7,9 @@ protocols"). Every baseline sees exactly the inputs a model sees, rebuilt from t
 - ``chance``: a uniform guess, one over the candidates (reading order: one over the permutations, pairwise 0.5);
 - ``geometry`` (``baselines.geometry``): a tiny MLP fitted on the *training* samples of the task that sees
   composition alone; at chance on every candidate task when the samplers keep their rules;
+- ``shape`` (``baselines.shape``): the same small model on each candidate's shape and size as its image embedding
+  shows them (a linear probe) beside the slot's box; at chance on every candidate task when no negative differs from
+  the answer in shape;
 - ``colour_histogram``: the candidate whose crop's colour histogram is closest to the context's mean (crops from the
   page image, or its text-free twin where the candidate is shown text-free);
 - ``stage3_cosine``: the candidate (re-fused from its stated parts through the frozen Stage 3 fusion) nearest the
@@ -35,6 +38,7 @@ from comicnb.stage4.baselines.no_learning import (
     text_similarity_baseline,
     yx_sort_baseline,
 )
+from comicnb.stage4.baselines.shape import ShapeBaseline
 from comicnb.stage4.results import READING_ORDER, Result, result_table
 from comicnb.stage4.tasks import TEXT_TASKS, TaskSet
 from comicnb.stage4.view import RunView
@@ -42,6 +46,7 @@ from comicnb.stage4.view import RunView
 BASELINES = (
     "chance",
     "geometry",
+    "shape",
     "colour_histogram",
     "stage3_cosine",
     "text_similarity",
@@ -52,6 +57,7 @@ BASELINES = (
 # caption's words already find the next panel's dialogue is the shortcut this baseline measures there.
 TEXT_SIMILARITY_TASKS = (*TEXT_TASKS, "caption_relevance")
 
+LEARNED: dict[str, type[GeometryBaseline]] = {"geometry": GeometryBaseline, "shape": ShapeBaseline}
 _NO_LEARNING: dict[str, Callable[[TaskSet, RunView], Result]] = {
     "chance": chance_baseline,
     "colour_histogram": colour_histogram_baseline,
@@ -66,6 +72,8 @@ def applies(baseline: str, task: str) -> bool:
     """Whether a baseline is scored on a task."""
     if baseline in ("chance", "geometry"):
         return True
+    if baseline == "shape":
+        return task != READING_ORDER
     if baseline in ("yx_sort", "yx_sort_direction"):
         return task == READING_ORDER
     if baseline == "text_similarity":
@@ -79,37 +87,39 @@ def run_baselines(
     baselines: Sequence[str] = BASELINES,
     geometry: GeometryBaseline | None = None,
 ) -> list[Result]:
-    """Every baseline on every non-training set it applies to; the geometry model is fitted once per task on that
-    task's ``train`` set (``geometry`` sets its hyper-parameters) and skipped, with a warning, where there is none."""
+    """Every baseline on every non-training set it applies to; each learned one (LEARNED) is fitted once per task on
+    that task's ``train`` set (``geometry`` sets their hyper-parameters) and skipped, with a warning, where there is
+    none."""
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}: choose from {', '.join(BASELINES)}")
     sets = list(task_sets.values() if isinstance(task_sets, Mapping) else task_sets)
     train = {s.task: s for s in sets if s.split == "train"}
-    fitted: dict[str, GeometryBaseline | None] = {}
+    fitted: dict[tuple[str, str], GeometryBaseline | None] = {}
     results = []
     for task_set in (s for s in sets if s.split != "train"):
         for name in (b for b in baselines if applies(b, task_set.task)):
-            if name != "geometry":
+            if name not in LEARNED:
                 results.append(_NO_LEARNING[name](task_set, view))
                 continue
-            if task_set.task not in fitted:
-                fitted[task_set.task] = _fit_geometry(train.get(task_set.task), task_set.task, view, geometry)
-            if fitted[task_set.task] is not None:
-                results.append(fitted[task_set.task].predict(task_set, view))
+            key = (name, task_set.task)
+            if key not in fitted:
+                fitted[key] = _fit_learned(name, train.get(task_set.task), task_set.task, view, geometry)
+            if fitted[key] is not None:
+                results.append(fitted[key].predict(task_set, view))
     return results
 
 
-def _fit_geometry(
-    train: TaskSet | None, task: str, view: RunView, settings: GeometryBaseline | None
+def _fit_learned(
+    name: str, train: TaskSet | None, task: str, view: RunView, settings: GeometryBaseline | None
 ) -> GeometryBaseline | None:
-    """A fresh geometry model of ``settings``' hyper-parameters fitted on a task's training set; None (with a
+    """A fresh learned baseline of ``settings``' hyper-parameters fitted on a task's training set; None (with a
     warning) without training samples."""
     if train is None or not len(train):
-        view.warn_once(f"geometry:{task}", f"no {task} training samples: the geometry baseline is not scored")
+        view.warn_once(f"{name}:{task}", f"no {task} training samples: the {name} baseline is not scored")
         return None
     template = settings or GeometryBaseline()
-    fresh = GeometryBaseline(template.hidden, template.steps, template.lr, template.weight_decay, template.seed)
+    fresh = LEARNED[name](template.hidden, template.steps, template.lr, template.weight_decay, template.seed)
     return fresh.fit(train, view)
 
 

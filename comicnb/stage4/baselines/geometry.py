@@ -102,7 +102,13 @@ def one_thread() -> Iterator[None]:
 @dataclass
 class GeometryBaseline:
     """A tiny MLP on composition alone, fitted on a task's training samples: per candidate (picking tasks; a softmax
-    over each sample's candidates) or per ordered panel pair (reading order; decoded by counting predicted wins)."""
+    over each sample's candidates) or per ordered panel pair (reading order; decoded by counting predicted wins).
+
+    Another small learned baseline on other per-candidate features subclasses it: ``name``, ``FEATURES`` and
+    ``candidate_features`` (``comicnb.stage4.baselines.shape``)."""
+
+    name = "geometry"
+    FEATURES = GEOMETRY_FEATURES
 
     hidden: int = 32
     steps: int = 300
@@ -133,22 +139,25 @@ class GeometryBaseline:
     def predict(self, task_set: TaskSet, view: RunView) -> Result:
         """Score a set of the task this model was fitted on."""
         if self.net is None or task_set.task != self.task:
-            raise ValueError(f"fit the geometry baseline on {task_set.task} training samples first")
+            raise ValueError(f"fit the {self.name} baseline on {task_set.task} training samples first")
         with torch.no_grad(), one_thread():
             if task_set.task == READING_ORDER:
-                return order_result("geometry", task_set, [self._order(s, view) for s in task_set.samples])
+                return order_result(self.name, task_set, [self._order(s, view) for s in task_set.samples])
             features, mask = self._candidates(task_set, view)
             logits = self._choice_logits(self.net, features, mask).numpy()
-        return picking_result("geometry", task_set, [row[m] for row, m in zip(logits, mask)])
+        return picking_result(self.name, task_set, [row[m] for row, m in zip(logits, mask)])
+
+    def candidate_features(self, task_set: TaskSet, view: RunView) -> list[np.ndarray]:
+        """Per sample, (C, len(FEATURES)) features of its candidates: what composition tells about each."""
+        return [np.array([candidate_geometry(s, c, view) for c in s.candidates]) for s in task_set.samples]
 
     def _candidates(self, task_set: TaskSet, view: RunView) -> tuple[np.ndarray, np.ndarray]:
         """(S, C, F) candidate features, zero-padded to the widest sample, and the (S, C) mask of real candidates."""
         width = max((len(s.candidates) for s in task_set.samples), default=0)
-        features = np.zeros((len(task_set), width, len(GEOMETRY_FEATURES)))
+        features = np.zeros((len(task_set), width, len(self.FEATURES)))
         mask = np.zeros((len(task_set), width), dtype=bool)
-        for i, sample in enumerate(task_set.samples):
-            for j, candidate in enumerate(sample.candidates):
-                features[i, j], mask[i, j] = candidate_geometry(sample, candidate, view), True
+        for i, rows in enumerate(self.candidate_features(task_set, view)):
+            features[i, : len(rows)], mask[i, : len(rows)] = rows.reshape(len(rows), -1), True
         return features, mask
 
     def _pairs(self, task_set: TaskSet, view: RunView, with_labels: bool) -> tuple[np.ndarray, torch.Tensor]:
