@@ -17,10 +17,10 @@ from comicnb import checkpoint
 from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage4 import tasks
+from comicnb.stage4 import negatives
 from comicnb.stage4.audit import READABLE, audit, leaks
 from comicnb.stage4.task_sets import training_sets, write_split
-from comicnb.stage4.tasks import SHAPE_MATCHED, SHAPE_TOLERANCE, TASKS, read_task_set
+from comicnb.stage4.tasks import SHAPE_MATCHED, SHAPE_TOLERANCES, TASKS, read_task_set
 from comicnb.stage4.view import RunView, open_run
 from comicnb.store import EmbedConfig, generate
 
@@ -86,16 +86,15 @@ def test_shape_matched_negatives_have_the_answers_box(demo: RunView, tmp_path: P
             shown = boxes.loc[[c.panel_id for c in s.candidates]]
             aspect, area = np.log(shown.width / shown.height), np.log(shown.width * shown.height)
             answer = s.candidates[s.answer].panel_id
-            assert (aspect - aspect[answer]).abs().max() <= SHAPE_TOLERANCE["log_aspect"] + 1e-9
-            assert (area - area[answer]).abs().max() <= SHAPE_TOLERANCE["log_area"] + 1e-9
+            tolerance = SHAPE_TOLERANCES[s.built_from["shape_tolerance"]]  # the tightest that found negatives
+            assert (aspect - aspect[answer]).abs().max() <= tolerance["log_aspect"] + 1e-9
+            assert (area - area[answer]).abs().max() <= tolerance["log_area"] + 1e-9
 
 
 def test_without_the_shape_rule_the_shape_baseline_finds_the_answer(
     demo: RunView, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(tasks, "SHAPE_TOLERANCE", SHAPE_TOLERANCE)  # the dict the samplers read, restored after
-    monkeypatch.setitem(SHAPE_TOLERANCE, "log_aspect", np.inf)
-    monkeypatch.setitem(SHAPE_TOLERANCE, "log_area", np.inf)
+    monkeypatch.setattr(negatives, "SHAPE_TOLERANCES", ({"log_aspect": np.inf, "log_area": np.inf},))
     table = audited(demo, tmp_path, ("panel_picking",))
     found = leaks(table)
     assert set(found.method) == {"shape"} and set(found.split) == {"val", "test"}, table

@@ -13,7 +13,8 @@ chance says whether that property tells the answer apart. Two kinds (``CHECKS``)
 - *available*: properties a model cannot see but a sampler could have let correlate with the answer; they say what
   the sets leave to be read, and are recorded, not required at chance:
   - ``aspect_exact``: the candidate whose box's aspect ratio is nearest the slot's;
-  - ``aspect_within`` / ``area_within``: the same, blind to differences within ``tasks.SHAPE_TOLERANCE``;
+  - ``aspect_within`` / ``area_within``: the same, blind to differences within the tolerance of
+    ``tasks.SHAPE_TOLERANCES`` the sample's negatives were drawn with;
   - ``same_page``: a candidate drawn on a page of the context (what a page's look, paper or palette, could give away).
 
 ``audit(sets, view, train)`` gives one row per set and check (method, task, split, accuracy, interval, chance, n);
@@ -33,7 +34,7 @@ from comicnb.stage4.baselines.geometry import GeometryBaseline
 from comicnb.stage4.baselines.shape import RidgeProbe, ShapeBaseline, box_shape, split_images
 from comicnb.stage4.inputs import candidate_parts
 from comicnb.stage4.results import READING_ORDER, Result, overall, picking_result, result_table
-from comicnb.stage4.tasks import SHAPE_TOLERANCE, TEXT_TASKS, TaskSet
+from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_TASKS, TaskSet
 from comicnb.stage4.view import RunView
 
 READABLE = ("shape", "text_length", "balloons", "answer_slot")
@@ -95,12 +96,14 @@ def _scores(task_set: TaskSet, score: Callable[[Any], np.ndarray]) -> list[np.nd
     return [np.asarray(score(s), dtype=np.float64) for s in task_set.samples]
 
 
-def _box_distance(view: RunView, sample: Any, column: int, tolerance: float) -> np.ndarray:
-    """Minus the distance of each candidate's own box to the slot's in log aspect (0) or log area (1), differences
-    within ``tolerance`` counted as none."""
+def _box_distance(view: RunView, sample: Any, column: int, within: bool) -> np.ndarray:
+    """Minus the distance of each candidate's own box to the slot's in log aspect (0) or log area (1); ``within``:
+    differences within the sample's shape tolerance counted as none."""
     slot = sample.candidates[sample.answer].composition_from
     if slot is None:
         return np.zeros(len(sample.candidates))
+    level = sample.built_from.get("shape_tolerance")
+    tolerance = SHAPE_TOLERANCES[level][("log_aspect", "log_area")[column]] if within and level is not None else 0.0
     own = box_shape(view, [c.panel_id for c in sample.candidates])[:, column]
     return -np.maximum(np.abs(own - box_shape(view, [slot])[0, column]) - tolerance, 0.0)
 
@@ -134,10 +137,9 @@ def pickers(task_set: TaskSet, view: RunView) -> list[Result]:
     if task_set.task in TEXT_TASKS:
         checks["balloons"] = _scores(task_set, lambda s: _balloons(view, s))
     else:
-        aspect, area = SHAPE_TOLERANCE["log_aspect"], SHAPE_TOLERANCE["log_area"]
-        checks["aspect_exact"] = _scores(task_set, lambda s: _box_distance(view, s, 0, 0.0))
-        checks["aspect_within"] = _scores(task_set, lambda s: _box_distance(view, s, 0, aspect))
-        checks["area_within"] = _scores(task_set, lambda s: _box_distance(view, s, 1, area))
+        checks["aspect_exact"] = _scores(task_set, lambda s: _box_distance(view, s, 0, within=False))
+        checks["aspect_within"] = _scores(task_set, lambda s: _box_distance(view, s, 0, within=True))
+        checks["area_within"] = _scores(task_set, lambda s: _box_distance(view, s, 1, within=True))
         checks["same_page"] = _scores(task_set, lambda s: _same_page(view, s))
     return [picking_result(name, task_set, scores) for name, scores in checks.items()]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from comicnb.stage4.tasks import SHAPE_TOLERANCE, TEXT_LENGTH_TOLERANCE
+from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_LENGTH_TOLERANCE
 from comicnb.stage4.view import RunView
 
 NEARBY_PAGES = 2  # "nearby" and "neighbouring" pages: at most this many narrative pages away in the same book
@@ -49,10 +49,12 @@ class SplitIndex:
                 labelled = part[part[column].map(known).astype(bool)]
                 self.groups[column] = {k: g.index.to_numpy() for k, g in labelled.groupby(["book_id", column])}
 
-    def same_shape(self, row: int) -> Callable[[np.ndarray], np.ndarray]:
-        """A ``draw`` filter keeping the rows whose box has the shape and size of ``row``'s within SHAPE_TOLERANCE
-        (log aspect ratio, log area in page pixels): what survives of a crop's shape in its image embedding."""
-        limits = np.array([SHAPE_TOLERANCE["log_aspect"], SHAPE_TOLERANCE["log_area"]])
+    def same_shape(self, row: int, level: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``draw`` filter keeping the rows whose box has the shape and size of ``row``'s within
+        ``SHAPE_TOLERANCES[level]`` (log aspect ratio, log area in page pixels): what survives of a crop's shape in
+        its image embedding."""
+        tolerance = SHAPE_TOLERANCES[level]
+        limits = np.array([tolerance["log_aspect"], tolerance["log_area"]])
 
         def fits(rows: np.ndarray) -> np.ndarray:
             return (np.abs(self.shape[rows] - self.shape[row]) <= limits).all(axis=1)
@@ -137,6 +139,24 @@ def draw(
             if key is not None:
                 keys.add(key(row))
     return (chosen, names) if len(chosen) == k else None
+
+
+def draw_shaped(
+    rng: np.random.Generator,
+    index: SplitIndex,
+    answer: int,
+    rules: Sequence[Rule],
+    k: int,
+    exclude: set[int],
+    **keys: Any,
+) -> tuple[list[int], list[str], int] | None:
+    """``draw`` of k negatives of ``answer``'s shape at the tightest level of SHAPE_TOLERANCES that gives them, with
+    that level; None where even the loosest gives too few. ``keys``: draw's ``key`` and ``taken``."""
+    for level in range(len(SHAPE_TOLERANCES)):
+        drawn = draw(rng, rules, k, exclude, fits=index.same_shape(answer, level), **keys)
+        if drawn is not None:
+            return (*drawn, level)
+    return None
 
 
 def difficulty_of(names: Sequence[str], rules: Sequence[Rule]) -> str:

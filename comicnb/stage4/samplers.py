@@ -14,7 +14,7 @@ The rules every sampler keeps (``comicnb.stage4.tasks.check_sample`` checks them
   composition (``composition_from``: the slot they are offered for, or none) and (text tasks) distinct texts, so
   neither a candidate's own place on its page nor the kind of its parts can give it away;
 - where candidates are different panels' images offered for one slot (panel picking, visual closure), every
-  negative's box has the answer's shape and size within ``tasks.SHAPE_TOLERANCE``: a crop's aspect ratio and size
+  negative's box has the answer's shape and size within ``tasks.SHAPE_TOLERANCES``: a crop's aspect ratio and size
   survive in its image embedding, and a model would read the slot's shape off the right one;
 - the text tasks show the answer panel text-free (``vision="text_free"``) where the store holds its text-free twin,
   else without its image (``vision="none"``); the empty balloons of a text-free image still show how much text there
@@ -51,7 +51,7 @@ from comicnb.stage4.drafts import (
     text_key,
     text_vision,
 )
-from comicnb.stage4.negatives import Rule, SplitIndex, difficulty_of, draw, known
+from comicnb.stage4.negatives import Rule, SplitIndex, difficulty_of, draw, draw_shaped, known
 from comicnb.stage4.tasks import CANDIDATES, CLOZE_CONTEXT, MAX_CONTEXT, MIN_CONTEXT, Candidate, TaskSample
 from comicnb.stage4.view import RunView
 
@@ -60,7 +60,7 @@ def sample_panel_picking(
     view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
 ) -> list[TaskSample]:
     """A page's panels in order with one slot masked; the masked panel among 5, each offered with the slot's
-    composition. Negatives, all of the answer's shape and size (``SplitIndex.same_shape``): the same scene run, else
+    composition. Negatives, all of the answer's shape and size (``negatives.draw_shaped``): the same scene run, else
     scene, off the page (hard); else nearby pages of the book, the book, other books (easy). ``context`` leaves the
     masked panel out; ``slot`` is where it goes."""
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
@@ -72,12 +72,13 @@ def sample_panel_picking(
         for slot, answer in enumerate(rows.tolist()):
             rules = [*index.scene_rules(answer), index.nearby_rule(answer), index.book_rule(answer)]
             rules.append(index.other_books_rule(answer))
-            drawn = draw(rng, rules, CANDIDATES["panel_picking"] - 1, set(rows.tolist()), fits=index.same_shape(answer))
+            drawn = draw_shaped(rng, index, answer, rules, CANDIDATES["panel_picking"] - 1, set(rows.tolist()))
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
             context = [r for r in rows.tolist() if r != answer]
-            fields = col.fields("panel_picking", answer, context, drawn[1], difficulty_of(drawn[1], rules), slot=slot)
+            kind = difficulty_of(drawn[1], rules)
+            fields = col.fields("panel_picking", answer, context, drawn[1], kind, slot=slot, **shaped(drawn[2]))
             offer = [col.whole(r, slot_of=answer) for r in [answer, *drawn[0]]]
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("panel_picking", split, drafts, rng, limit)
@@ -158,18 +159,22 @@ def sample_visual_closure(
                 skips["no_action" if context is None else "fewer_than_2_preceding_panels_of_its_action"] += 1
                 continue
             rules = [*index.scene_rules(answer), index.book_rule(answer), index.other_books_rule(answer)]
-            drawn = draw(
-                rng, rules, CANDIDATES["visual_closure"] - 1, {*context, answer}, fits=index.same_shape(answer)
-            )
+            drawn = draw_shaped(rng, index, answer, rules, CANDIDATES["visual_closure"] - 1, {*context, answer})
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
             twins = all(col["text_free"][r] for r in [answer, *drawn[0]])
             vision, slot = ("text_free" if twins else "full"), col.pid(answer)
             offer = [Candidate(col.pid(r), vision, composition_from=slot) for r in [answer, *drawn[0]]]
-            fields = col.fields("visual_closure", answer, context, drawn[1], difficulty_of(drawn[1], rules))
+            kind = difficulty_of(drawn[1], rules)
+            fields = col.fields("visual_closure", answer, context, drawn[1], kind, **shaped(drawn[2]))
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("visual_closure", split, drafts, rng, limit)
+
+
+def shaped(level: int) -> dict[str, Any]:
+    """The ``built_from`` record of a shape-matched draw: the level of SHAPE_TOLERANCES its negatives are within."""
+    return {"built_from": {"shape_tolerance": level}}
 
 
 def action_context(col: PanelColumns, stream: Sequence[int], i: int) -> list[int] | None:
@@ -280,8 +285,9 @@ def sample_caption_relevance(
     view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
 ) -> list[TaskSample]:
     """A caption (description) of a panel, unique in its book, and no context images; the panel after it among 4,
-    full, without composition. Negatives: the same scene run, else scene (hard); else the book, other books (easy);
-    all with different descriptions. The captioned panel itself is never a candidate."""
+    full, without composition. Negatives, of the answer's shape and size (no slot is given, but the panel after a
+    captioned one has shapes of its own, which a learned prior reads): the same scene run, else scene (hard); else
+    the book, other books (easy); all with different descriptions. The captioned panel itself is never a candidate."""
     require_truth(view, "caption_relevance")
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     descriptions, unique = col["description"], col["caption_unique"]
@@ -300,9 +306,8 @@ def sample_caption_relevance(
                 skips["caption_not_unique_in_its_book"] += 1
                 continue
             rules = [*index.scene_rules(answer), index.book_rule(answer), index.other_books_rule(answer)]
-            drawn = draw(
-                rng, rules, CANDIDATES["caption_relevance"] - 1, {captioned, answer}, described, {described(answer)}
-            )
+            k, exclude = CANDIDATES["caption_relevance"] - 1, {captioned, answer}
+            drawn = draw_shaped(rng, index, answer, rules, k, exclude, key=described, taken={described(answer)})
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
@@ -314,7 +319,7 @@ def sample_caption_relevance(
                 drawn[1],
                 difficulty_of(drawn[1], rules),
                 query_text=str(descriptions[captioned]),
-                built_from={"caption_of": col.pid(captioned)},
+                built_from={"caption_of": col.pid(captioned), "shape_tolerance": drawn[2]},
             )
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("caption_relevance", split, drafts, rng, limit)

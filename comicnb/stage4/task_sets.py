@@ -29,7 +29,9 @@ from comicnb.stage4.tasks import (
     MANIFEST,
     MAX_CONTEXT,
     MIN_CONTEXT,
+    SHAPE_TOLERANCES,
     TASKS,
+    TEXT_LENGTH_TOLERANCE,
     TaskSet,
     answer_slots,
     check_sample,
@@ -137,6 +139,8 @@ def write_split(
             min_context=MIN_CONTEXT,
             cloze_context=CLOZE_CONTEXT,
             nearby_pages=NEARBY_PAGES,
+            shape_tolerances=list(SHAPE_TOLERANCES),
+            text_length_tolerance=TEXT_LENGTH_TOLERANCE,
         ),
         tasks=entries,
         comicnb_version=__version__,
@@ -181,6 +185,7 @@ def summary(task_set: TaskSet, skips: Mapping[str, int] | None = None) -> dict[s
     samples = task_set.samples
     vision = Counter(s.candidates[s.answer].vision for s in samples if s.candidates)
     negatives = Counter(n for s in samples for n in s.built_from.get("negatives", []))
+    shapes = Counter(s.built_from["shape_tolerance"] for s in samples if "shape_tolerance" in s.built_from)
     return dict(
         built=True,
         file=f"{task_set.task}.jsonl",
@@ -190,6 +195,7 @@ def summary(task_set: TaskSet, skips: Mapping[str, int] | None = None) -> dict[s
         answer_slots=answer_slots(samples).tolist(),
         vision=dict(sorted(vision.items())),
         negatives=dict(sorted(negatives.items())),
+        **({"shape_tolerance": {str(k): v for k, v in sorted(shapes.items())}} if shapes else {}),
         skipped=dict(sorted((skips or {}).items())),
         texts=int(len(task_set.texts)),
         chance=round(float(np.mean([s.chance for s in samples])), 6) if samples else None,
