@@ -18,6 +18,7 @@ from comicnb import checkpoint
 from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
+from comicnb.stage4.baselines import score_baselines
 from comicnb.stage4.drafts import TruthColumnsMissing, balanced_slots
 from comicnb.stage4.samplers import SAMPLERS
 from comicnb.stage4.task_sets import (
@@ -48,11 +49,11 @@ SPLITS = ("val", "test")
 CHOICE_TASKS = tuple(t for t in TASKS if t != "reading_order")
 
 
-def make_run(root: Path, books: int, truth: bool = True, twins: bool = True) -> Path:
+def make_run(root: Path, books: int, pages: int = 8, truth: bool = True, twins: bool = True) -> Path:
     """A run folder with notebook 01's artefacts, a tiny-model checkpoint and its store, for a small synthetic corpus;
     without truth and twins it looks like real data (no sidecar, no text-free pages, OCR noise)."""
     data = root / "data"
-    synth.generate(data, books=books, pages=6, seed=5, page_size=(320, 480), ocr_noise=0.0 if truth else 0.05)
+    synth.generate(data, books=books, pages=pages, seed=5, page_size=(320, 480), ocr_noise=0.0 if truth else 0.05)
     if not truth:
         (data / "ground_truth.json").unlink()
     if not twins:
@@ -69,7 +70,8 @@ def make_run(root: Path, books: int, truth: bool = True, twins: bool = True) -> 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 books of 6 pages (two books per split), with ground truth and text-free twins."""
+    """6 books of 8 pages (two books per split), with ground truth and text-free twins: every task has samples in
+    both splits, the text tasks (negatives with the answer's box count and length) fewest."""
     return make_run(tmp_path_factory.mktemp("stage4"), books=6)
 
 
@@ -267,9 +269,11 @@ def test_text_cloze_has_three_panels_of_context_and_both_difficulties(run: Path,
         answer = panels.loc[s.candidates[s.answer].panel_id]
         assert len(s.context) == CLOZE_CONTEXT and panels.book_pos[s.context[-1]] == answer.book_pos - 1
         sources = [panels.loc[c.text_from] for i, c in enumerate(s.candidates) if i != s.answer]
-        # Every negative text has the answer's length: the empty balloons of the text-free answer show how much.
-        lengths = [np.log1p(len(" ".join(str(n.text).split()))) for n in sources]
-        assert np.allclose(lengths, np.log1p(len(" ".join(answer.text.split()))), atol=TEXT_LENGTH_TOLERANCE)
+        # Every negative text has the answer's box count and length cell: its empty balloons show how much text.
+        cells = [
+            np.floor(np.log1p(len(" ".join(str(p.text).split()))) / TEXT_LENGTH_TOLERANCE) for p in [answer, *sources]
+        ]
+        assert len(set(cells)) == 1 and {p.n_boxes for p in sources} == {answer.n_boxes}
         if s.difficulty == "hard":
             assert all(n.book_id == answer.book_id and abs(n.page_rank - answer.page_rank) <= 2 for n in sources)
         else:
@@ -301,6 +305,18 @@ def test_every_panel_is_a_sample_or_a_counted_skip(run: Path, manifests: dict, c
         pages = part.page_index.nunique()
         assert tasks["reading_order"]["samples"] + sum(tasks["reading_order"]["skipped"].values()) == pages
         assert tasks["character_coherence"]["skipped"]["fewer_than_2_speakers"] > 0
+
+
+def test_geometry_stays_at_chance_on_the_samplers_sets_but_reading_order(ctx: RunView) -> None:
+    sets = [
+        make_task_set(ctx, task, split, task_rng(0, task, split))
+        for task in TASKS
+        for split in ("train", "val", "test")
+    ]
+    table = score_baselines([s for s in sets if len(s)], ctx, baselines=["chance", "geometry"])
+    geometry = table[(table.method == "geometry") & (table.task != "reading_order")]
+    assert set(geometry.task) == set(TASKS) - {"reading_order"}, "every task has training samples to fit on"
+    assert (geometry.accuracy - geometry.chance).abs().max() < 0.05
 
 
 def test_training_samples_are_redrawn_and_keep_the_rules(ctx: RunView) -> None:

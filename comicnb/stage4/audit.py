@@ -9,6 +9,9 @@ chance says whether that property tells the answer apart. Two kinds (``CHECKS``)
   - ``text_length``: text tasks show the answer panel with empty balloons, whose size says how much text it held: a
     probe from that image to its text's length, beside each candidate text's length (learned like the shape baseline);
   - ``balloons``: the candidate text with as many text boxes as the answer panel shows empty balloons;
+  - ``length_median``: the candidate text whose length is the candidates' median (a window centred on the answer's
+    length would make it so);
+  - ``shape_median``: the candidate whose probed shape is nearest the candidates' median (the same, for shapes);
   - ``answer_slot``: always the answer index the set uses most (the samplers deal it evenly);
 - *available*: properties a model cannot see but a sampler could have let correlate with the answer; they say what
   the sets leave to be read, and are recorded, not required at chance:
@@ -31,13 +34,13 @@ import numpy as np
 import pandas as pd
 
 from comicnb.stage4.baselines.geometry import GeometryBaseline
-from comicnb.stage4.baselines.shape import RidgeProbe, ShapeBaseline, box_shape, split_images
+from comicnb.stage4.baselines.shape import RidgeProbe, ShapeBaseline, box_shape, shape_probe, split_images
 from comicnb.stage4.inputs import candidate_parts
 from comicnb.stage4.results import READING_ORDER, Result, overall, picking_result, result_table
 from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_TASKS, TaskSet
 from comicnb.stage4.view import RunView
 
-READABLE = ("shape", "text_length", "balloons", "answer_slot")
+READABLE = ("shape", "text_length", "balloons", "length_median", "shape_median", "answer_slot")
 AVAILABLE = ("aspect_exact", "aspect_within", "area_within", "same_page")
 CHECKS = (*READABLE, *AVAILABLE)
 TEXT_LENGTH_FEATURES = ("probe_log_length", "has_image", "candidate_log_length", "diff", "abs_diff")
@@ -119,6 +122,21 @@ def _balloons(view: RunView, sample: Any) -> np.ndarray:
     return np.array([float(boxes.get(s, -1) == shown) for s in sources])
 
 
+def _median_closeness(values: np.ndarray) -> np.ndarray:
+    """Minus each row's distance to the column-wise median of (C, Q) values, summed over the columns."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    return -np.abs(values - np.median(values, axis=0)).sum(axis=1)
+
+
+def _probed_shapes(view: RunView, task_set: TaskSet) -> list[np.ndarray]:
+    """Per sample, (C, 2) the probed log aspect ratio and log area of each candidate's image as it is shown."""
+    flat = [c for s in task_set.samples for c in s.candidates]
+    parts, mask = candidate_parts(flat, view, task_set.texts)
+    probed = shape_probe(view).predict(parts[:, 0]) * mask[:, :1]
+    bounds = np.cumsum([0] + [len(s.candidates) for s in task_set.samples])
+    return [probed[bounds[i] : bounds[i + 1]] for i in range(len(task_set))]
+
+
 def _same_page(view: RunView, sample: Any) -> np.ndarray:
     """1 for a candidate whose image is drawn on a page of the context, else 0."""
     pages = set(view.locate(sample.context)[0].tolist()) if sample.context else set()
@@ -136,7 +154,10 @@ def pickers(task_set: TaskSet, view: RunView) -> list[Result]:
     checks: dict[str, list[np.ndarray]] = {"answer_slot": _answer_slot(task_set)}
     if task_set.task in TEXT_TASKS:
         checks["balloons"] = _scores(task_set, lambda s: _balloons(view, s))
+        lengths = lambda s: np.array([log_length(candidate_text(c, view)) for c in s.candidates])  # noqa: E731
+        checks["length_median"] = _scores(task_set, lambda s: _median_closeness(lengths(s)))
     else:
+        checks["shape_median"] = [_median_closeness(p) for p in _probed_shapes(view, task_set)]
         checks["aspect_exact"] = _scores(task_set, lambda s: _box_distance(view, s, 0, within=False))
         checks["aspect_within"] = _scores(task_set, lambda s: _box_distance(view, s, 0, within=True))
         checks["area_within"] = _scores(task_set, lambda s: _box_distance(view, s, 1, within=True))

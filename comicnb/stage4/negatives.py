@@ -39,6 +39,7 @@ class SplitIndex:
         width, height = panels.width.to_numpy(float), panels.height.to_numpy(float)
         self.shape = np.stack([np.log(width / height), np.log(width * height)], axis=1)  # (P, 2) of every row
         self.text_length = np.log1p([len(" ".join(str(t).split())) for t in panels.text])  # (P,) of every row
+        self.text_boxes = panels.n_boxes.to_numpy()  # (P,) balloons and captions of every row; -1 unknown
         self.rows = np.flatnonzero((panels.split == split).to_numpy())
         part = panels.iloc[self.rows]
         self.streams = {b: g.index.to_numpy() for b, g in part.sort_values(["page_index", "slot"]).groupby("book_id")}
@@ -61,12 +62,17 @@ class SplitIndex:
 
         return fits
 
-    def same_length(self, row: int) -> Callable[[np.ndarray], np.ndarray]:
-        """A ``draw`` filter keeping the rows whose text has the length of ``row``'s within TEXT_LENGTH_TOLERANCE:
-        what the answer panel's empty balloons show of its text."""
+    def same_text(self, row: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``draw`` filter keeping the rows whose text has as many text boxes as ``row``'s and a length in the same
+        cell of a fixed grid of width TEXT_LENGTH_TOLERANCE: the answer panel's empty balloons show how much text it
+        held and in how many boxes. Fixed cells, not a window around the answer: centred on the answer, the answer
+        would be the candidates' median length; a window placed at random would spread the answer evenly across it
+        while the negatives crowd to its more common lengths."""
+        cell = np.floor(self.text_length[row] / TEXT_LENGTH_TOLERANCE)
 
         def fits(rows: np.ndarray) -> np.ndarray:
-            return np.abs(self.text_length[rows] - self.text_length[row]) <= TEXT_LENGTH_TOLERANCE
+            length = np.floor(self.text_length[rows] / TEXT_LENGTH_TOLERANCE) == cell
+            return length & (self.text_boxes[rows] == self.text_boxes[row])
 
         return fits
 
@@ -112,12 +118,11 @@ def draw(
     exclude: set[int],
     key: Callable[[int], Hashable] | None = None,
     taken: set | None = None,
-    prefer: Callable[[int], bool] | None = None,
     fits: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[int], list[str]] | None:
-    """k rows from the rules' pools in order (random within a pool, ``prefer``-ed rows first), none excluded, with
-    ``fits`` only rows it keeps ((n,) rows -> (n,) bool), and with ``key`` none sharing a key with another or with
-    ``taken``; with their rules' names. None if too few."""
+    """k rows from the rules' pools in order (random within a pool), none excluded, with ``fits`` only rows it keeps
+    ((n,) rows -> (n,) bool), and with ``key`` none sharing a key with another or with ``taken``; with their rules'
+    names. None if too few."""
     chosen: list[int] = []
     names: list[str] = []
     seen, keys = set(exclude), set(taken or ())
@@ -126,8 +131,6 @@ def draw(
         if fits is not None:
             drawn = drawn[fits(drawn)]
         pool = [int(r) for r in drawn if int(r) not in seen]
-        if prefer is not None:
-            pool.sort(key=lambda r: not prefer(r))  # stable: preferred first, random order kept within each kind
         for row in pool:
             if len(chosen) == k:
                 break

@@ -18,8 +18,9 @@ The rules every sampler keeps (``comicnb.stage4.tasks.check_sample`` checks them
   survive in its image embedding, and a model would read the slot's shape off the right one;
 - the text tasks show the answer panel text-free (``vision="text_free"``) where the store holds its text-free twin,
   else without its image (``vision="none"``); the empty balloons of a text-free image still show how much text there
-  was, so every negative text has the answer's length within ``tasks.TEXT_LENGTH_TOLERANCE``, and preferably as
-  many balloons;
+  was and in how many boxes, so every negative text has as many text boxes and a length in the answer's cell of a
+  fixed grid of width ``tasks.TEXT_LENGTH_TOLERANCE`` (so that the answer is neither the median length nor placed
+  differently in its cell from the negatives);
 - ground truth (scene, scene run, beat, lines, descriptions) only chooses negatives and answers; the one exception,
   as in ComicsPAP, is caption relevance, whose input is a caption. Candidates are drawn from the sample's own split,
   so a model can never reject a negative for having been seen in training.
@@ -255,11 +256,11 @@ def _text_draft(
     suffix: str = "",
 ) -> Draft | None:
     """A text task's draft: the answer panel (text-free, its own slot) with its own text and with k - 1 other texts
-    drawn by the rules among panels with text, all different and of the answer's length (``SplitIndex.same_length``),
-    preferably with as many text boxes; None where the rules give too few."""
+    drawn by the rules among panels with text, all different, with as many text boxes and lengths in the answer's cell
+    (``SplitIndex.same_text``); None where the rules give too few."""
     has_text = np.asarray(col["has_text"], dtype=bool)
     rules = [Rule(r.name, r.hard, r.rows[has_text[r.rows]]) for r in rules]
-    boxes, texts = col["n_boxes"], col["text"]
+    texts = col["text"]
     drawn = draw(
         rng,
         rules,
@@ -267,8 +268,7 @@ def _text_draft(
         {*context, answer},
         key=lambda r: text_key(texts[r]),
         taken={text_key(texts[answer])},
-        prefer=lambda r: boxes[r] == boxes[answer],
-        fits=index.same_length(answer),
+        fits=index.same_text(answer),
     )
     if drawn is None:
         return None

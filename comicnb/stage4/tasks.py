@@ -76,7 +76,8 @@ SHAPE_TOLERANCES = (
 )
 SHAPE_MATCHED = ("panel_picking", "visual_closure", "caption_relevance")
 # Text tasks show the answer panel with its balloons empty, and a balloon's size says how much text it held: every
-# negative text's length is within this of the answer's (log of 1 + characters).
+# candidate text's length (log of 1 + characters) lies in the answer's cell of a fixed grid of this width (a window
+# centred on the answer would make it the candidates' median length).
 TEXT_LENGTH_TOLERANCE = 0.2
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
