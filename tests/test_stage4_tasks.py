@@ -4,6 +4,8 @@ composition rule, text-free answers), skips counted, identical files from a seed
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +25,11 @@ from comicnb.stage4.drafts import TruthColumnsMissing, balanced_slots
 from comicnb.stage4.samplers import SAMPLERS
 from comicnb.stage4.task_sets import (
     NO_TWINS,
+    TaskSetsStaleError,
     build_task_sets,
+    ensure_task_sets,
     make_task_set,
+    sampling_rules,
     task_rng,
     training_samples,
     write_split,
@@ -317,6 +322,22 @@ def test_geometry_stays_at_chance_on_the_samplers_sets_but_reading_order(ctx: Ru
     geometry = table[(table.method == "geometry") & (table.task != "reading_order")]
     assert set(geometry.task) == set(TASKS) - {"reading_order"}, "every task has training samples to fit on"
     assert (geometry.accuracy - geometry.chance).abs().max() < 0.05
+
+
+def test_sets_of_other_sampling_rules_are_stale_until_rebuilt(run: Path, ctx: RunView, tmp_path: Path) -> None:
+    target = tmp_path / "run"
+    shutil.copytree(run / "tasks", target / "tasks")
+    assert ensure_task_sets(ctx, target, seed=0).reused == ["val", "test"]
+    manifest = target / "tasks" / "val" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["rules"]["version"] -= 1  # sets an older comicnb drew, before its samplers matched shapes
+    manifest.write_text(json.dumps(record))
+    with pytest.raises(TaskSetsStaleError, match=r"another rules: set rebuild_tasks=True"):
+        ensure_task_sets(ctx, target, seed=0)
+    rebuilt = ensure_task_sets(ctx, target, seed=0, rebuild=True)
+    assert rebuilt.reused == [] and rebuilt.manifests["val"]["rules"] == sampling_rules()
+    same = "tasks/val/panel_picking.jsonl"
+    assert (target / same).read_bytes() == (run / same).read_bytes()
 
 
 def test_training_samples_are_redrawn_and_keep_the_rules(ctx: RunView) -> None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
@@ -316,7 +317,15 @@ def test_missing_or_stale_task_sets_name_the_command_that_builds_them(run: Path,
     shutil.copytree(run / "tasks", target / "tasks")
     manifest = target / "tasks" / "val" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"store_metadata_sha256": "', '"store_metadata_sha256": "0'))
-    with pytest.raises(TaskSetsMissingError, match=r"another store \(store_metadata_sha256 differ\).*--overwrite"):
+    differ = r"another store or by other sampling rules \(store_metadata_sha256 differ\).*--overwrite"
+    with pytest.raises(TaskSetsMissingError, match=differ):
+        build_stage4_trainer(target, RESUME)
+    manifest.write_text(manifest.read_text().replace('"store_metadata_sha256": "0', '"store_metadata_sha256": "'))
+    build_stage4_trainer(target, RESUME)  # current again
+    record = json.loads(manifest.read_text())
+    record["rules"]["version"] -= 1  # sets of an older comicnb, whose samplers drew differently
+    manifest.write_text(json.dumps(record))
+    with pytest.raises(TaskSetsMissingError, match=r"\(rules differ\)"):
         build_stage4_trainer(target, RESUME)
 
 

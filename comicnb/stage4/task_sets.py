@@ -29,6 +29,7 @@ from comicnb.stage4.tasks import (
     MANIFEST,
     MAX_CONTEXT,
     MIN_CONTEXT,
+    RULES_VERSION,
     SHAPE_TOLERANCES,
     TASKS,
     TEXT_LENGTH_TOLERANCE,
@@ -133,15 +134,7 @@ def write_split(
         text_free=view.text_free,
         text_free_note="" if view.text_free else NO_TWINS,
         directions={b: view.directions[b] for b in books if b in view.directions},
-        rules=dict(
-            candidates=CANDIDATES,
-            max_context=MAX_CONTEXT,
-            min_context=MIN_CONTEXT,
-            cloze_context=CLOZE_CONTEXT,
-            nearby_pages=NEARBY_PAGES,
-            shape_tolerances=list(SHAPE_TOLERANCES),
-            text_length_tolerance=TEXT_LENGTH_TOLERANCE,
-        ),
+        rules=sampling_rules(),
         tasks=entries,
         comicnb_version=__version__,
         **view.provenance,
@@ -225,10 +218,11 @@ def read_sets(
             f"no Stage 4 {split} task sets in {folder}/: build them with {command} (or notebook 04, part 1)"
         )
     manifest = read_manifest(folder)
-    differ = stale(manifest, view, PROVENANCE_KEYS)
+    differ = stale(manifest, view, PROVENANCE_KEYS, rules=sampling_rules())
     if differ:
         raise TaskSetsMissingError(
-            f"the {split} task sets in {folder}/ were built from another store ({', '.join(differ)} differ): "
+            f"the {split} task sets in {folder}/ were built from another store or by other sampling rules "
+            f"({', '.join(differ)} differ): "
             f"rebuild them with {command} --overwrite (or notebook 04 with rebuild_tasks=True)"
         )
     entries = manifest.get("tasks", {})
@@ -298,8 +292,25 @@ class TaskSets:
         return table.pivot_table(index=["task", "reason"], columns="split", values="count", fill_value=0)
 
 
+def sampling_rules() -> dict[str, Any]:
+    """The rules the samplers draw by, as a manifest records them: sets built under other rules are stale."""
+    return plain(
+        dict(
+            version=RULES_VERSION,
+            candidates=CANDIDATES,
+            max_context=MAX_CONTEXT,
+            min_context=MIN_CONTEXT,
+            cloze_context=CLOZE_CONTEXT,
+            nearby_pages=NEARBY_PAGES,
+            shape_tolerances=list(SHAPE_TOLERANCES),
+            text_length_tolerance=TEXT_LENGTH_TOLERANCE,
+        )
+    )
+
+
 class TaskSetsStaleError(ValueError):
-    """Existing task sets were built from another store, seed or cap, and rebuilding them was not asked for."""
+    """Existing task sets were built from another store, seed, cap or sampling rules, and rebuilding them was not asked
+    for."""
 
 
 def ensure_task_sets(
@@ -311,15 +322,15 @@ def ensure_task_sets(
     splits: Sequence[str] = ("val", "test"),
     remedy: str = "set rebuild_tasks=True to rebuild them",
 ) -> TaskSets:
-    """Each split's sets: reused where current (same store, checkpoint, truth, seed and cap), built where missing or
-    where ``rebuild``; sets of other inputs are a TaskSetsStaleError naming what differs and ``remedy``, since scores
-    on other samples would not be comparable."""
+    """Each split's sets: reused where current (same store, checkpoint, truth, seed, cap and sampling rules), built
+    where missing or where ``rebuild``; sets of other inputs are a TaskSetsStaleError naming what differs and
+    ``remedy``, since scores on other samples would not be comparable."""
     manifests, reused = {}, []
     for split in splits:
         folder = task_dir(run_dir, split)
         if (folder / MANIFEST).is_file() and not rebuild:
             manifest = read_manifest(folder)
-            differ = stale(manifest, view, seed=seed, limits=limits)
+            differ = stale(manifest, view, seed=seed, limits=limits, rules=sampling_rules())
             if differ:
                 raise TaskSetsStaleError(
                     f"the task sets in {folder} were built from another {', '.join(differ)}: {remedy} (scores on the "

@@ -79,6 +79,10 @@ SHAPE_MATCHED = ("panel_picking", "visual_closure", "caption_relevance")
 # candidate text's length (log of 1 + characters) lies in the answer's cell of a fixed grid of this width (a window
 # centred on the answer would make it the candidates' median length).
 TEXT_LENGTH_TOLERANCE = 0.2
+# Raised whenever a sampler draws differently for the same store and seed: sets built under other rules are rebuilt,
+# not reused (1: scene negatives and text-free answers, issue 10; 2: shape-matched negatives, text negatives of the
+# answer's box count and length cell, issue 18).
+RULES_VERSION = 2
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
 TASKS_DIR = "tasks"
