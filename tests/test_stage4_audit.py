@@ -18,9 +18,9 @@ from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4 import negatives
-from comicnb.stage4.audit import READABLE, audit, leaks
+from comicnb.stage4.audit import READABLE, STORY, audit, leaks, pickers
 from comicnb.stage4.task_sets import training_sets, write_split
-from comicnb.stage4.tasks import SHAPE_MATCHED, SHAPE_TOLERANCES, TASKS, read_task_set
+from comicnb.stage4.tasks import SHAPE_MATCHED, SHAPE_TOLERANCES, TASKS, Candidate, TaskSample, TaskSet, read_task_set
 from comicnb.stage4.view import RunView, open_run
 from comicnb.store import EmbedConfig, generate
 
@@ -72,8 +72,11 @@ def test_no_readable_property_picks_the_answer(corpus: str, request: pytest.Fixt
     assert set(shape.task) == {t for t in TASKS if t != "reading_order"}, "the shape baseline scores every task"
     assert (shape.accuracy - shape.chance).abs().max() < 0.1
     if corpus == "demo":  # the text tasks' checks need the text-free twins
-        assert {"text_length", "balloons"} <= set(table.method)
+        assert {"text_length", "balloons", "length_median"} <= set(table.method)
+    assert {"shape_median", "answer_slot", "vision_kind"} <= set(table.method)
     assert set(table[table.kind == "readable"].method) <= set(READABLE)
+    story = table[table.kind == "story"]  # the caption's words against the candidates' texts: recorded, not required
+    assert set(story.method) == set(STORY) and "caption_relevance" in set(story.task)
 
 
 def test_shape_matched_negatives_have_the_answers_box(demo: RunView, tmp_path: Path) -> None:
@@ -98,3 +101,27 @@ def test_without_the_shape_rule_the_shape_baseline_finds_the_answer(
     table = audited(demo, tmp_path, ("panel_picking",))
     found = leaks(table)
     assert set(found.method) == {"shape"} and set(found.split) == {"val", "test"}, table
+
+
+def test_the_text_checks_find_an_answer_that_stands_out(demo: RunView) -> None:
+    """Hand-built text-cloze samples whose answer alone has the box count the empty balloons show, and whose answer
+    is the median length (what a window centred on it gives): balloons and length_median pick it every time."""
+    panels = demo.panels[(demo.panels.split == "val") & demo.panels.has_text].copy()
+    panels["length"] = [len(" ".join(str(t).split())) for t in panels.text]
+    samples = []
+    for i, answer in enumerate(panels[panels.n_boxes == 1].itertuples()):
+        others = panels[(panels.n_boxes != 1) & (panels.book_id == answer.book_id)].sort_values("length")
+        shorter, longer = others[others.length < answer.length], others[others.length > answer.length]
+        if shorter.empty or longer.empty:
+            continue
+        texts = [answer.panel_id, int(shorter.panel_id.iloc[-1]), int(longer.panel_id.iloc[0])]
+        order = np.roll(np.arange(3), i % 3)
+        candidates = [Candidate(answer.panel_id, vision="text_free", text_from=texts[k]) for k in order]
+        context = [int(p) for p in panels.panel_id if p not in texts][:3]
+        samples.append(
+            TaskSample("text_cloze", f"text_cloze/{i}", "val", answer.book_id, context, candidates, int(order.argmin()))
+        )
+    assert len(samples) >= 10
+    results = {r.method: r.correct.mean() for r in pickers(TaskSet("text_cloze", "val", samples), demo)}
+    assert results["balloons"] == results["length_median"] == 1.0
+    assert results["answer_slot"] == pytest.approx(1 / 3, abs=0.1)

@@ -1,7 +1,7 @@
 """Auditing task sets: does anything a model can read off a candidate, besides the story, pick the answer?
 
 Each check scores a set's candidates by one property and nothing else, as a baseline does, so its accuracy beside
-chance says whether that property tells the answer apart. Two kinds (``CHECKS``):
+chance says whether that property tells the answer apart. Three kinds (``CHECKS``):
 
 - *readable*: what a model can get at through its inputs; each must stay at chance on every set it applies to:
   - ``shape``: the shape baseline (``comicnb.stage4.baselines.shape``): a crop's shape and size, probed from its
@@ -13,6 +13,11 @@ chance says whether that property tells the answer apart. Two kinds (``CHECKS``)
     length would make it so);
   - ``shape_median``: the candidate whose probed shape is nearest the candidates' median (the same, for shapes);
   - ``answer_slot``: always the answer index the set uses most (the samplers deal it evenly);
+  - ``vision_kind``: the candidate shown text-free (a twin drawn without its text) where others are shown in full
+    (every sample shows all its candidates one way);
+- *story*: what the story itself gives, recorded beside the baselines that read it, not required at chance:
+  - ``word_overlap``: the candidate text sharing the most words with the caption (caption relevance) or with the
+    context's text (text tasks), what text similarity reads semantically;
 - *available*: properties a model cannot see but a sampler could have let correlate with the answer; they say what
   the sets leave to be read, and are recorded, not required at chance:
   - ``aspect_exact``: the candidate whose box's aspect ratio is nearest the slot's;
@@ -40,9 +45,10 @@ from comicnb.stage4.results import READING_ORDER, Result, overall, picking_resul
 from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_TASKS, TaskSet
 from comicnb.stage4.view import RunView
 
-READABLE = ("shape", "text_length", "balloons", "length_median", "shape_median", "answer_slot")
+READABLE = ("shape", "text_length", "balloons", "length_median", "shape_median", "answer_slot", "vision_kind")
+STORY = ("word_overlap",)
 AVAILABLE = ("aspect_exact", "aspect_within", "area_within", "same_page")
-CHECKS = (*READABLE, *AVAILABLE)
+CHECKS = (*READABLE, *STORY, *AVAILABLE)
 TEXT_LENGTH_FEATURES = ("probe_log_length", "has_image", "candidate_log_length", "diff", "abs_diff")
 
 
@@ -143,6 +149,28 @@ def _same_page(view: RunView, sample: Any) -> np.ndarray:
     return np.array([float(int(view.locate([c.panel_id])[0][0]) in pages) for c in sample.candidates])
 
 
+def _vision_kind(sample: Any) -> np.ndarray:
+    """1 for a candidate shown text-free, else 0."""
+    return np.array([float(c.vision == "text_free") for c in sample.candidates])
+
+
+def words(text: str) -> set[str]:
+    """The lower-cased words of a text, punctuation stripped."""
+    return {w.strip(".,;:!?\"'()-").lower() for w in str(text).split()} - {""}
+
+
+def _word_overlap(view: RunView, sample: Any) -> np.ndarray:
+    """Each candidate text's share of words found in the caption (caption relevance) or the context's text."""
+    given = words(sample.query_text) if sample.query_text else set()
+    for pid in sample.context if not sample.query_text else ():
+        given |= words(view.text(pid))
+    shares = []
+    for candidate in sample.candidates:
+        own = words(candidate_text(candidate, view))
+        shares.append(len(own & given) / len(own) if own else 0.0)
+    return np.array(shares)
+
+
 def _answer_slot(task_set: TaskSet) -> list[np.ndarray]:
     """Each sample's candidates scored by how often the set puts its answer at their index."""
     counts = np.bincount([s.answer for s in task_set.samples], minlength=1)
@@ -151,7 +179,12 @@ def _answer_slot(task_set: TaskSet) -> list[np.ndarray]:
 
 def pickers(task_set: TaskSet, view: RunView) -> list[Result]:
     """The no-learning checks of one candidate set (see the module), each a Result named after its check."""
-    checks: dict[str, list[np.ndarray]] = {"answer_slot": _answer_slot(task_set)}
+    checks: dict[str, list[np.ndarray]] = {
+        "answer_slot": _answer_slot(task_set),
+        "vision_kind": _scores(task_set, _vision_kind),
+    }
+    if task_set.task in TEXT_TASKS or task_set.task == "caption_relevance":
+        checks["word_overlap"] = _scores(task_set, lambda s: _word_overlap(view, s))
     if task_set.task in TEXT_TASKS:
         checks["balloons"] = _scores(task_set, lambda s: _balloons(view, s))
         lengths = lambda s: np.array([log_length(candidate_text(c, view)) for c in s.candidates])  # noqa: E731
@@ -169,8 +202,8 @@ def audit(
     task_sets: Iterable[TaskSet] | Mapping[Any, TaskSet], view: RunView, train: Sequence[TaskSet] = ()
 ) -> pd.DataFrame:
     """One row per set, split and check (``overall`` rows of the result table: accuracy with its Wilson interval,
-    chance, n), plus ``kind`` (readable or available). The learned checks are fitted on ``train`` (one training set
-    per task) and left out where a task has none."""
+    chance, n), plus ``kind`` (readable, story or available). The learned checks are fitted on ``train`` (one
+    training set per task) and left out where a task has none."""
     sets = [s for s in (task_sets.values() if isinstance(task_sets, Mapping) else task_sets) if s.task != READING_ORDER]
     fitted = {t.task: t for t in train if len(t)}
     results = []
@@ -180,7 +213,8 @@ def audit(
         if task_set.task in fitted:
             results += [kind().fit(fitted[task_set.task], view).predict(task_set, view) for kind in learned]
     table = overall(result_table(results, "wilson"))
-    return table.assign(kind=np.where(table.method.isin(READABLE), "readable", "available"))
+    kinds = {**dict.fromkeys(READABLE, "readable"), **dict.fromkeys(STORY, "story")}
+    return table.assign(kind=table.method.map(kinds).fillna("available"))
 
 
 def leaks(table: pd.DataFrame) -> pd.DataFrame:
