@@ -168,6 +168,10 @@ def test_metrics_json_holds_the_task_section_without_nan(picking: TaskSet, tmp_p
     assert entry["accuracy"] == 0.875 and entry["baselines"] == {"stage3_cosine": 0.375, "chance": 0.2}
     assert entry["no_transformer"] == 0.375 and entry["n"] == 8 and entry["books"] == 4
     assert set(entry["difficulty"]) == {"easy", "hard"} and len(entry["ci95"]) == 2
+    assert set(entry["intervals"]) == {"stage4", "no_transformer", "stage3_cosine", "chance"}
+    assert entry["intervals"]["stage4"] == entry["ci95"]
+    low, high = entry["intervals"]["no_transformer"]
+    assert low <= 0.375 <= high and high - low > 0  # the ablations' intervals, which the table quotes beside it
     path = write_metrics(tmp_path / "metrics.json", {"tasks": section, "retrieval": {"x": float("nan")}})
     text = path.read_text()
     assert "NaN" not in text and json.loads(text)["retrieval"]["x"] is None

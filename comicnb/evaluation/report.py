@@ -135,7 +135,7 @@ def disagreements(
 
 def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODELS) -> dict[str, Any]:
     """``metrics.json``'s ``tasks``: per task the main model's accuracy, ci95, chance, every baseline, the
-    ablations, n and the accuracy per difficulty."""
+    ablations, n, the accuracy per difficulty, and every method's interval (``intervals``: method -> [low, high])."""
     rows = table[table.difficulty == ALL]
     section: dict[str, Any] = {}
     for task in [t for t in TASKS if t in set(rows.task)]:
@@ -145,6 +145,7 @@ def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODELS) -> dict[s
             baselines={m: _number(part.loc[m, "accuracy"]) for m in part.index if m not in models},
             n=int(part.n.max()),
             books=int(part.books.max()),
+            intervals={m: [_number(part.loc[m, "low"]), _number(part.loc[m, "high"])] for m in part.index},
         )
         if models[0] in part.index:
             main = part.loc[models[0]]
