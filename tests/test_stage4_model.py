@@ -190,14 +190,19 @@ def test_training_on_every_task_lowers_the_loss(batches: dict[str, dict[str, tor
     for use_transformer in (True, False):
         model = small_model(seed=1, dropout=0.0, use_transformer=use_transformer)
         optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-        first = total_loss(model, batches).item()
-        # The learned term starts at a small scale beside the input prior (PRIOR_LEARNED_SCALE): it takes some steps
-        # to grow before it can memorise the batch.
+        with torch.no_grad():
+            first = {task: model.task_loss(task, batch).item() for task, batch in batches.items()}
+        # The model starts from the input prior (PRIOR_WEIGHT x the Stage 3 cosine). On this untrained tiny store the
+        # prior can be confidently wrong (caption relevance starts near 5 nats with four candidates), and the learned
+        # term needs steps to outweigh it: every task must fall, and the whole by at least 40 %.
         for _ in range(60):
             optimiser.zero_grad()
             total_loss(model, batches).backward()
             optimiser.step()
-        assert total_loss(model, batches).item() < 0.5 * first, use_transformer
+        with torch.no_grad():
+            after = {task: model.task_loss(task, batch).item() for task, batch in batches.items()}
+        assert all(after[task] < first[task] for task in batches), (use_transformer, first, after)
+        assert sum(after.values()) < 0.6 * sum(first.values()), (use_transformer, first, after)
 
 
 def test_the_ablation_has_no_encoder_layer_and_every_head_still_learns(
