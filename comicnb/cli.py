@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a run's fixed Stage 4 validation and test task sets",
         description="Build the fixed Stage 4 task sets of a run (<run>/tasks/val/ and tasks/test/) from its embedding "
         "store, as notebook 04 part 1 does; Stage 4 training validates on them. Sets that already match the store, "
-        "seed and cap are left alone; others are refused without --overwrite.",
+        "seed, cap and sampling rules are left alone; others are refused without --overwrite.",
         formatter_class=HelpFormatter,
     )
     tasks.add_argument("--run-dir", required=True, help="run folder with the embedding store (and pages table)")
@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tasks.add_argument("--seed", type=int, default=0, help="seeds every sampler; same seed, same files")
     tasks.add_argument("--max-samples", type=int, default=0, help="cap on the samples per task and split (0: all)")
-    tasks.add_argument("--overwrite", action="store_true", help="rebuild sets built from another store, seed or cap")
+    tasks.add_argument(
+        "--overwrite", action="store_true", help="rebuild sets built from another store, seed, cap or sampling rules"
+    )
     tasks.set_defaults(func=_tasks)
 
     from comicnb.comics.cli import add_arguments as add_comics_arguments
