@@ -36,7 +36,7 @@ from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4.config import ABLATIONS, checkpoints
 from comicnb.stage4.results import COLUMNS
 from comicnb.stage4.scoring import evaluate, load_stage4_model, score_models, trained_models
-from comicnb.stage4.task_sets import TaskSetsMissingError, build_task_sets
+from comicnb.stage4.task_sets import TaskSetsMissingError, build_task_sets, sampling_rules
 from comicnb.stage4.tasks import TASKS, read_task_set, task_dir
 from comicnb.stage4.trainer import BEST_METRIC, NonFiniteLossError, build_stage4_trainer, train_stage4
 from comicnb.store import STORE_NAME, EmbedConfig, generate
@@ -298,6 +298,17 @@ def test_the_random_draws_change_the_weights(killed: tuple, uninterrupted: Path)
     trainer.train()
     expected = torch.load(checkpoints(uninterrupted).last, weights_only=True)["model_state_dict"]
     assert differences(expected, trainer.model.state_dict())
+
+
+def test_a_checkpoint_trained_under_other_sampling_rules_is_not_resumed(killed: tuple) -> None:
+    """A model whose training samples were drawn by other rules (an older version, with its leaks) is refused on
+    resume, naming the rules; the checkpoint records the rules it was trained under."""
+    _, target, at_kill = killed
+    assert at_kill["data"]["sampling_rules"] == sampling_rules()
+    older = dict(at_kill, data={**at_kill["data"], "sampling_rules": {**sampling_rules(), "version": 1}})
+    trainer = build_stage4_trainer(target, RESUME)
+    with pytest.raises(ValueError, match="data.sampling_rules"):
+        trainer.resume(older)
 
 
 def test_existing_checkpoints_are_refused_without_resume_or_overwrite(uninterrupted: Path) -> None:

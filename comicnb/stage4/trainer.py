@@ -51,7 +51,7 @@ from comicnb.stage4.drafts import TaskUnavailable
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.results import READING_ORDER, overall
 from comicnb.stage4.scoring import evaluate
-from comicnb.stage4.task_sets import PROVENANCE_KEYS, read_sets, training_samples
+from comicnb.stage4.task_sets import PROVENANCE_KEYS, read_sets, sampling_rules, training_samples
 from comicnb.stage4.tasks import TASKS, TaskSample, TaskSet
 from comicnb.stage4.view import RunView, open_run
 
@@ -374,7 +374,9 @@ def stage4_trainer_for(
         warm_captions(builder, view, val_sets.values())
     set_seed(cfg.seed)
     model = Stage4SequenceModel(model_cfg)
-    data = {k: view.provenance.get(k) for k in PROVENANCE_KEYS}
+    # The training samples are drawn by the samplers' rules: a model trained under other rules (a shape leak, say)
+    # must not be resumed as if it were this run's.
+    data = {**{k: view.provenance.get(k) for k in PROVENANCE_KEYS}, "sampling_rules": sampling_rules()}
     return Stage4Trainer(model, cfg, view, builder, val_sets, data)
 
 
