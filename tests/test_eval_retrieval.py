@@ -132,6 +132,9 @@ def test_the_seed_claim_is_checked_by_the_relative_change():
     assert check(0.3, 0.5, labels=["scene"])["confirms"] is None  # no image-only figures of that label
     sentences = seed_claim(claim_table(0.7, 0.5)).split(". ")
     assert len(sentences) == 2 and sentences[0].startswith("Same character")  # one per label, then the caveat
+    assert "confirms" in sentences[0] and "confirms" in seed_claim(claim_table(0.7, 0.5), books=10)
+    few = seed_claim(claim_table(0.7, 0.5), books=2)  # the demo's two held-out books: the figures, no verdict
+    assert "no verdict" in few and "2 held-out books" in few and "confirms" not in few and "refutes" not in few
 
 
 def test_majority_scene_of_a_page():

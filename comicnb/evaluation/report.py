@@ -21,23 +21,23 @@ import pandas as pd
 import yaml
 
 from comicnb.checkpoint import file_sha256
-from comicnb.metrics import total_accuracy
+from comicnb.metrics import MIN_BOOKS, total_accuracy
 from comicnb.paths import git_revision
 from comicnb.stage4.config import MAIN, MODELS
 from comicnb.stage4.results import ALL, READING_ORDER, Result, interval_row
 from comicnb.stage4.tasks import TASKS, TaskSample, TaskSet
 
-FEW_BOOKS = 10  # fewer held-out books than this: a single book moves a figure by several points
-
 
 def verdicts(compare: pd.DataFrame, books: int) -> list[str]:
     """One line per task of a ``comparison``: whether the main model's interval clears its best baseline and its
-    ablations, and a last line when ``books`` held-out books are too few for any claim."""
+    ablations, or no verdict where the held-out books are fewer than MIN_BOOKS; and a last line then saying why."""
     lines = []
     for row in compare.itertuples(index=False):
         figure = f"{row.task}: {row.stage4:.3f} [{row.low:.3f}, {row.high:.3f}]"
         bar = f"({row.best_baseline} {row.best_baseline_accuracy:.3f})"
-        if row.above_best_baseline and row.above_ablations:
+        if not getattr(row, "verdict", True):
+            lines.append(f"{figure}, best baseline {bar}: no verdict on {row.books} books")
+        elif row.above_best_baseline and row.above_ablations:
             lines.append(f"{figure} clears its best baseline {bar} and the ablations")
         elif row.above_best_baseline:
             lines.append(
@@ -45,11 +45,12 @@ def verdicts(compare: pd.DataFrame, books: int) -> list[str]:
             )
         else:
             lines.append(f"{figure} does NOT clear its best baseline {bar}: not a result")
-    if books < FEW_BOOKS:
+    if books < MIN_BOOKS:
         lines.append(
-            f"\nOnly {books} held-out books: the intervals are wide and a single book moves a figure by several "
-            "points. The study profile (`make demo PROFILE=study`, 45 test books) is the one to quote; its figures are "
-            "in docs/results.md."
+            f"\nOnly {books} held-out books: a book-level interval needs at least {MIN_BOOKS}, so the intervals above "
+            "are the samples' own (they count every panel as independent, which panels of one book are not) and no "
+            "verdict is drawn. The study profile (`make demo PROFILE=study`, 45 test books) is the one to quote; its "
+            "figures are in docs/results.md."
         )
     return lines
 
@@ -135,7 +136,9 @@ def disagreements(
 
 def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODELS) -> dict[str, Any]:
     """``metrics.json``'s ``tasks``: per task the main model's accuracy, ci95, chance, every baseline, the
-    ablations, n, the accuracy per difficulty, and every method's interval (``intervals``: method -> [low, high])."""
+    ablations, n, books, the accuracy per difficulty, every method's interval (``intervals``: method -> [low, high]),
+    what kind of interval they are (``interval``: ``bootstrap`` over books, ``wilson``, or ``few_books`` below
+    MIN_BOOKS books: at least the samples' own interval) and whether a verdict may be drawn (``verdict``)."""
     rows = table[table.difficulty == ALL]
     section: dict[str, Any] = {}
     for task in [t for t in TASKS if t in set(rows.task)]:
@@ -146,6 +149,8 @@ def tasks_section(table: pd.DataFrame, models: Sequence[str] = MODELS) -> dict[s
             n=int(part.n.max()),
             books=int(part.books.max()),
             intervals={m: [_number(part.loc[m, "low"]), _number(part.loc[m, "high"])] for m in part.index},
+            interval=str(part.interval.iloc[0]) if "interval" in part else None,
+            verdict=int(part.books.max()) >= MIN_BOOKS,
         )
         if models[0] in part.index:
             main = part.loc[models[0]]

@@ -38,7 +38,7 @@ from PIL import Image
 
 from comicnb.corpus.crops import crop_panels
 from comicnb.corpus.truth import panel_labels
-from comicnb.metrics import mean_average_precision, recall_at_k_labels
+from comicnb.metrics import MIN_BOOKS, mean_average_precision, recall_at_k_labels
 from comicnb.stage4.inputs import refuse_chunked
 from comicnb.stage4.view import RunView
 
@@ -349,15 +349,28 @@ def claim_check(
 
 
 def seed_claim(
-    table: pd.DataFrame, metric: str = "recall@1", labels: Sequence[str] | None = None, claim: float = CLAIM
+    table: pd.DataFrame,
+    metric: str = "recall@1",
+    labels: Sequence[str] | None = None,
+    claim: float = CLAIM,
+    books: int | None = None,
 ) -> str:
-    """``claim_check`` in words, one sentence per label, for the report."""
+    """``claim_check`` in words, one sentence per label, for the report; with fewer than ``metrics.MIN_BOOKS``
+    held-out ``books`` the figures are given and no verdict is drawn (queries of one book are not independent)."""
     sentences = []
+    few = books is not None and books < MIN_BOOKS
     for row in claim_check(table, metric, labels, claim).itertuples(index=False):
         if row.confirms is None:
             sentences.append(f"Same {row.label}: no image-only {metric} of both masked fusion and v1 to compare.")
             continue
         verdict = "confirms" if row.confirms else "refutes"
+        if few:
+            sentences.append(
+                f"Same {row.label}, image-only {metric} over {row.queries} queries of {books} held-out books: masked "
+                f"fusion {row.masked:.3f}, v1-style zero-filling {row.v1:.3f}: no verdict on the seed's "
+                f"'{claim:+.0%}' from {books} books (it needs at least {MIN_BOOKS})."
+            )
+            continue
         head = (
             f"Same {row.label}, image-only {metric} over {row.queries} held-out queries: masked fusion "
             f"{row.masked:.3f}, v1-style zero-filling {row.v1:.3f}"

@@ -6,11 +6,14 @@ the COMICS scorer and notebook 05's report all score with these.
 """
 
 from comicnb.metrics.accuracy import (
+    FEW_BOOKS,
     INTERVALS,
+    MIN_BOOKS,
     accuracy,
     accuracy_interval,
     book_accuracy_interval,
     bootstrap_interval,
+    clustered_interval,
     expected_hit,
     expected_hits,
     mean_task_accuracy,
@@ -29,11 +32,14 @@ from comicnb.metrics.retrieval import (
 )
 
 __all__ = [
+    "FEW_BOOKS",
     "INTERVALS",
+    "MIN_BOOKS",
     "accuracy",
     "accuracy_interval",
     "book_accuracy_interval",
     "bootstrap_interval",
+    "clustered_interval",
     "collapse_diagnostics",
     "exact_order",
     "expected_hit",

@@ -3,7 +3,9 @@
 A ``Result`` holds one method's correctness on every sample of a set (reading order: the exact page order, with its
 pairwise accuracy and Kendall tau). ``result_table`` turns any results into one row per method, task, split and
 difficulty (``ALL`` over every sample, and each difficulty where a set has several) with accuracy and its interval:
-Wilson per sample (notebook 04's validation bar) or a bootstrap that resamples books (notebook 05's test figures).
+Wilson per sample (notebook 04's validation bar) or a bootstrap that resamples books (notebook 05's test figures;
+below ``metrics.MIN_BOOKS`` books at least the samples' own interval, its ``interval`` column ``few_books``, and
+``comparison`` draws no verdict from it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comicnb.metrics import accuracy_interval, expected_hit, order_agreement
+from comicnb.metrics import MIN_BOOKS, accuracy_interval, clustered_interval, expected_hit, order_agreement
 from comicnb.stage4.config import MODELS
 from comicnb.stage4.tasks import TASKS, TaskSet
 
@@ -44,6 +46,7 @@ COLUMNS = [
     "accuracy",
     "low",
     "high",
+    "interval",
     "chance",
     "pairwise",
     "kendall_tau",
@@ -169,16 +172,22 @@ def result_table(
 
 
 def interval_row(part: pd.DataFrame, interval: str, level: float, n_resamples: int, seed: int) -> dict[str, Any]:
-    """n, books, accuracy and its interval, mean chance, pairwise and tau of some samples (SAMPLE_COLUMNS rows)."""
+    """n, books, accuracy and its interval with the kind it is (``wilson``; ``bootstrap`` over books, or ``few_books``
+    below MIN_BOOKS: see ``metrics.clustered_interval``), mean chance, pairwise and tau of some samples
+    (SAMPLE_COLUMNS rows)."""
     correct = part.correct.to_numpy(dtype=np.float64)
     books = part.book_id.to_numpy()
-    accuracy, low, high = accuracy_interval(correct, level, interval, books, n_resamples, seed)
+    if interval == "bootstrap":
+        accuracy, low, high, kind = clustered_interval(correct, books, level, n_resamples, seed)
+    else:
+        (accuracy, low, high), kind = accuracy_interval(correct, level, interval, books, n_resamples, seed), interval
     return dict(
         n=len(part),
         books=int(part.book_id.nunique()),
         accuracy=accuracy,
         low=low,
         high=high,
+        interval=kind,
         chance=float(part.chance.mean()) if len(part) else math.nan,
         pairwise=float(part.pairwise.mean()) if part.pairwise.notna().any() else math.nan,
         kendall_tau=float(part.kendall_tau.mean()) if part.kendall_tau.notna().any() else math.nan,
@@ -193,14 +202,17 @@ def overall(table: pd.DataFrame) -> pd.DataFrame:
 def comparison(table: pd.DataFrame, split: str | None = None, models: Sequence[str] = MODELS) -> pd.DataFrame:
     """Per task (``ALL`` rows of ``split``, or of the table's only split): the main model's accuracy and interval
     beside chance, its best baseline (``best_baselines``) and each ablation, and whether its interval's low end
-    clears them (``above_best_baseline``, ``above_ablations``)."""
+    clears them (``above_best_baseline``, ``above_ablations``); ``verdict`` is False where the held-out books are
+    fewer than MIN_BOOKS (``books``): no interval over samples that few clusters supports one, and those two columns
+    then say nothing."""
     rows = overall(table)
     rows = rows[rows.split == split] if split is not None else rows
     best = best_baselines(rows, models).reset_index(level="split", drop=True)
     out = []
     for task in [t for t in TASKS if t in set(rows.task)]:
         part = rows[rows.task == task].set_index("method")
-        entry: dict[str, Any] = dict(task=task, chance=float(part.chance.iloc[0]), n=int(part.n.max()))
+        books = int(part.books.max())
+        entry: dict[str, Any] = dict(task=task, chance=float(part.chance.iloc[0]), n=int(part.n.max()), books=books)
         if task in best.index:
             entry.update(
                 best_baseline=best.loc[task, "method"], best_baseline_accuracy=float(best.loc[task, "accuracy"])
@@ -212,6 +224,7 @@ def comparison(table: pd.DataFrame, split: str | None = None, models: Sequence[s
             entry["above_best_baseline"] = bool(main.low > entry.get("best_baseline_accuracy", -1.0))
             ablations = [entry[m] for m in models[1:] if m in entry]
             entry["above_ablations"] = bool(ablations) and bool(main.low > max(ablations))
+            entry["verdict"] = books >= MIN_BOOKS
         out.append(entry)
     return pd.DataFrame(out)
 
