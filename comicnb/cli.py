@@ -7,6 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
+DESCRIPTION = (
+    "comicnb, the comics workbook's command line: run the notebooks (run), draw a corpus (synth), train a stage "
+    "(train), encode panels (embed), build Stage 4 task sets (tasks), fit and score on COMICS folds (comics), export "
+    "and search Stage 4 strips. `comicnb COMMAND --help` describes each."
+)
+
 
 def _run(args: argparse.Namespace) -> int:
     """Run the numbered notebooks of a profile."""
@@ -237,7 +243,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has a meaningful one (not for flags, nor options whose help says it)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        flag = action.nargs == 0  # --resume, --no-text-free: their "default" is the opposite of what they do
+        hidden = flag or action.default is None or action.default is False or action.default == argparse.SUPPRESS
         if hidden or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
@@ -249,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     from comicnb.precision import PRECISIONS
     from comicnb.stage3.seed_cli import add_seed_arguments
 
-    parser = argparse.ArgumentParser(prog="comicnb", description=__doc__)
+    parser = argparse.ArgumentParser(prog="comicnb", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -295,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     stage3.add_argument("--params", default=None, help="YAML with the stage notebook's parameters")
-    stage3.add_argument("--run-dir", default=None, help="run folder with notebook 01's pages table (default: params)")
+    stage3.add_argument(
+        "--run-dir", default=None, help="run folder with notebook 01's pages table (default: the run_dir of --params)"
+    )
     stage3.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")
     stage3.add_argument(
         "--overwrite",
@@ -430,7 +439,9 @@ def add_stage4_parser(stages: argparse._SubParsersAction) -> None:
         "--params", default=None, help="YAML with notebook 04's parameters (training settings, run_dir, store)"
     )
     stage4.add_argument(
-        "--run-dir", default=None, help="run folder with the embedding store and task sets (default: params)"
+        "--run-dir",
+        default=None,
+        help="run folder with the embedding store and task sets (default: the run_dir of --params)",
     )
     stage4.add_argument("--store", default=None, help="embedding store (default: RUN_DIR/panel_embeddings.zarr)")
     stage4.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, if any")

@@ -14,6 +14,7 @@ keeps the run folder's history: every invocation, with its notebooks, their para
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import os
 import re
@@ -192,7 +193,10 @@ def check_params(notebooks: list[Path], params_dir: Path, profile: str) -> dict[
         params = load_params(params_dir, profile, nb)
         unknown = unknown_parameters(nb, params)
         if unknown:
-            problems.append(f"  {nb.name} does not declare {unknown} (set by params/{profile}/{nb.stem}.yaml)")
+            declared = list(papermill.inspect_notebook(str(nb)))
+            hints = [f"{k} (did you mean {close[0]}?)" if (close := suggest(k, declared)) else k for k in unknown]
+            where = f"params/{profile}/{nb.stem}.yaml"
+            problems.append(f"  {nb.name} does not declare {', '.join(hints)} (set by {where})")
         resolved[nb.stem] = {**notebook_defaults(nb), **params}
     if problems:
         raise RunError("parameters the notebooks do not declare:\n" + "\n".join(problems))
@@ -286,9 +290,30 @@ def missing_upstream(notebooks: list[Path], selected: list[Path], run_dir: Path)
     return missing
 
 
+def suggest(name: str, choices: list[str]) -> list[str]:
+    """The choices close to a misspelt name, closest first."""
+    return difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+
+
+def existing_runs(outputs: Path) -> list[str]:
+    """The run folders under ``outputs/`` (those holding a summary.json), sorted."""
+    return sorted(p.parent.name for p in outputs.glob("*/summary.json"))
+
+
+def run_name(outputs: Path, run: str) -> str:
+    """The run folder's name from ``--run``: a name, or a path to a folder directly under ``outputs/`` (as a shell
+    completes it); any other path is a RunError, since runs live in ``outputs/``."""
+    path = Path(run)
+    if len(path.parts) == 1:
+        return run
+    if path.parent.resolve() == outputs.resolve() or (len(path.parts) == 2 and path.parts[0] == outputs.name):
+        return path.name
+    raise RunError(f"--run takes the name of a run folder under {outputs}/ (e.g. --run {path.name}), not {run}")
+
+
 def resolve_run_dir(outputs: Path, profile: str, run: str | None, continuing: bool) -> Path:
     """``outputs/<run>/`` (default name: profile and time). An existing run is only continued, never rerun whole."""
-    run = run or f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run = run_name(outputs, run) if run else f"{profile}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = outputs / run
     if run_dir.exists() and any(run_dir.iterdir()) and not continuing:
         raise RunError(
@@ -318,10 +343,19 @@ def run(
         raise RunError(f"no notebooks to run in {root / 'notebooks'}")
     notebooks = select(all_notebooks, start, only)
     if not (root / "params" / profile).is_dir():
-        raise RunError(f"no profile {profile!r}: {root / 'params' / profile} does not exist")
+        profiles = sorted(p.name for p in (root / "params").iterdir() if p.is_dir())
+        close = suggest(profile, profiles)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise RunError(f"no profile {profile!r} in {root / 'params'}: {hint}(profiles: {', '.join(profiles)})")
     all_params = check_params(notebooks, root / "params", profile)
     run_dir = resolve_run_dir(root / "outputs", profile, run, continuing=bool(start or only))
     missing = missing_upstream(all_notebooks, notebooks, run_dir)
+    if missing and not run:
+        runs = existing_runs(root / "outputs")
+        raise RunError(
+            f"{notebooks[0].name} reads what earlier notebooks write: continue an existing run by naming it with --run "
+            + (f"(runs in outputs/: {', '.join(runs)})" if runs else "(there is none in outputs/ yet: run them all)")
+        )
     if missing:
         earliest = next(nb.stem for nb in all_notebooks if nb.stem in missing)
         what = "; ".join(f"{name}: {', '.join(items)}" for name, items in missing.items())

@@ -340,6 +340,31 @@ def test_cli_without_a_checkpoint_names_what_makes_one(
     assert "nope.pt does not exist: run notebook 02" in capsys.readouterr().err
 
 
+def test_cli_takes_a_stage3_folder_and_names_a_stage4_checkpoint(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from comicnb import cli
+
+    run = copy_run(run_dir, tmp_path / "run")
+    stage4 = tmp_path / "stage4" / "best_model.pt"  # what a Stage 4 checkpoint's config holds: no feature_dim
+    checkpoint.save_checkpoint({"model_state_dict": {}, "config": {"model": {"d_model": 32}}}, stage4)
+    assert cli.main(["embed", "--run-dir", str(run), "--checkpoint", str(stage4)]) == 1
+    err = capsys.readouterr().err
+    assert f"{stage4} is a Stage 4 checkpoint: the store is made by the Stage 3 panel encoder" in err
+    assert "KeyError" not in err
+    assert cli.main(["embed", "--run-dir", str(run), "--checkpoint", str(tmp_path)]) == 1  # a folder without one
+    assert f"{tmp_path} is a folder without a Stage 3 checkpoint (best_model.pt or checkpoint.pt)" in (
+        capsys.readouterr().err
+    )
+    assert cli.main(["embed", "--run-dir", str(run), "--checkpoint", str(run / "stage3")]) == 0  # the run's folder
+    assert (run / STORE_NAME / "zarr.json").is_file()
+
+
+def test_a_missing_store_names_what_makes_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no embedding store at .*notebook 03 makes it, or `comicnb embed"):
+        open_embeddings(tmp_path / STORE_NAME)
+
+
 def test_search_hits_read_without_look_up_and_only_the_stores_model_encodes_queries(
     store: Path, run_dir: Path, tmp_path: Path
 ) -> None:

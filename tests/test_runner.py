@@ -85,9 +85,31 @@ def test_every_misnamed_key_of_every_notebook_is_reported_at_once(project):
     with pytest.raises(RunError) as caught:
         run("p", "r3", root=project)
     message = str(caught.value)
-    assert "01_first.ipynb does not declare ['nn']" in message
-    assert "02_second.ipynb does not declare ['lr_typo', 'typo_epochs']" in message
+    assert "01_first.ipynb does not declare nn (did you mean n?)" in message
+    assert "02_second.ipynb does not declare lr_typo, typo_epochs (set by params/p/02_second.yaml)" in message
     assert not (project / "outputs" / "r3").exists()
+
+
+def test_a_misspelt_profile_gets_a_suggestion(project):
+    with pytest.raises(RunError, match=r"no profile 'pp'.*did you mean p\?"):
+        run("pp", "r3", root=project)
+
+
+def test_run_takes_a_name_or_a_path_under_outputs(project, monkeypatch):
+    monkeypatch.chdir(project)
+    summary = run("p", "outputs/r10", root=project, only=["01"])  # as a shell completes it
+    assert summary.run_dir == "outputs/r10" and (project / "outputs" / "r10" / "summary.json").is_file()
+    assert not (project / "outputs" / "outputs").exists()
+    with pytest.raises(RunError, match=r"--run takes the name of a run folder under .*--run r11"):
+        run("p", "elsewhere/r11", root=project)
+
+
+def test_from_without_run_names_the_runs_to_continue(project):
+    with pytest.raises(RunError, match=r"naming it with --run \(there is none in outputs/ yet"):
+        run("p", None, root=project, start="02")
+    run("p", "r12", root=project)
+    with pytest.raises(RunError, match=r"02_second\.ipynb reads what earlier notebooks write.*runs in outputs/: r12"):
+        run("p", None, root=project, start="02")
 
 
 def test_an_existing_run_is_never_overwritten_whole_and_the_error_suggests_from(project):
@@ -190,3 +212,22 @@ def test_reports_and_stderr_carry_no_kernel_or_progress_bar_noise(project, capfd
     for where, text in texts.items():
         for noise in ("without encryption", "IProgress not found", "TqdmWarning"):
             assert noise not in text, f"{noise!r} in the {where}"
+
+
+def help_text(capsys, *command: str) -> str:
+    """What ``comicnb ... --help`` prints."""
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare words
+
+
+def test_help_texts_read_plainly(capsys):
+    top = help_text(capsys)
+    assert "``" not in top and "`comicnb COMMAND --help` describes each" in top
+    synth_help = help_text(capsys, "synth")
+    assert "--no-text-free leave out the pages' text-free twins" in synth_help and "(default: True)" not in synth_help
+    comics_help = help_text(capsys, "comics", "eval")
+    assert "95 % interval" in comics_help and "%%" not in comics_help
+    for command in (("train", "stage3"), ("train", "stage4")):
+        text = help_text(capsys, *command)
+        assert "(default: the run_dir of --params)" in text and "(default: params)" not in text

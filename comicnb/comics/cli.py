@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser, formatter: type[argparse.Help
         "eval",
         help="score a COMICS model on the books it never saw, beside the zero-shot baseline",
         description="Score a model from `comicnb comics fit` on a COMICS CSV of its task: only rows of books the "
-        "model was never trained on (the rest are counted and left out), with a 95 %% interval, beside the "
+        "model was never trained on (the rest are counted and left out), with a 95 % interval, beside the "
         "zero-shot MiniLM baseline on the same rows, chance and the published figures.",
         formatter_class=formatter,
     )

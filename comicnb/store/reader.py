@@ -15,7 +15,13 @@ from comicnb.store.schema import MASKS, METADATA, TEXT_FREE_MASKS, TEXT_FREE_VIS
 
 
 def open_embeddings(store: str | Path) -> zarr.Group:
-    """A finished store, read-only; an unfinished one is an error naming how many pages are missing."""
+    """A finished store, read-only; a missing one is an error naming how to make it, an unfinished one an error
+    naming how many pages are missing."""
+    if not Path(store).is_dir():
+        raise FileNotFoundError(
+            f"no embedding store at {store}: notebook 03 makes it, or `comicnb embed --run-dir <run>` (for a store "
+            "elsewhere, --store PATH)"
+        )
     group = zarr.open_group(str(store), mode="r")
     missing = int((~np.asarray(group["done"][:])).sum())
     if missing:

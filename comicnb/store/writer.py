@@ -37,7 +37,7 @@ import yaml
 import zarr
 
 from comicnb import __version__
-from comicnb.checkpoint import load_checkpoint
+from comicnb.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from comicnb.corpus.checks import checked_run_pages
 from comicnb.corpus.tables import corpus_record
 from comicnb.paths import git_revision
@@ -327,6 +327,14 @@ def generate(
     """
     run_dir = Path(run_dir)
     checkpoint_path = Path(checkpoint) if checkpoint else checkpoints(run_dir).pick("best")
+    if checkpoint_path.is_dir():  # a run's stage3/ folder: its best checkpoint, else its last
+        inside = [checkpoint_path / name for name in (BEST_NAME, LAST_NAME) if (checkpoint_path / name).is_file()]
+        if not inside:
+            raise FileNotFoundError(
+                f"{checkpoint_path} is a folder without a Stage 3 checkpoint ({BEST_NAME} or {LAST_NAME}): give the "
+                f"file, or {checkpoints(run_dir).how_to_train}"
+            )
+        checkpoint_path = inside[0]
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist: {checkpoints(run_dir).how_to_train}")
     store_path = Path(store) if store else run_dir / STORE_NAME
@@ -353,6 +361,13 @@ def _generate(
     pages, data_root = checked_run_pages(run_dir)
     max_panels = max_panels_of(run_dir, pages)
     loaded = load_checkpoint(checkpoint_path)
+    model_config = loaded.get("config", {}).get("model", {}) if isinstance(loaded, dict) else {}
+    if "feature_dim" not in model_config:
+        kind = "a Stage 4 checkpoint" if "d_model" in model_config else "not a Stage 3 checkpoint"
+        raise ValueError(
+            f"{checkpoint_path} is {kind}: the store is made by the Stage 3 panel encoder, "
+            f"<run>/stage3/{BEST_NAME} (notebook 02 or `comicnb train stage3`)"
+        )
     precision = resolve_precision(cfg.precision, state.device)
     metadata = store_metadata(pages, max_panels)
     attrs = store_attrs(
