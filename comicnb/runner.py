@@ -18,11 +18,17 @@ import difflib
 import json
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import papermill
@@ -66,7 +72,7 @@ class NotebookResult:
     """What one notebook of a run did."""
 
     notebook: str
-    status: str  # "ok", "failed" or "not run"
+    status: str  # "ok", "failed", "interrupted" or "not run"
     seconds: float = 0.0
     html: str | None = None
     error: str | None = None
@@ -94,9 +100,10 @@ class RunSummary:
 
     @property
     def status(self) -> str:
-        """``ok``, ``failed`` or ``running`` (while the runner is still at it)."""
-        if any(n.status == "failed" for n in self.notebooks):
-            return "failed"
+        """``ok``, ``failed``, ``interrupted`` (Ctrl-C or a TERM signal) or ``running`` (while the runner is at it)."""
+        for status in ("failed", "interrupted"):
+            if any(n.status == status for n in self.notebooks):
+                return status
         return "ok" if self.finished else "running"
 
     @property
@@ -224,8 +231,40 @@ def describe_failure(nb: Path, exc: papermill.PapermillExecutionError) -> str:
     return f"{nb.name}, {where}: {exc.ename}: {exc.evalue}"
 
 
+def progress_bar(nb: Path) -> dict[str, Any]:
+    """papermill's progress bar as the runner shows it: the notebook and the cell it is at, on stderr; redrawn every
+    second on a terminal, and written at most once a minute into a log file."""
+    terminal = sys.stderr.isatty()
+    return dict(
+        desc=f"[comicnb] {nb.stem}",
+        bar_format="{desc}: cell {n_fmt}/{total_fmt}, {elapsed} so far",
+        file=sys.stderr,
+        mininterval=1 if terminal else 60,
+        leave=False,
+    )
+
+
+def previous_seconds(outputs: Path, profile: str, notebook: str) -> float | None:
+    """How long ``notebook`` last ran successfully in any run of ``profile`` under ``outputs/`` (None if never)."""
+    latest: tuple[str, float] | None = None
+    for path in outputs.glob(f"*/{SUMMARY}"):
+        try:
+            history = read_history(path.parent)
+        except (OSError, ValueError):
+            continue
+        for entry in history:
+            if entry.get("profile") != profile:
+                continue
+            for result in entry.get("notebooks", []):
+                if result.get("notebook") == notebook and result.get("status") == "ok" and result.get("started"):
+                    if latest is None or result["started"] > latest[0]:
+                        latest = (result["started"], float(result.get("seconds") or 0.0))
+    return None if latest is None else latest[1]
+
+
 def execute(nb: Path, run_dir: Path, params: dict, root: Path, log_output: bool) -> NotebookResult:
-    """Execute one notebook into ``run_dir`` and render it; a failure is returned, not raised."""
+    """Execute one notebook into ``run_dir`` and render it; a failure is returned, not raised. An interruption
+    (KeyboardInterrupt) is returned as ``interrupted`` too, for the runner to record before it stops."""
     executed = run_dir / nb.name
     started = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.perf_counter()
@@ -236,18 +275,38 @@ def execute(nb: Path, run_dir: Path, params: dict, root: Path, log_output: bool)
                 str(executed),
                 parameters=params,
                 cwd=str(root),
-                progress_bar=False,
+                progress_bar=False if log_output else progress_bar(nb),
                 log_output=log_output,
                 config=kernel_config(sockets),
             )
     except papermill.PapermillExecutionError as exc:
         status, error = "failed", describe_failure(nb, exc)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted (Ctrl-C or a TERM signal) while it ran"
     else:
         status, error = "ok", None
     result = NotebookResult(nb.stem, status, time.perf_counter() - start, error=error, started=started, params=params)
     if executed.exists():
         result.html = render_html(executed).name
     return result
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within it, a TERM signal (a job scheduler, ``kill``) interrupts like Ctrl-C, so the run records where it
+    stopped; outside the main thread, where signals cannot be handled, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def select(notebooks: list[Path], start: str | None, only: list[str] | None) -> list[Path]:
@@ -386,13 +445,23 @@ def run(
         if not summary.ok:
             summary.notebooks.append(NotebookResult(nb.stem, "not run", params=resolved[nb.stem]))
             continue
-        print(f"[comicnb] {nb.name} ...", flush=True)
-        result = execute(nb, run_dir, resolved[nb.stem], root, log_output)
+        before = previous_seconds(root / "outputs", profile, nb.stem)
+        estimate = f" (its last {profile} run took {before:.0f} s)" if before else ""
+        print(f"[comicnb] {nb.name} ...{estimate}", flush=True)
+        with terminate_as_interrupt():
+            result = execute(nb, run_dir, resolved[nb.stem], root, log_output)
         print(f"[comicnb] {nb.name}: {result.status} in {result.seconds:.1f} s", flush=True)
         summary.notebooks.append(result)
         history[-1] = summary.entry()
         write_summary(run_dir, rel_run_dir, history)
         write_params(run_dir, history)
+        if result.status == "interrupted":
+            remaining = [n.name for n in notebooks[notebooks.index(nb) + 1 :]]
+            raise RunError(
+                f"run {summary.run} interrupted in {nb.name}"
+                + (f" ({', '.join(remaining)} not run)" if remaining else "")
+                + f": continue with --run {summary.run} --from {nb.stem[:2]}"
+            )
     summary.finished = datetime.now(UTC).isoformat(timespec="seconds")
     history[-1] = summary.entry()
     write_summary(run_dir, rel_run_dir, history)

@@ -231,3 +231,39 @@ def test_help_texts_read_plainly(capsys):
     for command in (("train", "stage3"), ("train", "stage4")):
         text = help_text(capsys, *command)
         assert "(default: the run_dir of --params)" in text and "(default: params)" not in text
+
+
+def test_an_interrupted_run_says_so_in_its_summary_and_names_how_to_continue(project, monkeypatch):
+    real = runner.papermill.execute_notebook
+
+    def interrupt_the_second(source, *args, **kwargs):
+        if source.endswith("02_second.ipynb"):
+            raise KeyboardInterrupt  # Ctrl-C, or a TERM signal turned into one by terminate_as_interrupt
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", interrupt_the_second)
+    with pytest.raises(RunError, match=r"run r13 interrupted in 02_second\.ipynb: continue with --run r13 --from 02"):
+        run("p", "r13", root=project)
+    on_disk = json.loads((project / "outputs" / "r13" / "summary.json").read_text())
+    assert on_disk["history"][-1]["status"] == "interrupted"  # not left at "running"
+    assert [n["status"] for n in on_disk["history"][-1]["notebooks"]] == ["ok", "interrupted"]
+    monkeypatch.setattr(runner.papermill, "execute_notebook", real)
+    assert run("p", "r13", root=project, start="02").ok
+
+
+def test_headless_runs_show_the_cell_and_the_last_runs_time(project, capsys):
+    run("p", "r14", root=project, only=["01"])
+    captured = capsys.readouterr()
+    assert "[comicnb] 01_first: cell" in captured.err  # papermill's bar, as the runner words it
+    assert "its last p run took" not in captured.out  # no earlier run of the profile to go by
+    run("p", "r15", root=project, only=["01"])
+    assert "[comicnb] 01_first.ipynb ... (its last p run took" in capsys.readouterr().out
+
+
+def test_a_term_signal_interrupts_like_ctrl_c():
+    import os
+    import signal
+
+    with pytest.raises(KeyboardInterrupt), runner.terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
