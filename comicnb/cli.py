@@ -25,6 +25,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     total = sum(n.seconds for n in summary.notebooks)
     print(f"[comicnb] run {summary.run}: {len(summary.notebooks)} notebooks in {total:.0f} s -> {summary.run_dir}/")
+    reports = [n.html for n in summary.notebooks if n.html]
+    if "05_evaluation.html" in reports:
+        where = summary.run_dir
+        print(f"[comicnb] the results: {where}/05_evaluation.html, for scripts {where}/metrics.json")
+    elif reports:
+        print(f"[comicnb] the last report: {summary.run_dir}/{reports[-1]}")
     return 0
 
 

@@ -125,3 +125,27 @@ def test_the_evaluation_commands_in_the_readme_parse():
     assert [c.split()[0] for c in commands] == ["comics", "comics", "export-stage4", "search-strips"]
     for command in commands:
         build_parser().parse_args(shlex.split(command.replace("<run>", "r")))
+
+
+def test_where_the_results_are_names_files_a_run_writes() -> None:
+    from comicnb import runner
+    from comicnb.stage4.tasks import MANIFEST
+
+    text = section("Where the results are")
+    named = set(re.findall(r"`([\w<>./-]+\.(?:html|json|csv|yaml))`", text))
+    reports = {f"{nb.stem}.html" for nb in runner.numbered_notebooks(ROOT / "notebooks")}
+    written = reports | {runner.SUMMARY, runner.PARAMS, "metrics.json", "problems.csv", f"tasks/<split>/{MANIFEST}"}
+    assert named and named - {"docs/results.md"} <= written, named - written
+    assert "05_evaluation.html" in named and "metrics.json" in named  # the answers, not only the corpus report
+    assert "metrics.json" in (ROOT / "notebooks" / "05_evaluation.ipynb").read_text()  # notebook 05 writes it
+
+
+def test_the_readme_says_how_long_and_defines_its_words() -> None:
+    setup = section("Set-up: two commands")
+    assert re.search(r"`make demo` about \d+ minutes", setup) and re.search(r"`make test` about \d+", setup)
+    assert "study" in setup and "docs/results.md" in setup
+    words = section("Words used here")
+    for word in ("the seed", "Stage 1, Stage 2", "PSS", "text-free twin", "profile"):
+        assert f"**{word}**" in words or word in words, word
+    first_use = {w: README.index(w) for w in ("PSS", "text-free twin")}
+    assert all(README.index("## Words used here") < at for at in first_use.values()), first_use

@@ -146,6 +146,7 @@ def test_from_continues_an_existing_run_keeping_upstream_and_replacing_downstrea
 def test_from_on_the_command_line(project, monkeypatch, capsys):
     monkeypatch.chdir(project)
     assert cli.main(["run", "--profile", "p", "--run", "r6"]) == 0
+    assert "[comicnb] the last report: outputs/r6/02_second.html" in capsys.readouterr().out  # where to look next
     assert cli.main(["run", "--profile", "p", "--run", "r6", "--from", "02"]) == 0
     assert cli.main(["run", "--profile", "p", "--run", "r6"]) == 1
     assert "--from" in capsys.readouterr().err
