@@ -64,10 +64,11 @@ bench: env  ## run the benchmarks in bench/ (ratios measured in one run)
 # `-m jupyterlab`, not `-m jupyter lab`: the latter execs a `jupyter-lab` script that the pip-less .venv lacks (or a
 # stranger's on PATH); run as a module, the server is .venv's python, and so is the kernel it starts for notebooks.
 # --allow-root: containers often run as root, where the server otherwise refuses to start; as any other user it is a
-# no-op. LAB_ARGS adds server options (tests/test_lab.py passes a port, a token and no browser), so the test runs
-# this very line.
-lab: env  ## start JupyterLab on notebooks/ with the project's kernel
-	HF_HUB_OFFLINE=1 $(PY) -m jupyterlab --notebook-dir=notebooks --allow-root $(LAB_ARGS)
+# no-op. It serves the project root, so a run's executed notebooks and reports in outputs/ open beside notebooks/,
+# where it opens. LAB_ARGS adds server options (make lab LAB_ARGS="--ServerApp.port=8899"; tests/test_lab.py passes a
+# port, a token and no browser), so the test runs this very line.
+lab: env  ## start JupyterLab on the project (opens at notebooks/; outputs/ beside it) with its kernel
+	HF_HUB_OFFLINE=1 $(PY) -m jupyterlab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks --allow-root $(LAB_ARGS)
 
 # Re-resolve requirements.in into requirements.lock in a scratch environment.
 lock:  ## re-resolve requirements.in into requirements.lock

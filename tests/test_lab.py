@@ -1,4 +1,5 @@
-"""`make lab` starts JupyterLab on notebooks/, and the kernel it offers runs the clone's .venv and its comicnb."""
+"""`make lab` starts JupyterLab on the project (notebooks/ and outputs/ both in reach, opening at notebooks/), and the
+kernel it offers runs the clone's .venv and its comicnb."""
 
 import json
 import os
@@ -184,19 +185,25 @@ def execute(lab: Lab, kernel_id: str, code: str) -> tuple[dict, str]:
 
 
 def test_make_lab_serves_the_notebooks_and_a_kernel_on_the_clones_venv(lab: Lab) -> None:
-    """The numbered notebooks are listed, the lab page loads, and a new kernel imports this clone's comicnb."""
+    """The numbered notebooks are listed, outputs/ is in reach, the lab page opens at notebooks/, and a new kernel
+    imports this clone's comicnb."""
     on_disk = sorted(p.name for p in (ROOT / "notebooks").iterdir() if NUMBERED.match(p.name))
     assert on_disk, "notebooks/ holds no NN_*.ipynb"
-    listed = {item["name"]: item["type"] for item in lab.json("GET", "/api/contents/")["content"]}
-    assert set(on_disk) <= set(listed), f"not listed at the root: {sorted(set(on_disk) - set(listed))}"
+    root = {item["name"]: item["type"] for item in lab.json("GET", "/api/contents/")["content"]}
+    assert root.get("notebooks") == "directory" and root.get("outputs") == "directory", root  # the runs' reports too
+    listed = {item["name"]: item["type"] for item in lab.json("GET", "/api/contents/notebooks")["content"]}
+    assert set(on_disk) <= set(listed), f"not listed in notebooks/: {sorted(set(on_disk) - set(listed))}"
     assert all(listed[name] == "notebook" for name in on_disk), listed
+    opening = urllib.request.Request(lab.url + "/", headers={"Authorization": f"token {lab.token}"})
+    with urllib.request.urlopen(opening, timeout=10) as response:  # follows the server's redirect
+        assert response.url.endswith("/lab/tree/notebooks"), response.url
 
     # The page itself: it fails (500) when the lab's assets under sys.prefix/share are not found.
     status, page = lab.request("GET", "/lab")
     assert status == 200 and b"jupyter-config-data" in page, f"/lab -> {status}\n{lab.tail()}"
 
     # A kernel for a notebook, as the lab starts one: the server's default kernel, in the notebook's folder.
-    kernel_id = lab.json("POST", "/api/kernels", {"path": on_disk[0]}, expect=201)["id"]
+    kernel_id = lab.json("POST", "/api/kernels", {"path": f"notebooks/{on_disk[0]}"}, expect=201)["id"]
     try:
         reply, stdout = execute(lab, kernel_id, CODE)
         assert reply["status"] == "ok", f"{reply.get('ename')}: {reply.get('evalue')}\n{lab.tail()}"
