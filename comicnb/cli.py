@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 DESCRIPTION = (
     "comicnb, the comics workbook's command line: run the notebooks (run), draw a corpus (synth), train a stage "
-    "(train), encode panels (embed), build Stage 4 task sets (tasks), fit and score on COMICS folds (comics), export "
-    "and search Stage 4 strips. `comicnb COMMAND --help` describes each."
+    "(train), encode panels (embed), search panels by text or image (search), build Stage 4 task sets (tasks), fit "
+    "and score on COMICS folds (comics), export and search Stage 4 strips. `comicnb COMMAND --help` describes each."
 )
 
 
@@ -225,23 +226,98 @@ def _export_stage4(args: argparse.Namespace) -> int:
     return 0
 
 
+def page_index_of(pages: Any, page: str) -> int:
+    """A page of a store's metadata by its index or its name, ``book/page`` (or the metadata's ``page_id``); a name
+    not there is a ValueError naming the closest ones."""
+    import difflib
+
+    if page.isdigit():
+        return int(page)
+    names = [f"{b}/{p}" for b, p in zip(pages.book_id, pages.page_name)]
+    ids = list(pages.page_id) if "page_id" in pages else []
+    for known in (names, ids):
+        if page in known:
+            return known.index(page)
+    close = difflib.get_close_matches(page, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f" (e.g. {names[0]})" if names else ""
+    raise ValueError(f"no page {page!r}: give a page index or book/page{hint}")
+
+
 def _search_strips(args: argparse.Namespace) -> int:
     """Print the pages whose Stage 4 strip embeddings are nearest a page's ("pages like this one")."""
-    from comicnb.stage4.export import EXPORT_NAME, search_strips
+    from comicnb.stage4.export import EXPORT_NAME, open_export_group, search_strips
     from comicnb.store import load_metadata
 
     export = Path(args.export) if args.export else Path(args.run_dir) / EXPORT_NAME
     try:
-        table = search_strips(export, args.page, args.k)
+        open_export_group(export)  # a missing export: the error names export-stage4
+        pages = load_metadata(export)
+        index = page_index_of(pages, args.page)
+        table = search_strips(export, index, args.k)
     except ValueError as exc:
         print(f"comicnb search-strips: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"comicnb search-strips: {exc}", file=sys.stderr)
         return 1
-    page = load_metadata(export).iloc[args.page]
-    print(f"[comicnb] pages like page {args.page} ({page.book_id} / {page.page_name}), by strip cosine:")
+    page = pages.iloc[index]
+    print(f"[comicnb] pages like page {index} ({page.book_id} / {page.page_name}), by strip cosine:")
     print(table.to_string(index=False))
+    return 0
+
+
+HIT_COLUMNS = ["rank", "score", "book_id", "page_name", "slot", "text"]
+TEXT_WIDTH = 70  # characters of a hit's text shown in the terminal table (the gallery and --csv keep all of it)
+
+
+def _search(args: argparse.Namespace) -> int:
+    """Search a run's panels by a text or an image query: a table of hits, and a gallery image on request."""
+    from comicnb.search import PanelSearch
+    from comicnb.stage3 import checkpoints
+    from comicnb.store import STORE_NAME, StoreMismatchError, open_embeddings
+
+    if bool(args.text) == bool(args.image):
+        print("comicnb search: give one query, --text TEXT or --image FILE", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir)
+    store = Path(args.store) if args.store else run_dir / STORE_NAME
+    try:
+        recorded = open_embeddings(store).attrs.get("checkpoint")
+        checkpoint = args.checkpoint or (recorded if recorded and Path(recorded).is_file() else None)
+        search = PanelSearch(store, checkpoint=checkpoint or checkpoints(run_dir).pick("best"))
+        if args.image:
+            from PIL import Image
+
+            with Image.open(args.image) as image:
+                query: Any = image.convert("RGB")
+            vectors = search.encode_query(images=search.model.image_transform(query)[None])
+        else:
+            query = args.text
+            vectors = search.encode_query(texts=[args.text])
+        hits = search.query(vectors, k=args.k)
+    except (FileNotFoundError, StoreMismatchError, ValueError, RuntimeError, OSError) as exc:
+        print(f"comicnb search: {exc}", file=sys.stderr)
+        return 1
+    shown = hits[HIT_COLUMNS].copy()
+    shown["text"] = [t if len(t) <= TEXT_WIDTH else t[: TEXT_WIDTH - 3] + "..." for t in shown.text.fillna("")]
+    print(f"[comicnb] panels of {store} nearest {'the image ' + args.image if args.image else repr(args.text)}:")
+    width = int(shown.text.str.len().max() or 4)
+    text = {"text": lambda t: f"{t:<{width}}"}  # left-aligned, as text reads
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}", formatters=text, justify="left"))
+    if args.csv:
+        hits.to_csv(args.csv, index=False)
+        print(f"[comicnb] every column of the hits -> {args.csv}")
+    if args.gallery:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from comicnb.corpus import load_run_pages
+        from comicnb.figures import gallery
+
+        pages, data_root = load_run_pages(run_dir)
+        title = "image query" if args.image else "text query"
+        gallery([(title, query)], hits, pages, data_root).savefig(args.gallery, dpi=120, bbox_inches="tight")
+        print(f"[comicnb] gallery -> {args.gallery}")
     return 0
 
 
@@ -421,10 +497,32 @@ def add_export_parsers(commands: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     search.add_argument("--run-dir", required=True, help="run folder with stage4_embeddings.zarr")
-    search.add_argument("--page", type=int, required=True, help="the query page's index in the store (page_index)")
+    search.add_argument(
+        "--page", required=True, help="the query page: its index in the store (page_index), or book/page"
+    )
     search.add_argument("-k", type=int, default=5, help="how many pages to list")
     search.add_argument("--export", default=None, help="export path (default: RUN_DIR/stage4_embeddings.zarr)")
     search.set_defaults(func=_search_strips)
+
+    panels = commands.add_parser(
+        "search",
+        help="panels like a text or an image, from a run's embedding store",
+        description="The panels of a run's embedding store nearest a text (--text) or an image (--image, any picture "
+        "file, encoded as a panel crop), by cosine in the Stage 3 space: rank, score, book, page, slot and text. "
+        "The query is encoded by the store's own Stage 3 checkpoint (another is refused).",
+        formatter_class=HelpFormatter,
+    )
+    panels.add_argument("--run-dir", required=True, help="run folder with the embedding store")
+    panels.add_argument("--text", default=None, help="a text query, e.g. 'Is it getting dark?'")
+    panels.add_argument("--image", default=None, help="an image file as the query")
+    panels.add_argument("-k", type=int, default=5, help="how many panels to list")
+    panels.add_argument("--store", default=None, help="embedding store (default: RUN_DIR/panel_embeddings.zarr)")
+    panels.add_argument(
+        "--checkpoint", default=None, help="the store's Stage 3 checkpoint (default: the one the store records)"
+    )
+    panels.add_argument("--gallery", default=None, help="also save the hits' crops as an image (e.g. hits.png)")
+    panels.add_argument("--csv", default=None, help="also save every column of the hits as CSV")
+    panels.set_defaults(func=_search)
 
 
 def add_stage4_parser(stages: argparse._SubParsersAction) -> None:

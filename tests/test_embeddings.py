@@ -395,3 +395,31 @@ def test_search_hits_read_without_look_up_and_only_the_stores_model_encodes_quer
     in_memory = model_from_checkpoint(torch.load(made_from, weights_only=True))  # cannot say which file it is
     with pytest.raises(StoreMismatchError, match="model_from_checkpoint"):
         search.encode_query(in_memory, texts=[text])
+
+
+def test_cli_search_lists_hits_with_text_and_score_and_draws_a_gallery(
+    store: Path, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    from comicnb import cli
+    from comicnb.corpus.crops import crop_panels
+
+    stored = PanelSearch(store).pages
+    text = next(t for texts in stored.texts for t in texts if t)  # a stored panel's own text
+    args = ["search", "--run-dir", str(run_dir), "-k", "3"]
+    gallery, csv = tmp_path / "hits.png", tmp_path / "hits.csv"
+    assert cli.main([*args, "--text", text, "--gallery", str(gallery), "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"rank\s+score\s+book_id\s+page_name\s+slot\s+text", out)  # the text and score columns shown
+    hits = pd.read_csv(csv)
+    assert len(hits) == 3 and hits.score.is_monotonic_decreasing and {"text", "image_path"} <= set(hits.columns)
+    with Image.open(gallery) as drawn:
+        assert drawn.width > drawn.height > 100  # one row: the query and its three hits
+    # An image file as the query: the first stored panel's crop, encoded image-only by the store's model.
+    pages, root = load_run_pages(run_dir)
+    with Image.open(root / pages.image_path.iloc[0]) as page:
+        crop_panels(page, [pages.boxes.iloc[0][0]])[0].save(tmp_path / "panel.png")
+    assert cli.main([*args, "--image", str(tmp_path / "panel.png")]) == 0
+    assert "nearest the image" in capsys.readouterr().out
+    assert cli.main(args) == 2 and "give one query" in capsys.readouterr().err  # neither --text nor --image

@@ -3,6 +3,8 @@ and the runner's options, run on a small corpus (the README's run paths replaced
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -79,11 +81,23 @@ def test_the_embed_command_and_the_search_snippet_run_as_written(run_dir):
 
     snippet = block_with("The embedding store and panel search", "python", "PanelSearch(")
     snippet = snippet.replace("outputs/<run>", str(run_dir))
-    *body, last = snippet.strip().splitlines()
     scope: dict = {}
-    exec(compile("\n".join(body), "README.md", "exec"), scope)
-    results = eval(compile(last.split("  #")[0], "README.md", "eval"), scope)
-    assert len(results) == 5
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet, "README.md", "exec"), scope)
+    assert len(scope["hits"]) == 5
+    header, *rows = printed.getvalue().strip().splitlines()
+    assert header.split() == ["rank", "score", "book_id", "page_name", "slot", "text"] and len(rows) == 5
+
+    script = block_with("The embedding store and panel search", "bash", "comicnb search")
+    for line in script.strip().splitlines():  # both search commands, the text one run as written
+        command = shlex.split(line.replace("outputs/<run>", str(run_dir)).split("python -m comicnb ", 1)[1])
+        build_parser().parse_args(command)
+    text_search = [c for c in script.splitlines() if "--text" in c][0].replace("outputs/<run>", str(run_dir))
+    command = shlex.split(text_search.split("python -m ", 1)[1].replace("hits.png", str(run_dir / "hits.png")))
+    done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0 and "score" in done.stdout, done.stderr[-3000:]
+    assert (run_dir / "hits.png").is_file()
 
 
 def test_the_stage4_task_snippet_runs_as_written(run_dir):

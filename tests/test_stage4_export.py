@@ -28,7 +28,7 @@ from comicnb.stage4.export import (
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.scoring import load_stage4_model
 from comicnb.stage4.view import open_run
-from comicnb.store import StoreMismatchError
+from comicnb.store import StoreMismatchError, load_metadata
 from comicnb.store.schema import (
     DONE,
     EMBEDDINGS,
@@ -278,3 +278,9 @@ def test_the_commands(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(printed.strip().splitlines()) == 1 + 1 + 4  # the query page, the header, 4 hits
     assert cli.main(["search-strips", "--run-dir", str(copy), "--page", "99"]) == 2
     assert "not in" in capsys.readouterr().err
+    query = load_metadata(copy / EXPORT_NAME).iloc[3]
+    by_name = f"{query.book_id}/{query.page_name}"  # the page by its name, as a reader knows it
+    assert cli.main(["search-strips", "--run-dir", str(copy), "--page", by_name, "-k", "4"]) == 0
+    assert capsys.readouterr().out == printed
+    assert cli.main(["search-strips", "--run-dir", str(copy), "--page", by_name + "x"]) == 2
+    assert f"did you mean {by_name}" in capsys.readouterr().err
