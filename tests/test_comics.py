@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from comicnb.cli import main
+from comicnb.comics.evaluate import evaluate
 from comicnb.comics.folds import book_fold, fold_sizes, in_folds, split_seen, validation_books
 from comicnb.comics.reader import (
     ANSWER_NOT_INTEGER,
@@ -249,6 +250,15 @@ def test_fit_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["comics", "eval", "--csv", str(coherence), "--model", str(out)]) == 2
     assert "not text_cloze" in capsys.readouterr().err
     assert main(["comics", "eval", "--csv", str(eval_csv), "--model", str(tmp_path / "none")]) == 2
+
+    # A run that uses a subset of whole books (notebook 05's comics_max_rows) accounts for every row of the file.
+    table = read_comics(eval_csv)
+    subset = evaluate(out, table.subset([s for s in table.samples if s.book_id in ("1", "6")]))
+    assert (subset.rows, subset.outside_subset, subset.scored, subset.left_out) == (29, 20, 4, 4)
+    assert subset.rows == sum(subset.bad_rows.values()) + subset.outside_subset + subset.scored + subset.left_out
+    assert "29 rows in the file: 1 bad (skipped), 20 outside this run's subset of whole books, 4 scored" in (
+        "\n".join(subset.lines())
+    )
 
 
 def test_fit_holds_out_folds_and_baseline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -163,3 +163,13 @@ def test_the_readme_says_how_long_and_defines_its_words() -> None:
         assert f"**{word}**" in words or word in words, word
     first_use = {w: README.index(w) for w in ("PSS", "text-free twin")}
     assert all(README.index("## Words used here") < at for at in first_use.values()), first_use
+
+
+def test_the_readme_says_where_the_comics_folds_come_from_and_what_happens_without_them() -> None:
+    from comicnb.comics.study import COMICS_FILES
+
+    text = section("Evaluation, real comic text and the Stage 5 export")
+    assert all(f"`{name}`" in text for name in COMICS_FILES.values())
+    assert "miyyer/comics" in text and "comics_dir:" in text
+    skipped = "this part is skipped"
+    assert skipped in text and skipped in (ROOT / "notebooks" / "05_evaluation.ipynb").read_text()

@@ -103,6 +103,7 @@ class Evaluation:
     left_out: int
     left_out_books: int
     contaminated: bool  # rows of training books were scored (--include-seen)
+    outside_subset: int = 0  # good rows of the file not in the table scored (a subset of whole books, max_rows)
     scores: list[Score] = field(default_factory=list)
     chance: float = float("nan")
     seconds: float = 0.0
@@ -113,7 +114,8 @@ class Evaluation:
         """The printed report."""
         head = f"[comicnb] comics eval {self.task} on {Path(self.csv).name} with the model in {self.model_dir}"
         bad = sum(self.bad_rows.values())
-        out = [head, f"  {self.rows} rows in the file: {bad} bad (skipped), {self.scored} scored"]
+        subset = f", {self.outside_subset} outside this run's subset of whole books" if self.outside_subset else ""
+        out = [head, f"  {self.rows} rows in the file: {bad} bad (skipped){subset}, {self.scored} scored"]
         if self.contaminated:
             out.append(
                 f"  CONTAMINATED: --include-seen scores {self.left_out} rows of {self.left_out_books} books the model "
@@ -171,6 +173,7 @@ def evaluate(
         left_out=len(split.seen),
         left_out_books=len(split.seen_books),
         contaminated=include_seen and bool(split.seen),
+        outside_subset=table.report.rows - sum(table.report.skipped.values()) - len(table.samples),
         chance=table.chance,
         model_dir=str(model_dir),
         trained_on=f"{manifest['csv']['name']}, {manifest['rows']['training'] + manifest['rows']['validation']} rows "
