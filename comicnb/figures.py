@@ -74,8 +74,8 @@ def loss_curves(steps: pd.DataFrame, epochs: pd.DataFrame, terms: tuple[str, ...
         ax.plot(steps.step, steps[term].rolling(window, min_periods=1).mean(), color="tab:blue", label="train")
         if f"val_{term}" in epochs:
             ax.plot(epochs.step, epochs[f"val_{term}"], "o-", color="tab:orange", label="validation")
-        ax.set(title=term, xlabel="step")
-    axes.flat[0].legend()
+        ax.set(title=term, xlabel="step", ylabel="loss")
+        ax.legend(fontsize=7)  # every panel: a reader may look at one alone
     fig.tight_layout()
     return fig
 
@@ -114,7 +114,15 @@ def projection(points: np.ndarray, labels: pd.DataFrame, columns: tuple[str, ...
 
     fig, axes = plt.subplots(1, len(columns), figsize=(6.5 * len(columns), 5.5), squeeze=False)
     for ax, column in zip(axes.flat, columns):
-        sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels[column].to_numpy(), s=14, linewidth=0, ax=ax)
+        values = labels[column].to_numpy()
+        levels = pd.unique(values)
+        # Up to 20 values, 20 distinct colours (seaborn's default repeats hues past 10, so books shared colours);
+        # beyond that, colours and marker shapes together.
+        palette = sns.color_palette("tab20", len(levels)) if len(levels) <= 20 else "husl"
+        style = values if len(levels) > 20 else None
+        sns.scatterplot(
+            x=points[:, 0], y=points[:, 1], hue=values, style=style, palette=palette, s=14, linewidth=0, ax=ax
+        )
         ax.set(title=f"{what} coloured by {column}", xticks=[], yticks=[])
         ax.legend(fontsize=7, markerscale=1.2, ncols=2, loc="best")
     fig.tight_layout()

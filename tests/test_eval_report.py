@@ -118,6 +118,15 @@ def test_comparison_names_the_best_baseline_and_checks_the_ablations(picking: Ta
     assert pooled.loc["stage4", "total"] == pytest.approx(0.7) and pooled.loc["stage4", "tasks"] == 2
 
 
+def test_by_split_keeps_the_interval_order_and_counts_whole(picking: TaskSet) -> None:
+    from comicnb.stage4.results import by_split
+
+    table = result_table([result("stage4", picking, [1] * 8), result("chance", picking, [0.2] * 8)])
+    wide = by_split(table[table.difficulty == "all"], ["task", "method"], ["accuracy", "low", "high", "n"])
+    assert list(dict.fromkeys(wide.columns.get_level_values(0))) == ["accuracy", "low", "high", "n"]
+    assert str(wide[("n", "test")].dtype) == "Int64" and wide[("n", "test")].tolist() == [8, 8]
+
+
 MANY_BOOKS = [f"book{i}" for i in range(12) for _ in range(2)]  # 12 books of two samples
 
 

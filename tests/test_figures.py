@@ -51,6 +51,30 @@ def test_loss_curves_draw_train_and_validation_per_term():
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
     assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].lines) == 2  # b has no validation column
     assert list(fig.axes[0].lines[2].get_ydata()) == [4.0, 2.5, 1.5]
+    assert all(ax.get_legend() is not None for ax in fig.axes)  # each panel says which line is which
+
+
+def test_projection_gives_twelve_books_twelve_colours():
+    points = np.random.default_rng(0).normal(size=(48, 2))
+    labels = pd.DataFrame(dict(book_id=[f"book_{i:03d}" for i in range(12)] * 4))
+    fig = figures.projection(points, labels, ("book_id",))
+    colours = {tuple(np.round(c, 3)) for c in fig.axes[0].collections[0].get_facecolors()}
+    assert len(colours) == 12  # seaborn's default palette repeats its 10 hues: books shared colours
+
+
+def test_a_notebook_finding_is_one_line_without_its_source():
+    import warnings
+
+    from comicnb.notes import Finding, format_finding, warn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn("fusion loses to its best input")
+    [finding] = caught
+    assert finding.category is Finding and issubclass(Finding, UserWarning)
+    shown = warnings.formatwarning(finding.message, finding.category, finding.filename, finding.lineno)
+    assert shown == "Warning: fusion loses to its best input\n"
+    assert "UserWarning" in format_finding("other", UserWarning, "x.py", 3, "warn()")  # others as Python shows them
 
 
 def test_gate_weights_only_count_present_modalities():

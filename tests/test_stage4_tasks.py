@@ -25,6 +25,7 @@ from comicnb.stage4.drafts import TruthColumnsMissing, balanced_slots
 from comicnb.stage4.samplers import SAMPLERS
 from comicnb.stage4.task_sets import (
     NO_TWINS,
+    TaskSets,
     TaskSetsStaleError,
     build_task_sets,
     ensure_task_sets,
@@ -122,6 +123,11 @@ def test_every_task_is_built_with_samples_and_keeps_the_rules(run: Path, manifes
                 assert len(set(keys)) == len(keys)  # the answer (and every candidate) once
                 assert not set(sample.context) & {c.panel_id for c in sample.candidates}
                 assert not set(sample.context) & {c.text_from for c in sample.candidates}
+
+
+def test_skips_are_counted_in_whole_numbers(run: Path, manifests: dict) -> None:
+    table = TaskSets(run, manifests, []).skips()
+    assert len(table) and list(table.columns) == sorted(manifests) and all(d.kind == "i" for d in table.dtypes)
 
 
 def test_answer_index_is_balanced_in_every_set(run: Path, manifests: dict) -> None:

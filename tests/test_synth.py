@@ -664,3 +664,12 @@ def test_story_structure_on_a_hand_built_book(tmp_path):
     assert table.speakers.tolist() == [["c1", "c0"], [], [], []]
     assert truth["books"]["b"]["pages"]["p0"]["panels"][0]["caption_unique"] is True
     assert truth["books"]["b"]["pages"]["p0"]["panels"][0]["beat"] is None
+
+
+def test_describe_says_what_was_drawn_in_one_sentence():
+    from comicnb.corpus.synth import describe
+
+    summary = dict(out="x", books=2, pages=6, narrative_pages=5, panels=20, text_panels=15, dirty=0, seconds=0.5)
+    assert describe(summary) == (
+        "drew 2 books, 6 pages (5 narrative, 20 panels, 15 with text, 0 injected defects) to x in 0.5 s"
+    )

@@ -194,6 +194,18 @@ def interval_row(part: pd.DataFrame, interval: str, level: float, n_resamples: i
     )
 
 
+COUNTS = ("n", "books")  # columns that count, shown as integers
+
+
+def by_split(table: pd.DataFrame, index: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """A result table's ``values`` side by side per split (``index`` rows, (value, split) columns), the values in the
+    order given (an interval reads accuracy, low, high) and counts as integers: what notebooks show."""
+    wide = table.pivot_table(index=list(index), columns="split", values=list(values), aggfunc="first")
+    wide = wide[[v for v in values if v in wide.columns.get_level_values(0)]]
+    counts = [column for column in wide.columns if column[0] in COUNTS]
+    return wide.astype({column: "Int64" for column in counts})
+
+
 def overall(table: pd.DataFrame) -> pd.DataFrame:
     """The ``ALL`` rows of a result table: one per method, task and split."""
     return table[table.difficulty == ALL].reset_index(drop=True)

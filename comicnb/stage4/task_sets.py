@@ -289,7 +289,8 @@ class TaskSets:
             for reason, count in manifest["tasks"][task].get("skipped", {}).items()
         ]
         table = pd.DataFrame(rows, columns=["split", "task", "reason", "count"])
-        return table.pivot_table(index=["task", "reason"], columns="split", values="count", fill_value=0)
+        skipped = table.pivot_table(index=["task", "reason"], columns="split", values="count", aggfunc="sum")
+        return skipped.fillna(0).astype(int)  # counts, not 28.0
 
 
 def sampling_rules() -> dict[str, Any]:

@@ -28,13 +28,14 @@ sidecar) and generator (writing files, the command line).
 """
 
 from comicnb.corpus.synth.defects import BOMB_SIDE, DEFECTS, PANEL_DEFECTS
-from comicnb.corpus.synth.generator import add_arguments, generate, main, ocr_noise, page_doc, page_files
+from comicnb.corpus.synth.generator import add_arguments, describe, generate, main, ocr_noise, page_doc, page_files
 from comicnb.corpus.synth.layouts import LAYOUTS, Box, mirror, naive_order_correct, page_area, to_bbox
 from comicnb.corpus.synth.paint import render_page
 from comicnb.corpus.synth.plan import plan_corpus
 from comicnb.corpus.synth.truth import VERSION, ground_truth, panel_truth
 
 __all__ = [
+    "describe",
     "BOMB_SIDE",
     "DEFECTS",
     "LAYOUTS",

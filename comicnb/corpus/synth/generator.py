@@ -137,6 +137,15 @@ def _summary(plan: dict, out: Path, seconds: float, text_free_pages: int) -> dic
     }
 
 
+def describe(summary: dict) -> str:
+    """A generator summary in one sentence, for the command line and notebook 01."""
+    s = summary
+    return (
+        f"drew {s['books']} books, {s['pages']} pages ({s['narrative_pages']} narrative, {s['panels']} panels, "
+        f"{s['text_panels']} with text, {s['dirty']} injected defects) to {s['out']} in {s['seconds']} s"
+    )
+
+
 def _write_json(path: Path, obj) -> None:
     """UTF-8 JSON, indented for people."""
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -226,8 +235,5 @@ def main(args: argparse.Namespace) -> int:
     except (FileExistsError, ValueError) as err:
         print(f"synth: {err}", file=sys.stderr)
         return 2
-    print(
-        f"wrote {s['books']} books, {s['pages']} pages ({s['narrative_pages']} narrative, {s['panels']} panels, "
-        f"{s['text_panels']} with text, {s['dirty']} injected defects) to {s['out']} in {s['seconds']} s"
-    )
+    print(describe(s))
     return 0
