@@ -233,14 +233,14 @@ def describe_failure(nb: Path, exc: papermill.PapermillExecutionError) -> str:
 
 def progress_bar(nb: Path) -> dict[str, Any]:
     """papermill's progress bar as the runner shows it: the notebook and the cell it is at, on stderr; redrawn every
-    second on a terminal, and written at most once a minute into a log file."""
+    second on a terminal and cleared at the end, written at most once a minute into a log file and kept."""
     terminal = sys.stderr.isatty()
     return dict(
         desc=f"[comicnb] {nb.stem}",
         bar_format="{desc}: cell {n_fmt}/{total_fmt}, {elapsed} so far",
         file=sys.stderr,
         mininterval=1 if terminal else 60,
-        leave=False,
+        leave=not terminal,  # a log keeps the last count on its own line; a terminal clears the bar
     )
 
 
