@@ -231,6 +231,22 @@ def describe_failure(nb: Path, exc: papermill.PapermillExecutionError) -> str:
     return f"{nb.name}, {where}: {exc.ename}: {exc.evalue}"
 
 
+class LogLines:
+    """A file for tqdm where the output is no terminal: each redraw becomes a line of its own (tqdm redraws in place
+    with carriage returns, which run together in a log file)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def progress_bar(nb: Path) -> dict[str, Any]:
     """papermill's progress bar as the runner shows it: the notebook and the cell it is at, on stderr; redrawn every
     second on a terminal and cleared at the end, written at most once a minute into a log file and kept."""
@@ -238,7 +254,7 @@ def progress_bar(nb: Path) -> dict[str, Any]:
     return dict(
         desc=f"[comicnb] {nb.stem}",
         bar_format="{desc}: cell {n_fmt}/{total_fmt}, {elapsed} so far",
-        file=sys.stderr,
+        file=sys.stderr if terminal else LogLines(sys.stderr),
         mininterval=1 if terminal else 60,
         leave=not terminal,  # a log keeps the last count on its own line; a terminal clears the bar
     )

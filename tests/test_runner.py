@@ -256,6 +256,7 @@ def test_headless_runs_show_the_cell_and_the_last_runs_time(project, capsys):
     run("p", "r14", root=project, only=["01"])
     captured = capsys.readouterr()
     assert "[comicnb] 01_first: cell" in captured.err  # papermill's bar, as the runner words it
+    assert "\r" not in captured.err and "[comicnb] 01_first: cell 3/3" in captured.err  # a line per count
     assert "its last p run took" not in captured.out  # no earlier run of the profile to go by
     run("p", "r15", root=project, only=["01"])
     assert "[comicnb] 01_first.ipynb ... (its last p run took" in capsys.readouterr().out
