@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-import os
 import re
 import signal
 import sys
@@ -34,8 +33,8 @@ import nbformat
 import papermill
 import yaml
 from nbconvert import HTMLExporter
-from traitlets.config import Config
 
+from comicnb.papermill_engine import kernel_config
 from comicnb.paths import git_revision, project_root
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
@@ -49,18 +48,6 @@ ARTEFACTS: dict[str, tuple[str, ...]] = {
     "02_stage3_training": ("stage3/checkpoint.pt",),
     "03_embedding_generation": ("panel_embeddings.zarr",),
 }
-
-
-def kernel_config(sockets: str) -> Config:
-    """The kernel talks to papermill over Unix sockets in the folder ``sockets`` rather than over TCP: nothing listens
-    on a port, and ipykernel has no reason to print "Kernel is running over TCP without encryption" into every run's
-    stderr. On Windows (no IPC transport), or where a socket's path would pass the 107-byte limit of its address, the
-    kernel keeps TCP.
-    """
-    prefix = str(Path(sockets, "kernel"))
-    if os.name != "posix" or len(f"{prefix}-99".encode()) > 100:
-        return Config()
-    return Config({"KernelManager": {"transport": "ipc", "ip": prefix}})
 
 
 class RunError(RuntimeError):

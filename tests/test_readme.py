@@ -69,6 +69,8 @@ def test_the_papermill_example_runs_as_written_on_a_fresh_clone(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (mine / "01_data_inspection.ipynb").is_file()
     assert (mine / "pages.jsonl").is_file()
+    noise = [line for line in done.stderr.splitlines() if re.search(r"TCP|ERROR|KeyboardInterrupt", line)]
+    assert not noise, noise  # nothing that reads as a failure when nothing failed
 
 
 def test_the_embed_command_and_the_search_snippet_run_as_written(run_dir):

@@ -2,6 +2,7 @@
 a failure naming the cell as the report shows it."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -257,6 +258,7 @@ def test_headless_runs_show_the_cell_and_the_last_runs_time(project, capsys):
     captured = capsys.readouterr()
     assert "[comicnb] 01_first: cell" in captured.err  # papermill's bar, as the runner words it
     assert "\r" not in captured.err and "[comicnb] 01_first: cell 3/3" in captured.err  # a line per count
+    assert not re.search(r"ERROR|KeyboardInterrupt|TCP", captured.out + captured.err)  # no alarming noise
     assert "its last p run took" not in captured.out  # no earlier run of the profile to go by
     run("p", "r15", root=project, only=["01"])
     assert "[comicnb] 01_first.ipynb ... (its last p run took" in capsys.readouterr().out
