@@ -271,3 +271,18 @@ def test_a_term_signal_interrupts_like_ctrl_c():
     with pytest.raises(KeyboardInterrupt), runner.terminate_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import comicnb.papermill_engine as m; print(m.QuietEngine.__name__)",  # ours first
+        "import papermill.engines as e; print(e.papermill_engines.get_engine('comicnb').__name__)",  # papermill first
+    ],
+)
+def test_the_papermill_engine_loads_whichever_is_imported_first(code):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "QuietEngine", done.stderr[-2000:]
