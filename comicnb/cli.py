@@ -229,7 +229,7 @@ def _export_stage4(args: argparse.Namespace) -> int:
 def page_index_of(pages: Any, page: str) -> int:
     """A page of a store's metadata by its index or its name, ``book/page`` (or the metadata's ``page_id``); a name
     not there is a ValueError naming the closest ones."""
-    import difflib
+    from comicnb.settings import closest
 
     if page.isdigit():
         return int(page)
@@ -238,7 +238,7 @@ def page_index_of(pages: Any, page: str) -> int:
     for known in (names, ids):
         if page in known:
             return known.index(page)
-    close = difflib.get_close_matches(page, names, n=3, cutoff=0.5)
+    close = closest(page, names, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f" (e.g. {names[0]})" if names else ""
     raise ValueError(f"no page {page!r}: give a page index or book/page{hint}")
 

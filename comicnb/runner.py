@@ -14,7 +14,6 @@ keeps the run folder's history: every invocation, with its notebooks, their para
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import re
 import signal
@@ -36,6 +35,7 @@ from nbconvert import HTMLExporter
 
 from comicnb.papermill_engine import kernel_config
 from comicnb.paths import git_revision, project_root
+from comicnb.settings import closest
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 SUMMARY = "summary.json"
@@ -188,7 +188,7 @@ def check_params(notebooks: list[Path], params_dir: Path, profile: str) -> dict[
         unknown = unknown_parameters(nb, params)
         if unknown:
             declared = list(papermill.inspect_notebook(str(nb)))
-            hints = [f"{k} (did you mean {close[0]}?)" if (close := suggest(k, declared)) else k for k in unknown]
+            hints = [f"{k} (did you mean {close[0]}?)" if (close := closest(k, declared)) else k for k in unknown]
             where = f"params/{profile}/{nb.stem}.yaml"
             problems.append(f"  {nb.name} does not declare {', '.join(hints)} (set by {where})")
         resolved[nb.stem] = {**notebook_defaults(nb), **params}
@@ -352,11 +352,6 @@ def missing_upstream(notebooks: list[Path], selected: list[Path], run_dir: Path)
     return missing
 
 
-def suggest(name: str, choices: list[str]) -> list[str]:
-    """The choices close to a misspelt name, closest first."""
-    return difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-
-
 def existing_runs(outputs: Path) -> list[str]:
     """The run folders under ``outputs/`` (those holding a summary.json), sorted."""
     return sorted(p.parent.name for p in outputs.glob("*/summary.json"))
@@ -406,7 +401,7 @@ def run(
     notebooks = select(all_notebooks, start, only)
     if not (root / "params" / profile).is_dir():
         profiles = sorted(p.name for p in (root / "params").iterdir() if p.is_dir())
-        close = suggest(profile, profiles)
+        close = closest(profile, profiles)
         hint = f"did you mean {close[0]}? " if close else ""
         raise RunError(f"no profile {profile!r} in {root / 'params'}: {hint}(profiles: {', '.join(profiles)})")
     all_params = check_params(notebooks, root / "params", profile)

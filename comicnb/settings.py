@@ -31,12 +31,17 @@ def defaults(config: type) -> dict[str, Any]:
     return asdict(config())
 
 
+def closest(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The known names closest to a misspelt one, closest first (difflib's ratio, at least ``cutoff``)."""
+    return difflib.get_close_matches(str(name), sorted(known), n=n, cutoff=cutoff)
+
+
 def did_you_mean(what: str, unknown: Iterable[str], known: Iterable[str], where: str) -> str:
     """One line naming each unknown key with its closest known ones: ``unknown Stage 4 setting 'lr_rate' (did you
     mean 'lr'?); <where>``."""
     unknown, parts = list(unknown), []
     for key in unknown:
-        close = difflib.get_close_matches(str(key), sorted(known), n=3)
+        close = closest(key, known)
         hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
         parts.append(f"{key!r}{hint}")
     plural = "s" if len(unknown) > 1 else ""

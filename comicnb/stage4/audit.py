@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 
 from comicnb.stage4.baselines.geometry import GeometryBaseline
-from comicnb.stage4.baselines.shape import RidgeProbe, ShapeBaseline, box_shape, shape_probe, split_images
-from comicnb.stage4.inputs import candidate_parts
+from comicnb.stage4.baselines.shape import RidgeProbe, ShapeBaseline, box_shape, probed_shapes, split_images
+from comicnb.stage4.inputs import candidate_parts, per_sample
 from comicnb.stage4.results import READING_ORDER, Result, overall, picking_result, result_table
-from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_TASKS, TaskSet
+from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_TASKS, TaskSet, log_length
 from comicnb.stage4.view import RunView
 
 READABLE = ("shape", "text_length", "balloons", "length_median", "shape_median", "answer_slot", "vision_kind")
@@ -50,11 +50,6 @@ STORY = ("word_overlap",)
 AVAILABLE = ("aspect_exact", "aspect_within", "area_within", "same_page")
 CHECKS = (*READABLE, *STORY, *AVAILABLE)
 TEXT_LENGTH_FEATURES = ("probe_log_length", "has_image", "candidate_log_length", "diff", "abs_diff")
-
-
-def log_length(text: str) -> float:
-    """log(1 + characters) of a text, spacing folded."""
-    return float(np.log1p(len(" ".join(str(text).split()))))
 
 
 def text_length_probe(view: RunView) -> RidgeProbe | None:
@@ -86,8 +81,7 @@ class TextLengthBaseline(GeometryBaseline):
         lengths = np.array([log_length(candidate_text(c, view)) for c in flat])
         diff = np.where(seen, probed - lengths, 0.0)
         rows = np.stack([probed, seen.astype(float), lengths, diff, np.abs(diff)], axis=1)
-        bounds = np.cumsum([0] + [len(s.candidates) for s in task_set.samples])
-        return [rows[bounds[i] : bounds[i + 1]] for i in range(len(task_set))]
+        return per_sample(rows, task_set.samples)
 
 
 def candidate_text(candidate: Any, view: RunView) -> str:
@@ -136,11 +130,7 @@ def _median_closeness(values: np.ndarray) -> np.ndarray:
 
 def _probed_shapes(view: RunView, task_set: TaskSet) -> list[np.ndarray]:
     """Per sample, (C, 2) the probed log aspect ratio and log area of each candidate's image as it is shown."""
-    flat = [c for s in task_set.samples for c in s.candidates]
-    parts, mask = candidate_parts(flat, view, task_set.texts)
-    probed = shape_probe(view).predict(parts[:, 0]) * mask[:, :1]
-    bounds = np.cumsum([0] + [len(s.candidates) for s in task_set.samples])
-    return [probed[bounds[i] : bounds[i + 1]] for i in range(len(task_set))]
+    return per_sample(probed_shapes(task_set, view)[0], task_set.samples)
 
 
 def _same_page(view: RunView, sample: Any) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from comicnb.stage4.tasks import Candidate
+from comicnb.stage4.tasks import Candidate, TaskSample
 from comicnb.stage4.view import RunView
 from comicnb.store.schema import TEXT_FREE_VISION
 
@@ -34,6 +34,13 @@ def candidate_parts(
         if c.composition_from is not None:
             parts[i, 2], mask[i, 2] = stored_part(view, c.composition_from, 2)
     return parts, mask
+
+
+def per_sample(rows: np.ndarray, samples: Sequence[TaskSample]) -> list[np.ndarray]:
+    """Rows of every sample's candidates, stacked sample after sample, split back into one array per sample."""
+    if not samples:
+        return []
+    return np.split(np.asarray(rows), np.cumsum([len(s.candidates) for s in samples])[:-1])
 
 
 def stored_part(view: RunView, panel_id: int, modality: int) -> tuple[np.ndarray, bool]:

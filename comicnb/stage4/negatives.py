@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_LENGTH_TOLERANCE
-from comicnb.stage4.view import RunView
+from comicnb.stage4.tasks import SHAPE_TOLERANCES, TEXT_LENGTH_TOLERANCE, log_length
+from comicnb.stage4.view import RunView, log_box_shape
 
 NEARBY_PAGES = 2  # "nearby" and "neighbouring" pages: at most this many narrative pages away in the same book
 SCENE_COLUMNS = ("scene_run", "scene")  # hard negatives: the same scene run, else the same place in the book
@@ -36,9 +36,8 @@ class SplitIndex:
     def __init__(self, view: RunView, split: str) -> None:
         panels = view.panels
         self.panels = panels
-        width, height = panels.width.to_numpy(float), panels.height.to_numpy(float)
-        self.shape = np.stack([np.log(width / height), np.log(width * height)], axis=1)  # (P, 2) of every row
-        self.text_length = np.log1p([len(" ".join(str(t).split())) for t in panels.text])  # (P,) of every row
+        self.shape = log_box_shape(panels)  # (P, 2) of every row
+        self.text_length = np.array([log_length(t) for t in panels.text])  # (P,) of every row
         self.text_boxes = panels.n_boxes.to_numpy()  # (P,) balloons and captions of every row; -1 unknown
         self.rows = np.flatnonzero((panels.split == split).to_numpy())
         part = panels.iloc[self.rows]

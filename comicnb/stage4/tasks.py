@@ -163,6 +163,11 @@ class TaskSet:
         return len(self.samples)
 
 
+def log_length(text: str) -> float:
+    """log(1 + characters) of a text, spacing folded: the length the text tasks match within TEXT_LENGTH_TOLERANCE."""
+    return float(np.log1p(len(" ".join(str(text).split()))))
+
+
 def task_dir(run_dir: str | Path, split: str) -> Path:
     """``<run>/tasks/<split>/``."""
     return Path(run_dir) / TASKS_DIR / split

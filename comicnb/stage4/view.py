@@ -298,6 +298,13 @@ def page_table(metadata: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return pages
 
 
+def log_box_shape(panels: pd.DataFrame) -> np.ndarray:
+    """(P, 2) log aspect ratio and log area (page pixels) of the boxes of ``panel_table`` rows: the shape and size a
+    crop keeps in its image embedding."""
+    width, height = panels.width.to_numpy(float), panels.height.to_numpy(float)
+    return np.stack([np.log(width / height), np.log(width * height)], axis=1)
+
+
 def panel_table(
     metadata: pd.DataFrame,
     modality_masks: np.ndarray | None = None,

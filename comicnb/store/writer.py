@@ -37,7 +37,7 @@ import yaml
 import zarr
 
 from comicnb import __version__
-from comicnb.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from comicnb.checkpoint import BEST_NAME, LAST_NAME, StageCheckpoints, load_checkpoint
 from comicnb.corpus.checks import checked_run_pages
 from comicnb.corpus.tables import corpus_record
 from comicnb.paths import git_revision
@@ -328,13 +328,13 @@ def generate(
     run_dir = Path(run_dir)
     checkpoint_path = Path(checkpoint) if checkpoint else checkpoints(run_dir).pick("best")
     if checkpoint_path.is_dir():  # a run's stage3/ folder: its best checkpoint, else its last
-        inside = [checkpoint_path / name for name in (BEST_NAME, LAST_NAME) if (checkpoint_path / name).is_file()]
-        if not inside:
+        try:
+            checkpoint_path = StageCheckpoints(checkpoint_path.parent, checkpoint_path.name).pick("best")
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"{checkpoint_path} is a folder without a Stage 3 checkpoint ({BEST_NAME} or {LAST_NAME}): give the "
                 f"file, or {checkpoints(run_dir).how_to_train}"
-            )
-        checkpoint_path = inside[0]
+            ) from None
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist: {checkpoints(run_dir).how_to_train}")
     store_path = Path(store) if store else run_dir / STORE_NAME

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from comicnb.corpus.crops import crop_panels
-from comicnb.stage4.inputs import candidate_parts, refuse
+from comicnb.stage4.inputs import candidate_parts, per_sample, refuse
 from comicnb.stage4.results import READING_ORDER, Result, order_result, picking_result
 from comicnb.stage4.tasks import Candidate, TaskSample, TaskSet
 from comicnb.stage4.view import RunView
@@ -97,8 +97,7 @@ def stage3_cosine_baseline(task_set: TaskSet, view: RunView) -> Result:
     flat = [c for s in samples for c in s.candidates]
     vectors = refuse(*candidate_parts(flat, view, task_set.texts), view.model)  # (all candidates, D)
     queries = _cosine_queries(samples, view)  # (S, D)
-    bounds = np.cumsum([0] + [len(s.candidates) for s in samples])
-    scores = [vectors[bounds[i] : bounds[i + 1]] @ queries[i] for i in range(len(samples))]
+    scores = [block @ query for block, query in zip(per_sample(vectors, samples), queries)]
     return picking_result("stage3_cosine", task_set, scores)
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from comicnb.stage4.baselines.geometry import GeometryBaseline
-from comicnb.stage4.inputs import candidate_parts
+from comicnb.stage4.inputs import candidate_parts, per_sample
 from comicnb.stage4.tasks import TaskSet
-from comicnb.stage4.view import RunView
+from comicnb.stage4.view import RunView, log_box_shape
 
 SHAPE_FEATURES = (
     "probe_log_aspect",
@@ -37,9 +37,7 @@ SHAPE_FEATURES = (
 
 def box_shape(view: RunView, panel_ids: np.ndarray) -> np.ndarray:
     """(K, 2) log aspect ratio and log area in page pixels of stored panels' boxes."""
-    panels = view.panels.set_index("panel_id").loc[np.asarray(panel_ids, dtype=np.int64)]
-    width, height = panels.width.to_numpy(float), panels.height.to_numpy(float)
-    return np.stack([np.log(width / height), np.log(width * height)], axis=1)
+    return log_box_shape(view.panels.set_index("panel_id").loc[np.asarray(panel_ids, dtype=np.int64)])
 
 
 @dataclass
@@ -95,6 +93,14 @@ def shape_probe(view: RunView) -> RidgeProbe:
     return view.memo["shape_probe"]
 
 
+def probed_shapes(task_set: TaskSet, view: RunView) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2) the probed log aspect ratio and log area of every candidate's image as it is shown (the set's
+    candidates sample after sample; zero without an image), and (K,) whether it has one."""
+    flat = [c for s in task_set.samples for c in s.candidates]
+    parts, mask = candidate_parts(flat, view, task_set.texts)
+    return shape_probe(view).predict(parts[:, 0]) * mask[:, :1], mask[:, 0]
+
+
 @dataclass
 class ShapeBaseline(GeometryBaseline):
     """The geometry baseline's model on SHAPE_FEATURES (see the module); candidate tasks only."""
@@ -106,15 +112,13 @@ class ShapeBaseline(GeometryBaseline):
         """Per sample, (C, len(SHAPE_FEATURES)): each candidate's probed shape (as it is shown: full or text-free),
         the slot's box shape, and their differences."""
         flat = [c for s in task_set.samples for c in s.candidates]
-        parts, mask = candidate_parts(flat, view, task_set.texts)
-        probed = shape_probe(view).predict(parts[:, 0]) * mask[:, :1]  # (K, 2), zero without an image
+        probed, has_image = probed_shapes(task_set, view)
         slots = np.array([-1 if c.composition_from is None else c.composition_from for c in flat], dtype=np.int64)
         has_slot = slots >= 0
         slot = np.zeros((len(flat), 2))
         if has_slot.any():
             slot[has_slot] = box_shape(view, slots[has_slot])
-        both = (mask[:, 0] & has_slot)[:, None]
+        both = (has_image & has_slot)[:, None]
         diff = np.where(both, probed - slot, 0.0)
-        rows = np.hstack([probed, mask[:, :1], slot, has_slot[:, None], diff, np.abs(diff)])
-        bounds = np.cumsum([0] + [len(s.candidates) for s in task_set.samples])
-        return [rows[bounds[i] : bounds[i + 1]] for i in range(len(task_set))]
+        rows = np.hstack([probed, has_image[:, None], slot, has_slot[:, None], diff, np.abs(diff)])
+        return per_sample(rows, task_set.samples)
