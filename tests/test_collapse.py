@@ -21,6 +21,7 @@ from comicnb.agreement import fusion_against_modalities, fusion_losses, neighbou
 from comicnb.corpus import load_corpus, load_run_pages, save_corpus, synth
 from comicnb.corpus.truth import panel_labels
 from comicnb.stage3.batches import page_chunks
+from comicnb.stage3.config import GATE_TERMS
 from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.trainer import (
     BatchSource,
@@ -124,7 +125,9 @@ def test_fusion_losing_to_its_best_input_is_found() -> None:
 
 # ---------------------------------------------------------------------------------- the issue's random ResNet-50
 
-WITHOUT_FIX = dict(fusion_dropout=0.0, center_features=False)
+# Fusion as it was before either fix: no centring, no fusion dropout, a gate every term moves, no prior, no residual.
+BEFORE_FUSION_FIX = dict(fusion_residual=0.0, gate_prior=False, gate_terms=list(GATE_TERMS))
+WITHOUT_FIX = dict(fusion_dropout=0.0, center_features=False, **BEFORE_FUSION_FIX)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +185,29 @@ def test_with_the_fix_a_random_resnet_keeps_every_modality_and_the_scene(resnet_
     assert not trainer.low_gates()
     scene = neighbour_agreement(fused, page, labels).loc["scene"]
     assert scene.agreement > 4 * scene.chance, scene
+
+
+def vision_loss(run: Path, settings: dict, cache: PageTensors, labels: pd.DataFrame) -> tuple[float, dict]:
+    """How far the fused vectors fall below the vision embedding alone on same-scene agreement, and the last gates."""
+    trainer, fused, page = train_from_cache(run, settings, cache)
+    with torch.no_grad():
+        encoding = trainer.model.encode(cache.batch(list(range(len(cache))), torch.device("cpu")))
+    valid = encoding.panel_mask
+    table = fusion_against_modalities(
+        fused, encoding.modalities[valid].numpy(), encoding.modality_mask[valid].numpy(), page, labels, MODALITIES
+    )
+    vision = table.loc[("scene", "vision")]
+    return float(vision.modality - vision.fused), trainer.history.epochs[-1]
+
+
+def test_fusion_keeps_the_scene_its_vision_part_knows_where_the_old_gate_lost_it(resnet_run) -> None:
+    """The fusion issue's recipe at a cell of its grid (seed 1, 8 pages a step, lr 1e-4, one epoch): the gate as it
+    was (uniform start, every term moving it, no residual) mixes text and layout in and the fused vectors lose the
+    scene their own vision part finds; the prior, the story-only gate and the residual keep it."""
+    run, settings, cache, labels = resnet_run
+    cell = {**settings, "seed": 1, "lr": 1e-4}
+    old_loss, _ = vision_loss(run, {**cell, **BEFORE_FUSION_FIX}, cache, labels)
+    new_loss, gates = vision_loss(run, cell, cache, labels)
+    assert old_loss > 0.1, old_loss
+    assert new_loss < 0.1, new_loss
+    assert all(gates[f"gate_{name}"] >= 0.05 for name in MODALITIES), gates

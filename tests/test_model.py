@@ -139,6 +139,35 @@ def test_fusion_ignores_masked_inputs_bit_exactly_even_nan() -> None:
     assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
 
 
+def test_the_residual_share_keeps_every_present_modality_in_the_mix_whatever_the_gate_says() -> None:
+    torch.manual_seed(0)
+    fusion = AdaptiveFusion(DIM, residual=0.3)
+    with torch.no_grad():  # a gate that wants vision alone, by a margin no softmax can soften
+        fusion.gate[-1].weight.zero_()
+        fusion.gate[-1].bias.copy_(torch.tensor([50.0, -50.0, -50.0]))
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 0], [0, 0, 0]])
+    _, weights = fusion(torch.randn(4, 3, DIM), mask)
+    assert torch.allclose(weights[0], torch.tensor([0.7 + 0.1, 0.1, 0.1]))  # 1 - 0.3 to the gate, 0.3 shared by 3
+    assert torch.allclose(weights[1], torch.tensor([0.0, 0.15 + 0.7 * 0.5, 0.15 + 0.7 * 0.5]), atol=1e-6)
+    assert torch.equal(weights[2], torch.tensor([1.0, 0.0, 0.0])) and torch.equal(weights[3], torch.zeros(3))
+    _, plain = AdaptiveFusion(DIM)(torch.randn(2, 3, DIM), mask[:2])
+    assert torch.allclose(plain.sum(dim=1), torch.ones(2))
+    with pytest.raises(ValueError, match="fusion_residual"):
+        AdaptiveFusion(DIM, residual=1.5)
+
+
+def test_a_detached_gate_gives_the_same_vectors_and_no_gradient_to_the_gate() -> None:
+    torch.manual_seed(0)
+    fusion = AdaptiveFusion(DIM, residual=0.2)
+    embeddings, mask = torch.randn(5, 3, DIM, requires_grad=True), torch.ones(5, 3)
+    fused, _ = fusion(embeddings, mask)
+    detached, _ = fusion(embeddings, mask, detach_gate=True)
+    assert torch.equal(fused, detached)
+    detached.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in fusion.gate.parameters())
+    assert embeddings.grad.abs().sum() > 0 and fusion.out[1].weight.grad.abs().sum() > 0
+
+
 def test_image_query_lands_in_the_fused_space(model: PanelFeatureExtractor) -> None:
     torch.manual_seed(0)
     batch = {**flat_batch(6), "images": torch.rand(6, 3, 1, 1).expand(-1, -1, 32, 32)}  # distinct flat colours

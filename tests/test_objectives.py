@@ -10,7 +10,7 @@ from page_batches import page_batch
 from comicnb.metrics import collapse_diagnostics, page_index, recall_at_k, same_panel_retrieval
 from comicnb.stage3.config import ObjectiveConfig
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage3.objectives import TERMS, Stage3Objective, info_nce, page_contrastive_loss
+from comicnb.stage3.objectives import TERMS, Stage3Objective, info_nce, neighbourhood_loss, page_contrastive_loss
 
 DIM = 32
 
@@ -53,7 +53,7 @@ def test_each_term_is_finite_and_falls_when_trained(term: str) -> None:
 def test_total_is_the_weighted_sum_and_the_head_is_checkpointed() -> None:
     model, objective = tiny_model(), Stage3Objective(feature_dim=DIM, alignment_weight=2.0)
     terms = objective(model, page_batch((4, 3, 2)))
-    weights = dict(contrastive=1.0, reconstruction=0.5, alignment=2.0, instance=1.0, modality=0.0)
+    weights = dict(contrastive=1.0, reconstruction=0.5, alignment=2.0, instance=1.0, modality=0.0, neighbourhood=0.0)
     assert torch.allclose(terms["total"], sum(weights[name] * terms[name] for name in TERMS))
     assert any(key.startswith("reconstruction_head.") for key in objective.state_dict())
     rebuilt = Stage3Objective.from_config(objective.config)
@@ -104,6 +104,55 @@ def test_instance_term_keeps_panels_of_a_page_apart() -> None:
     assert with_instance["within_page_cosine"] < page_only["within_page_cosine"] - 0.3
     assert with_instance["gap"] > 0.3  # pages still separate
     assert recall_with_instance == 1.0 > recall_page_only
+
+
+def test_neighbourhood_loss_is_zero_only_for_a_student_that_keeps_the_teachers_neighbours() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(12, 40)  # any width: compared by cosine
+    basis = torch.linalg.qr(torch.randn(40, 40))[0]  # a rotation keeps every cosine
+    kept = F.normalize(teacher @ basis, dim=-1)
+    assert neighbourhood_loss(kept, teacher, 0.07).abs() < 1e-5
+    shuffled = kept[torch.randperm(12)]  # the same points, other panels' neighbours
+    assert neighbourhood_loss(shuffled, teacher, 0.07) > 0.5
+    student = torch.nn.Parameter(F.normalize(torch.randn(12, 16), dim=-1))
+    optimiser = torch.optim.Adam([student], lr=0.05)
+    start = neighbourhood_loss(F.normalize(student, dim=-1), teacher, 0.07).item()
+    for _ in range(100):
+        optimiser.zero_grad()
+        neighbourhood_loss(F.normalize(student, dim=-1), teacher, 0.07).backward()
+        optimiser.step()
+    assert neighbourhood_loss(F.normalize(student, dim=-1), teacher, 0.07) < 0.2 * start
+    assert neighbourhood_loss(kept[:2], teacher[:2], 0.07) == 0  # one neighbour is no distribution
+
+
+def test_the_neighbourhood_term_reads_cached_features_and_skips_the_encoders_at_weight_zero() -> None:
+    model, batch = tiny_model(), page_batch((4, 3, 2))
+    cached = {**batch, **model.frozen_features(batch)}
+    objective = Stage3Objective(feature_dim=DIM, neighbourhood_weight=1.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        from_images = objective(model.eval(), batch)["neighbourhood"]
+        torch.manual_seed(0)
+        from_cache = objective(model, {key: value for key, value in cached.items() if key != "images"})
+    assert torch.allclose(from_images, from_cache["neighbourhood"]) and from_images > 0
+    off = Stage3Objective(feature_dim=DIM)
+    model.teacher_features = None  # would raise if the term at weight 0 asked for the encoders
+    assert off(model, batch)["neighbourhood"] == 0
+
+
+@pytest.mark.parametrize("term", ["instance", "reconstruction"])
+def test_only_the_terms_named_in_gate_terms_move_the_gate(term: str) -> None:
+    model, batch = tiny_model(), page_batch((4, 3, 2))
+    instance_only = {f"{name}_weight": float(name == term) for name in TERMS}
+    for gate_terms, expect_gradient in (([term], True), (["contrastive"], False)):
+        model.zero_grad()
+        objective = Stage3Objective(feature_dim=DIM, gate_terms=gate_terms, **instance_only)
+        objective(model.train(), batch)["total"].backward()
+        gate_gradient = sum(float(p.grad.abs().sum()) for p in model.fusion.gate.parameters() if p.grad is not None)
+        assert (gate_gradient > 0) == expect_gradient, gate_terms
+        assert model.visual.adapters[0].mlp[0].weight.grad.abs().sum() > 0  # the modalities still learn from it
+    with pytest.raises(ValueError, match="gate_terms names"):
+        ObjectiveConfig(gate_terms=["alignment"])  # it never reads the fused vector
 
 
 def test_diagnostics_on_known_geometry() -> None:

@@ -44,6 +44,7 @@ class PanelModelConfig:
     tiny: bool = False  # tiny randomly initialised encoders (tests)
     max_text_length: int = 64  # tokens kept of a panel's text
     fusion_dropout: float = 0.3  # training only: chance of hiding each present modality from fusion (never all)
+    fusion_residual: float = 0.2  # share of the fused mix given equally to the present modalities, beside the gate
 
     def __post_init__(self) -> None:
         if isinstance(self.visual_backbone, str) and "," in self.visual_backbone:
@@ -52,6 +53,9 @@ class PanelModelConfig:
             self.visual_backbone = list(self.visual_backbone)
         self.text_model = self.text_model or ("tiny" if self.tiny else None)  # "" means the packaged default
         self.backbone_weights = dict(self.backbone_weights or {})
+
+
+GATE_TERMS = ("contrastive", "reconstruction", "instance", "modality", "neighbourhood")  # the terms that read fusion
 
 
 @dataclass
@@ -65,10 +69,18 @@ class ObjectiveConfig:
     alignment_weight: float = 0.3
     instance_weight: float = 1.0
     modality_weight: float = 0.0  # fused vector finds its single-modality queries; off: at 0.5 it over-weights vision
+    gate_terms: list[str] = field(default_factory=list)  # terms whose gradient may move the gate (none: it holds the prior)
+    neighbourhood_weight: float = 0.0  # fused and single-modality vectors keep the pretrained encoders' neighbours
     max_panels: int = 64  # panel positions the reconstruction head knows; taken from training's max_panels
     feature_noise: float = 0.1  # instance view: Gaussian noise, relative to each embedding's spread
     feature_dropout: float = 0.1  # instance view: dropout on the per-modality embeddings
     modality_drop: float = 0.3  # instance view: chance of hiding each modality (never all of a panel's)
+
+    def __post_init__(self) -> None:
+        self.gate_terms = [self.gate_terms] if isinstance(self.gate_terms, str) else list(self.gate_terms)
+        unknown = sorted(set(self.gate_terms) - set(GATE_TERMS))
+        if unknown:
+            raise ValueError(f"gate_terms names {unknown}; the terms that read the fused vector are {GATE_TERMS}")
 
 
 @dataclass
@@ -91,6 +103,7 @@ class TrainConfig:
     best_metric: str = "image_to_text_recall@5"  # validation figure that picks best_model.pt (higher is better)
     min_gate_weight: float = 0.05  # warn when a present modality's mean validation gate weight falls below this
     center_features: bool = True  # centre image features on their training-set mean before the adapter
+    gate_prior: bool = True  # start fusion's gate from how well each modality alone finds a panel's page-mates
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

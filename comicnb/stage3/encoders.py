@@ -101,6 +101,11 @@ class MultiBackboneVisualEncoder(nn.Module):
         images = as_unit_range(images)
         return torch.cat([backbone(images) for backbone in self.backbones], dim=1)
 
+    @property
+    def feature_mean(self) -> Tensor:
+        """(sum of backbone widths,) the centre each adapter subtracts (zero before ``set_feature_mean``)."""
+        return torch.cat([adapter.feature_mean for adapter in self.adapters])
+
     def set_feature_mean(self, mean: Tensor) -> None:
         """Centre each backbone's adapter on its part of ``mean`` (sum of backbone widths,): see DomainAdapter."""
         for part, adapter in zip(mean.split(self.feature_widths), self.adapters, strict=True):

@@ -8,7 +8,8 @@ modality (padding) comes out as the zero vector.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,18 +67,35 @@ def build_visual_fusion(kind: str, num_inputs: int, dim: int) -> nn.Module:
     raise ValueError(f"unknown visual fusion {kind!r}: use concat, attention or gate")
 
 
-class Fused(NamedTuple):
-    """Fused panel embeddings and the weight each modality got."""
+@dataclass
+class Fused:
+    """Fused panel embeddings and the weight each modality got; unpacks as ``embedding, weights``."""
 
     embedding: Tensor  # (B, D), L2-normalised; zero for padding panels
     weights: Tensor  # (B, M), zero for masked modalities
+    fixed_gate: Tensor | None = None  # (B, D) the same vectors with no gradient to the gate (training only)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.embedding, self.weights))
 
 
 class AdaptiveFusion(nn.Module):
     """Gated fusion of per-modality embeddings; gates see which modalities are present and what they say."""
 
-    def __init__(self, dim: int, num_modalities: int = len(MODALITIES), modality_dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_modalities: int = len(MODALITIES), modality_dropout: float = 0.0, residual: float = 0.0
+    ) -> None:
         super().__init__()
+        if not 0.0 <= residual <= 1.0:
+            raise ValueError(f"fusion_residual is a share of the fused mix, in [0, 1]; got {residual}")
+        # This share of the mix goes to the present modalities equally, beside the gate: each present modality's
+        # weight is at least residual / (modalities present), whatever the gate learns, so no modality can be dropped
+        # from the fused vector (the seed adds 0.1 x the mean of the modality vectors after its gate for the same
+        # effect). What it keeps is information only while the modality's own vectors keep theirs: the objective's
+        # neighbourhood term sees to that (docs/modality-collapse.md).
+        self.residual = residual
+        # Log-weights added to the gate's logits: where training starts from (``set_prior``); zero is a uniform start.
+        self.register_buffer("prior", torch.zeros(num_modalities))
         # In training, each present modality is hidden from a panel's fusion with this chance (never all of them).
         # Why: the instance term asks every panel to be told apart from every other, and layout (each box is unique)
         # does that from the first step, so a softmax gate settles on it and starves the others of gradient
@@ -88,9 +106,26 @@ class AdaptiveFusion(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_modalities))
         self.gate = nn.Sequential(nn.Linear(num_modalities * (dim + 1), dim), nn.GELU(), nn.Linear(dim, num_modalities))
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        # The gate's output starts at zero, so every panel starts from the prior's weights (uniform without one);
+        # training's gate_terms say which losses may move it from there.
+        nn.init.zeros_(self.gate[-1].weight)
+        nn.init.zeros_(self.gate[-1].bias)
 
-    def forward(self, modalities: Tensor, mask: Tensor) -> Fused:
-        """(B, M, D) embeddings and (B, M) mask -> Fused((B, D), (B, M))."""
+    def set_prior(self, weights: Tensor) -> None:
+        """Start the gate from these modality weights (M,), positive: their logs are added to its logits."""
+        self.prior.copy_(weights.to(self.prior).clamp(min=1e-4).log())
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints written before the prior have none: zero adds nothing, the fusion they were trained with.
+        state_dict.setdefault(prefix + "prior", torch.zeros_like(self.prior))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, modalities: Tensor, mask: Tensor, detach_gate: bool = False) -> Fused:
+        """(B, M, D) embeddings and (B, M) mask -> Fused((B, D), (B, M)).
+
+        detach_gate: the same vectors, but no gradient reaches the gate through the weights (a loss that should
+        shape the modalities' vectors without choosing between them).
+        """
         mask = mask.bool()
         if self.training and self.modality_dropout > 0:
             keep = mask & (torch.rand(mask.shape, device=mask.device) >= self.modality_dropout)
@@ -100,10 +135,22 @@ class AdaptiveFusion(nn.Module):
         x = torch.where(present, modalities, 0.0)
         x = torch.stack([norm(x[:, i]) for i, norm in enumerate(self.norms)], dim=1)  # (B, M, D)
         x = torch.where(present, x, 0.0)  # LayerNorm(0) is its bias, not zero
-        logits = self.gate(torch.cat([x.flatten(1), present.flatten(1).to(x.dtype)], dim=1))  # (B, M)
+        logits = self.gate(torch.cat([x.flatten(1), present.flatten(1).to(x.dtype)], dim=1)) + self.prior  # (B, M)
         # A finite fill (not -inf) keeps all-masked rows free of NaN; exp underflows to exactly 0 for masked ones.
         weights = logits.masked_fill(~present[..., 0], torch.finfo(logits.dtype).min).softmax(dim=-1)
         weights = weights * present[..., 0]  # padding rows: uniform softmax -> zeros
+        if self.residual > 0:
+            share = present[..., 0].to(weights.dtype) / present[..., 0].sum(dim=-1, keepdim=True).clamp(min=1)
+            weights = (1 - self.residual) * weights + self.residual * share  # still sums to one over present ones
+        if detach_gate:
+            weights = weights.detach()
+        fused = self.mix(weights, x, present)
+        # Training: the same mix once more with the weights held, for loss terms that must not choose the modalities.
+        fixed = self.mix(weights.detach(), x, present) if self.training and not detach_gate else None
+        return Fused(fused, weights, fixed)
+
+    def mix(self, weights: Tensor, x: Tensor, present: Tensor) -> Tensor:
+        """(B, D) unit vectors: the weighted sum of the normalised modalities, refined by ``out``; padding zero."""
         fused = (weights[..., None] * x).sum(dim=1)  # (B, D)
         fused = torch.where(present.any(dim=1), fused + self.out(fused), 0.0)  # padding stays exactly zero
-        return Fused(F.normalize(fused, dim=-1), weights)
+        return F.normalize(fused, dim=-1)

@@ -36,6 +36,7 @@ class PanelEncoding:
     modalities: Tensor  # (..., 3, D) per-modality embeddings before fusion; zero where masked
     modality_mask: Tensor  # (..., 3) bool; padding panels have none
     gate_weights: Tensor  # (..., 3) fusion weight of each modality; zero where masked
+    fixed_gate: Tensor | None = None  # (..., D) training only: ``fused`` with no gradient to fusion's gate
 
     @property
     def panel_mask(self) -> Tensor:
@@ -99,7 +100,7 @@ class PanelFeatureExtractor(nn.Module):
         )
         self.text = TextEncoder(cfg.text_model, cfg.feature_dim, cfg.freeze_backbones, cfg.max_text_length)
         self.composition = CompositionEncoder(cfg.comp_dim, cfg.feature_dim)
-        self.fusion = AdaptiveFusion(cfg.feature_dim, modality_dropout=cfg.fusion_dropout)
+        self.fusion = AdaptiveFusion(cfg.feature_dim, modality_dropout=cfg.fusion_dropout, residual=cfg.fusion_residual)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | PanelModelConfig) -> PanelFeatureExtractor:
@@ -140,18 +141,21 @@ class PanelFeatureExtractor(nn.Module):
         flat, pages = flatten_pages(batch)
         mask = resolve_modality_mask(flat)  # (P, 3)
         modalities = self.encode_rows(flat, mask)  # (P, 3, D)
-        fused, weights = self.fusion(modalities, mask)
-        parts = (fused, modalities, mask, weights)
-        return PanelEncoding(*(part.unflatten(0, pages) if pages else part for part in parts))
+        fused = self.fusion(modalities, mask)
+        parts = (fused.embedding, modalities, mask, fused.weights, fused.fixed_gate)
+        return PanelEncoding(*(part.unflatten(0, pages) if pages and part is not None else part for part in parts))
 
     def encode_modalities(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(..., 3, D) per-modality embeddings (vision, text, composition), zero where masked: storable for `fuse`."""
         return self.encode(batch).modalities
 
-    def fuse(self, modalities: Tensor, modality_mask: Tensor) -> Tensor:
-        """Fuse stored per-modality embeddings (..., 3, D) under any mask (..., 3): re-fuse image and text freely."""
+    def fuse(self, modalities: Tensor, modality_mask: Tensor, detach_gate: bool = False) -> Tensor:
+        """Fuse stored per-modality embeddings (..., 3, D) under any mask (..., 3): re-fuse image and text freely.
+
+        detach_gate: no gradient through the gate weights (see AdaptiveFusion.forward)."""
         lead = modalities.shape[:-2]
-        fused, _ = self.fusion(modalities.reshape(-1, *modalities.shape[-2:]), modality_mask.reshape(-1, 3))
+        flat = modalities.reshape(-1, *modalities.shape[-2:])
+        fused = self.fusion(flat, modality_mask.reshape(-1, 3), detach_gate=detach_gate).embedding
         return fused.view(*lead, fused.shape[-1])
 
     def encode_rows(self, flat: Mapping[str, Tensor], mask: Tensor) -> Tensor:
@@ -195,6 +199,11 @@ class PanelFeatureExtractor(nn.Module):
         """
         if not self.cfg.freeze_backbones:
             raise ValueError("frozen_features needs freeze_backbones=True: trainable backbones cannot be cached")
+        return self.pretrained_features(batch)
+
+    @torch.no_grad()
+    def pretrained_features(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The pretrained encoders' outputs as they are now (``frozen_features`` when frozen), without gradients."""
         flat, pages = flatten_pages(batch)
         mask = resolve_modality_mask(flat)  # (P, 3)
         vision = self.scatter_rows(
@@ -211,6 +220,16 @@ class PanelFeatureExtractor(nn.Module):
         )
         features = {"vision_features": vision, "text_features": text}
         return {key: value.unflatten(0, pages) if pages else value for key, value in features.items()}
+
+    def teacher_features(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """What the pretrained encoders know of each panel, shaped like the batch: ``vision`` the backbone features
+        centred on the training mean (as the adapters see them; uncentred, random-backbone features share one
+        direction), ``text`` the sentence embeddings. Cached features of the batch are used where it carries them."""
+        features = {key: batch[key] for key in FEATURE_KEYS.values() if key in batch}
+        if len(features) < len(FEATURE_KEYS):
+            features = {**self.pretrained_features(batch), **features}
+        vision = features["vision_features"].float() - self.visual.feature_mean.to(features["vision_features"].device)
+        return {"vision": vision.detach(), "text": features["text_features"].float().detach()}
 
     def query_embeddings(self, encoding: PanelEncoding) -> dict[str, Tensor]:
         """Image-only and text-only queries of the encoded panels in the fused space; zero where the modality is absent.

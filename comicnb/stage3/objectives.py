@@ -22,7 +22,8 @@ from comicnb.stage3.config import ObjectiveConfig
 from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.model import PanelEncoding, PanelFeatureExtractor
 
-TERMS = ("contrastive", "reconstruction", "alignment", "instance", "modality")
+TERMS = ("contrastive", "reconstruction", "alignment", "instance", "modality", "neighbourhood")
+NEIGHBOUR_FILL = -1e4  # a row's own logit: exp underflows to exactly 0, and 0 x it stays finite in the KL
 
 
 def zero_loss(like: Tensor) -> Tensor:
@@ -37,6 +38,22 @@ def info_nce(first: Tensor, second: Tensor, temperature: float) -> Tensor:
     logits = first @ second.T / temperature  # (P, P)
     labels = torch.arange(first.shape[0], device=first.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def neighbourhood_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """KL divergence from the teacher's distribution over each row's neighbours to the student's.
+
+    student (P, D) unit vectors, teacher (P, F) any features (compared by cosine); each row's distribution is a softmax
+    of its cosines to the *other* rows at ``temperature``. Zero when the student ranks and spaces every row's
+    neighbours as the teacher does: the student keeps the teacher's neighbourhoods, not its coordinates.
+    """
+    if student.shape[0] < 3:  # one other row is no distribution
+        return zero_loss(student)
+    self_pair = torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
+    unit = F.normalize(teacher.float(), dim=-1)
+    target = (unit @ unit.T / temperature).masked_fill(self_pair, NEIGHBOUR_FILL).softmax(dim=1)
+    log_student = (student.float() @ student.float().T / temperature).masked_fill(self_pair, NEIGHBOUR_FILL)
+    return F.kl_div(log_student.log_softmax(dim=1), target, reduction="batchmean")
 
 
 def page_contrastive_loss(embeddings: Tensor, page_ids: Tensor, temperature: float) -> Tensor:
@@ -118,6 +135,7 @@ class Stage3Objective(nn.Module):
             cfg.alignment_weight,
             cfg.instance_weight,
             cfg.modality_weight,
+            cfg.neighbourhood_weight,
         )
         self.weights = dict(zip(TERMS, weights, strict=True))
         self.reconstruction_head = MaskedPanelHead(cfg.feature_dim, cfg.max_panels)
@@ -140,13 +158,18 @@ class Stage3Objective(nn.Module):
             raise ValueError("Stage 3 objectives need page-shaped batches (B, N, ...) with panel_mask")
         encoding = model.encode(batch)
         valid = encoding.panel_mask  # (B, N)
-        page_ids, panels = page_index(valid), encoding.fused[valid]  # (P,), (P, D)
+        page_ids = page_index(valid)  # (P,)
+        contrastive = self.fused_for("contrastive", encoding)[valid]  # (P, D)
+        instance = self.fused_for("instance", encoding)[valid]
         terms = {
-            "contrastive": page_contrastive_loss(panels, page_ids, self.temperature),
-            "reconstruction": self.reconstruction_head.loss(encoding.fused, valid, self.temperature),
+            "contrastive": page_contrastive_loss(contrastive, page_ids, self.temperature),
+            "reconstruction": self.reconstruction_head.loss(
+                self.fused_for("reconstruction", encoding), valid, self.temperature
+            ),
             "alignment": self.alignment(model, encoding),
-            "instance": info_nce(panels, self.second_view(model, encoding, view2)[valid], self.temperature),
+            "instance": info_nce(instance, self.second_view(model, encoding, view2)[valid], self.temperature),
             "modality": self.modality_keep(model, encoding),
+            "neighbourhood": self.neighbourhood(model, batch, encoding),
         }
         terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
@@ -170,7 +193,7 @@ class Stage3Objective(nn.Module):
         """
         mask = encoding.modality_mask[encoding.panel_mask]  # (P, 3)
         modalities = encoding.modalities[encoding.panel_mask]  # (P, 3, D)
-        fused = encoding.fused[encoding.panel_mask]  # (P, D)
+        fused = self.fused_for("modality", encoding)[encoding.panel_mask]  # (P, D)
         losses = []
         for i in range(len(MODALITIES)):
             # Panels with only this modality are their own query: nothing to keep there.
@@ -184,14 +207,49 @@ class Stage3Objective(nn.Module):
             losses.append(info_nce(fused[rows], target, self.temperature))
         return torch.stack(losses).mean() if losses else zero_loss(fused)
 
+    def neighbourhood(self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor], encoding: PanelEncoding) -> Tensor:
+        """Mean over image and text of the neighbourhood loss (``neighbourhood_loss``) of the fused vectors and of
+        that modality's single-modality queries against the pretrained encoder's own features, over the batch's panels
+        that have the modality.
+
+        Why: the other terms reward whatever tells panels apart, and a modality's vectors (and the gate) drift away
+        from what its pretrained encoder knew of them; this term asks the fused space, and each query, to keep the
+        encoder's neighbours (docs/modality-collapse.md). Skipped (zero, no encoder pass) at weight 0.
+        """
+        if self.weights["neighbourhood"] == 0:
+            return zero_loss(encoding.fused)
+        teachers = model.teacher_features(batch)
+        queries = model.query_embeddings(encoding)
+        fused = self.fused_for("neighbourhood", encoding)
+        losses = []
+        for name in ("vision", "text"):
+            rows = encoding.modality_mask[..., MODALITIES.index(name)]  # (B, N)
+            teacher = teachers[name][rows]
+            losses.append(neighbourhood_loss(fused[rows], teacher, self.temperature))
+            losses.append(neighbourhood_loss(queries[name][rows], teacher, self.temperature))
+        return torch.stack(losses).mean()
+
+    def fused_for(self, term: str, encoding: PanelEncoding) -> Tensor:
+        """The fused vectors a term reads: live, or with the gate held where ``gate_terms`` does not name the term.
+
+        Why: reconstruction and the instance term are easiest on layout (a page's boxes tile it, and every box is
+        unique), so through the gate they pull the fused vector onto layout and away from what the panel shows and
+        says (docs/modality-collapse.md); held, they still shape each modality's vectors.
+        """
+        if term in self.cfg.gate_terms or encoding.fixed_gate is None:
+            return encoding.fused
+        return encoding.fixed_gate
+
     def second_view(
         self, model: PanelFeatureExtractor, encoding: PanelEncoding, view2: Mapping[str, Tensor] | None
     ) -> Tensor:
         """(B, N, D) fused embeddings of a second view: the caller's augmented batch, or feature-level augmentation."""
+        detach = "instance" not in self.cfg.gate_terms
         if view2 is not None:
-            return model(view2)
+            view = model.encode(view2)
+            return model.fuse(view.modalities, view.modality_mask, detach_gate=True) if detach else view.fused
         cfg = self.cfg
         views, mask = augment_modalities(
             encoding.modalities, encoding.modality_mask, cfg.feature_noise, cfg.feature_dropout, cfg.modality_drop
         )
-        return model.fuse(views, mask)
+        return model.fuse(views, mask, detach_gate=detach)

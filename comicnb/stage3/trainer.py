@@ -132,6 +132,48 @@ class BatchSource:
         self.model.train(mode)
         return (total / max(count, 1)).float()
 
+    @torch.no_grad()
+    def modality_page_scores(self, max_panels: int = 4000, k: int = 5) -> Tensor:
+        """(3,) how well each modality alone finds a panel's page-mates among these pages' panels (untrained model).
+
+        Per modality, over the panels that have it (the first ``max_panels``): the share of each panel's k nearest
+        other panels, by the cosine of its single-modality query, that lie on its own page, less the share a random
+        pick would get, over what is left above chance; 0 for a modality no better than chance. Page-mates are the
+        label-free stand-in for "same story" the page-contrastive term also uses.
+        """
+        vectors: dict[int, list[Tensor]] = {i: [] for i in range(len(MODALITIES))}
+        pages: dict[int, list[Tensor]] = {i: [] for i in range(len(MODALITIES))}
+        mode, seen = self.model.training, 0
+        self.model.eval()
+        with isolated_rng():
+            chunks = page_chunks(len(self), self.cfg.encode_batch_pages)
+            for chunk, batch in zip(chunks, self.iterate(chunks), strict=True):
+                encoding = self.model.encode(batch)
+                page_of = torch.tensor(chunk, device=encoding.fused.device)[:, None].expand_as(encoding.panel_mask)
+                for i in range(len(MODALITIES)):
+                    rows = encoding.modality_mask[..., i]  # (B, N)
+                    only = torch.zeros_like(encoding.modality_mask[rows])
+                    only[:, i] = True
+                    vectors[i].append(self.model.fuse(encoding.modalities[rows], only).cpu())
+                    pages[i].append(page_of[rows].cpu())
+                seen += int(encoding.panel_mask.sum())
+                if seen >= max_panels:
+                    break
+        self.model.train(mode)
+        scores = torch.zeros(len(MODALITIES))
+        for i in range(len(MODALITIES)):
+            if not vectors[i]:
+                continue
+            x, page = torch.cat(vectors[i])[:max_panels], torch.cat(pages[i])[:max_panels]
+            if len(x) <= k:
+                continue
+            same = page[:, None] == page[None, :]
+            similarity = (x @ x.T).fill_diagonal_(-math.inf)
+            hits = same.gather(1, similarity.topk(k, dim=1).indices).float().mean()
+            chance = (same.sum() - len(x)) / (len(x) * (len(x) - 1))
+            scores[i] = ((hits - chance) / (1 - chance)).clamp(min=0)
+        return scores
+
     def iterate(self, batches: list[list[int]]) -> Iterator[dict[str, Tensor]]:
         """Yield one batch per entry of ``batches``."""
         if self.cached:
@@ -192,6 +234,9 @@ class Stage3Trainer(EpochLoop):
         """The untrained model's figures, once image features are centred on the training pages' mean."""
         if self.cfg.center_features:
             self.model.visual.set_feature_mean(self.train_source.vision_feature_mean())
+        if self.cfg.gate_prior:
+            self.gate_prior = self.train_source.modality_page_scores()
+            self.model.fusion.set_prior(self.gate_prior + GATE_PRIOR_FLOOR)
         scalars, self.last_validation = self.validate()
         return scalars
 
@@ -299,6 +344,9 @@ class Stage3Trainer(EpochLoop):
         self.model.load_state_dict(checkpoint["model_state_dict"])
         self.trainable.objective.load_state_dict(checkpoint["objective_state_dict"])
         self.restore_loop_state(checkpoint)
+
+
+GATE_PRIOR_FLOOR = 0.01  # added to every modality's page score: a modality at chance starts small, not at zero
 
 
 class CollapseWarning(UserWarning):
