@@ -87,3 +87,38 @@ def fusion_loss_warnings(table: pd.DataFrame, label: str, margin: float = 0.0) -
         f"(chance {row.chance:.3f}); see notebook 02's gate weights and docs/modality-collapse.md"
         for name, row in fusion_losses(table, label, margin).iterrows()
     ]
+
+
+def best_input_lines(table: pd.DataFrame, names: dict[str, str] | None = None) -> list[str]:
+    """One plain sentence per label of a fusion_against_modalities table: which vectors find that label best.
+
+    The fused vectors are compared with each modality on that modality's own panels; the sentence names the best
+    single modality, the fused vectors' figure on the same panels, every other input and chance.
+    """
+    names = names or {}
+    lines = []
+    for label in table.index.get_level_values("label").unique():
+        rows = table.loc[label]
+        best = rows.modality.idxmax()
+        row = rows.loc[best]
+        others = ", ".join(
+            f"{names.get(name, name)} {value:.3f}" for name, value in rows.modality.items() if name != best
+        )
+        verdict = (
+            "the fused vectors are best"
+            if row.fused >= row.modality
+            else f"{names.get(best, best)} alone is best, by {row.modality - row.fused:.3f}"
+        )
+        lines.append(
+            f"{label}: fused {row.fused:.3f} against {names.get(best, best)} alone {row.modality:.3f} "
+            f"(others: {others}; chance {row.chance:.3f}): {verdict}"
+        )
+    return lines
+
+
+def mean_gates(weights: np.ndarray, mask: np.ndarray, names: tuple[str, ...]) -> pd.Series:
+    """Mean fusion weight of each modality over the panels that have it (weights and mask (M, len(names)))."""
+    return pd.Series(
+        {name: float(weights[mask[:, i], i].mean()) if mask[:, i].any() else np.nan for i, name in enumerate(names)},
+        name="mean gate weight",
+    )

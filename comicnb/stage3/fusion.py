@@ -106,14 +106,15 @@ class AdaptiveFusion(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_modalities))
         self.gate = nn.Sequential(nn.Linear(num_modalities * (dim + 1), dim), nn.GELU(), nn.Linear(dim, num_modalities))
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        # The gate's output starts at zero, so every panel starts from the prior's weights (uniform without one);
-        # training's gate_terms say which losses may move it from there.
+
+    @torch.no_grad()
+    def set_prior(self, weights: Tensor) -> None:
+        """Start the gate from these modality weights (M,), positive: their logs are added to its logits, and the
+        gate's own output starts at zero, so every panel starts from exactly these weights (over its present
+        modalities); training's ``gate_terms`` say which losses may move it from there."""
+        self.prior.copy_(weights.to(self.prior).clamp(min=1e-4).log())
         nn.init.zeros_(self.gate[-1].weight)
         nn.init.zeros_(self.gate[-1].bias)
-
-    def set_prior(self, weights: Tensor) -> None:
-        """Start the gate from these modality weights (M,), positive: their logs are added to its logits."""
-        self.prior.copy_(weights.to(self.prior).clamp(min=1e-4).log())
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Checkpoints written before the prior have none: zero adds nothing, the fusion they were trained with.

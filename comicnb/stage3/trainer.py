@@ -231,14 +231,17 @@ class Stage3Trainer(EpochLoop):
         return self.trainable.model
 
     def first_validation(self) -> dict[str, float]:
-        """The untrained model's figures, once image features are centred on the training pages' mean."""
+        """The untrained model's figures, once image features are centred on the training pages' mean and the gate
+        starts from its prior (``page_score_<modality>``: each modality's page-mate score, see modality_page_scores)."""
         if self.cfg.center_features:
             self.model.visual.set_feature_mean(self.train_source.vision_feature_mean())
+        scores = {}
         if self.cfg.gate_prior:
-            self.gate_prior = self.train_source.modality_page_scores()
-            self.model.fusion.set_prior(self.gate_prior + GATE_PRIOR_FLOOR)
+            prior = self.train_source.modality_page_scores()
+            self.model.fusion.set_prior(prior + GATE_PRIOR_FLOOR)
+            scores = {f"page_score_{name}": float(value) for name, value in zip(MODALITIES, prior, strict=True)}
         scalars, self.last_validation = self.validate()
-        return scalars
+        return {**scalars, **scores}
 
     def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
         """The epoch's page batches from ``offset``, one optimisation step each (see the module)."""
