@@ -156,7 +156,9 @@ def run_cells(run_dir: Path, base: dict, cells: list[dict], variants: dict[str, 
             row = {"variant": name, **cell, **measure(trainer, cache, pages, labels)}
             row["seconds"] = round(time.perf_counter() - started, 1)
             results.append(row)
-            shown = {k: round(v, 3) for k, v in row.items() if isinstance(v, float) and k[:5] in ("scene", "chara", "gate_")}
+            shown = {
+                k: round(v, 3) for k, v in row.items() if isinstance(v, float) and k[:5] in ("scene", "chara", "gate_")
+            }
             print(json.dumps({"variant": name, **cell, **shown}), file=sys.stderr)
     return results
 
@@ -173,7 +175,7 @@ def summary(results: list[dict], share: float) -> pd.DataFrame:
 
 def main() -> int:
     parser = bench_parser(__doc__, repeats=None)
-    parser.add_argument("mode", choices=("grid", "recipe"))
+    parser.add_argument("mode", nargs="?", default="grid", choices=("grid", "recipe"), help="default: grid")
     parser.add_argument("--run-dir", type=Path, help="recipe: a run folder (notebook 01's tables and params.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 8])
@@ -187,7 +189,9 @@ def main() -> int:
     if args.mode == "grid":
         with measured_corpus(args.data_root) as (data_root, scratch):
             run_dir = run_folder(data_root, scratch, split=(0.7, 0.15, 0.15), seed=0)
-            base = dict(visual_backbone="resnet50", backbone_weights={"resnet50": str(random_resnet(scratch))}, epochs=1)
+            base = dict(
+                visual_backbone="resnet50", backbone_weights={"resnet50": str(random_resnet(scratch))}, epochs=1
+            )
             cells = [dict(seed=s, batch_size=b, lr=lr) for s in args.seeds for b in args.batches for lr in args.lrs]
             results = run_cells(run_dir, base, cells, variants)
         share = GRID_SHARE

@@ -17,7 +17,13 @@ import pytest
 import timm
 import torch
 
-from comicnb.agreement import fusion_against_modalities, fusion_losses, neighbour_agreement
+from comicnb.agreement import (
+    best_input_lines,
+    fusion_against_modalities,
+    fusion_losses,
+    mean_gates,
+    neighbour_agreement,
+)
 from comicnb.corpus import load_corpus, load_run_pages, save_corpus, synth
 from comicnb.corpus.truth import panel_labels
 from comicnb.stage3.batches import page_chunks
@@ -121,6 +127,19 @@ def test_fusion_losing_to_its_best_input_is_found() -> None:
     assert list(fusion_losses(lost, "scene").index) == ["vision"]
     kept = fusion_against_modalities(good, modalities, masks, page, labels, MODALITIES, k=1)
     assert fusion_losses(kept, "scene").empty
+    assert best_input_lines(lost, {"composition": "layout"}) == [
+        "scene: fused 0.250 against vision alone 1.000 (others: layout 0.250, text 0.250; chance 0.250): "
+        "vision alone is best, by 0.750"
+    ]
+    assert best_input_lines(kept)[0].endswith("the fused vectors are best")
+
+
+def test_mean_gates_average_over_the_panels_that_have_the_modality() -> None:
+    weights = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8], [1.0, 0.0, 0.0]])
+    mask = weights > 0
+    gates = mean_gates(weights, mask, MODALITIES)
+    assert gates.to_dict() == pytest.approx({"vision": (0.5 + 0.2 + 1.0) / 3, "text": 0.5, "composition": 0.8})
+    assert np.isnan(mean_gates(weights, np.zeros_like(mask), MODALITIES)["text"])
 
 
 # ---------------------------------------------------------------------------------- the random ResNet-50

@@ -20,9 +20,10 @@ from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.batches import page_chunks
+from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.model import model_from_checkpoint
 from comicnb.stage3.objectives import TERMS
-from comicnb.stage3.trainer import Stage3Trainer, build_trainer, train_stage3
+from comicnb.stage3.trainer import GATE_PRIOR_FLOOR, Stage3Trainer, build_trainer, train_stage3
 
 # A tiny model keeps the test in seconds; the pretrained default runs in notebook 02 under nbval.
 SETTINGS = dict(tiny=True, feature_dim=32, epochs=4, batch_size=2, lr=3e-3, seed=0)  # 2 steps an epoch
@@ -278,3 +279,36 @@ def test_training_over_a_finished_run_needs_resume_or_overwrite(
     assert removed == [True]
     assert torch.load(files.last, weights_only=True)["step"] == trained.steps_per_epoch
     assert not files.best.is_file() or torch.load(files.best, weights_only=True)["step"] == trained.steps_per_epoch
+
+
+def test_the_gate_starts_from_each_modality_page_score_and_holds_it(trained: Stage3Trainer) -> None:
+    start = trained.history.epochs[0]
+    scores = torch.tensor([start[f"page_score_{name}"] for name in MODALITIES])
+    assert ((scores >= 0) & (scores <= 1)).all(), start
+    assert torch.allclose(trained.model.fusion.prior, (scores + GATE_PRIOR_FLOOR).log())
+    # gate_terms is empty by default: no loss moved the gate, so every panel with all three modalities is weighted
+    # exactly as the prior says, mixed with the residual share.
+    assert not trained.model.fusion.gate[-1].weight.any() and not trained.model.fusion.gate[-1].bias.any()
+    expected = (1 - 0.2) * (scores + GATE_PRIOR_FLOOR) / (scores + GATE_PRIOR_FLOOR).sum() + 0.2 / 3
+    _, weights = trained.model.fusion.eval()(torch.randn(4, 3, 32), torch.ones(4, 3))
+    assert torch.allclose(weights, expected.expand(4, -1), atol=1e-6)
+
+
+def test_a_modality_that_names_the_page_scores_one_and_noise_scores_near_zero(run_dir: Path) -> None:
+    trainer = build_trainer(run_dir, SETTINGS)
+    source = trainer.train_source
+    list(source.iterate([[0]]))  # fills the feature cache
+    tensors = source.cache.tensors
+    pages, slots = tensors["panel_mask"].shape
+    page_code = torch.eye(pages).repeat_interleave(slots, dim=0).view(pages, slots, pages)  # the page, one-hot
+    width = tensors["vision_features"].shape[-1]  # the tiny backbone's feature width
+    tensors["vision_features"] = torch.cat([page_code, torch.zeros(pages, slots, width - pages)], dim=-1)
+    tensors["text_features"] = torch.randn_like(tensors["text_features"])
+    scores = source.modality_page_scores(k=5)
+    # Every hit a page-mate, as far as a page's size allows: pages of five panels or fewer cannot fill five hits.
+    mates = tensors["panel_mask"].sum(dim=1).repeat_interleave(tensors["panel_mask"].sum(dim=1).long()) - 1
+    panels = len(mates)
+    chance = mates.sum() / (panels * (panels - 1))
+    best = (mates.clamp(max=5) / 5).mean()
+    assert torch.isclose(scores[0], (best - chance) / (1 - chance), atol=1e-5), (scores, best, chance)
+    assert scores[1] < 0.3, scores

@@ -69,7 +69,7 @@ class ObjectiveConfig:
     alignment_weight: float = 0.3
     instance_weight: float = 1.0
     modality_weight: float = 0.0  # fused vector finds its single-modality queries; off: at 0.5 it over-weights vision
-    gate_terms: list[str] = field(default_factory=list)  # terms whose gradient may move the gate (none: it holds the prior)
+    gate_terms: list[str] = field(default_factory=list)  # terms that may move the gate (none: it holds the prior)
     neighbourhood_weight: float = 0.0  # fused and single-modality vectors keep the pretrained encoders' neighbours
     max_panels: int = 64  # panel positions the reconstruction head knows; taken from training's max_panels
     feature_noise: float = 0.1  # instance view: Gaussian noise, relative to each embedding's spread

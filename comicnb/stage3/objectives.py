@@ -207,7 +207,9 @@ class Stage3Objective(nn.Module):
             losses.append(info_nce(fused[rows], target, self.temperature))
         return torch.stack(losses).mean() if losses else zero_loss(fused)
 
-    def neighbourhood(self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor], encoding: PanelEncoding) -> Tensor:
+    def neighbourhood(
+        self, model: PanelFeatureExtractor, batch: Mapping[str, Tensor], encoding: PanelEncoding
+    ) -> Tensor:
         """Mean over image and text of the neighbourhood loss (``neighbourhood_loss``) of the fused vectors and of
         that modality's single-modality queries against the pretrained encoder's own features, over the batch's panels
         that have the modality.

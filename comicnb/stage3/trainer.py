@@ -138,8 +138,9 @@ class BatchSource:
 
         Per modality, over the panels that have it (the first ``max_panels``): the share of each panel's k nearest
         other panels, by the cosine of its single-modality query, that lie on its own page, less the share a random
-        pick would get, over what is left above chance; 0 for a modality no better than chance. Page-mates are the
-        label-free stand-in for "same story" the page-contrastive term also uses.
+        pick would get, over what is left above chance; 0 for a modality no better than chance, 1 when every hit is a
+        page-mate (pages of at most k panels cannot reach it). Page-mates are the label-free stand-in for "same story"
+        that the page-contrastive term also uses.
         """
         vectors: dict[int, list[Tensor]] = {i: [] for i in range(len(MODALITIES))}
         pages: dict[int, list[Tensor]] = {i: [] for i in range(len(MODALITIES))}
