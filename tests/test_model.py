@@ -398,3 +398,17 @@ def test_queries_by_image_text_or_both_land_in_the_fused_space(model: PanelFeatu
         model.encode_query(images, texts[:1])
     with pytest.raises(ValueError, match="images, texts or both"):
         model.encode_query()
+
+
+def test_a_checkpoint_written_before_the_fusion_residual_loads_as_it_was_trained() -> None:
+    torch.manual_seed(0)
+    old = PanelFeatureExtractor(feature_dim=DIM, tiny=True, fusion_residual=0.0).eval()
+    config = old.config
+    del config["fusion_residual"]  # what a checkpoint of that time holds
+    state = {key: value for key, value in old.state_dict().items() if not key.endswith("fusion.prior")}
+    rebuilt = PanelFeatureExtractor.from_config(config)
+    rebuilt.load_state_dict(state)
+    batch = flat_batch(4)
+    assert rebuilt.cfg.fusion_residual == 0.0 and torch.equal(rebuilt.eval()(batch), old(batch))
+    assert PanelFeatureExtractor.from_config(old.config).cfg.fusion_residual == 0.0  # a stated value is kept
+    assert PanelFeatureExtractor.from_config({"feature_dim": DIM, "tiny": True}).cfg.fusion_residual == 0.0

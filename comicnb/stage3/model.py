@@ -22,6 +22,8 @@ from comicnb.stage3.config import PanelModelConfig
 from comicnb.stage3.encoders import CompositionEncoder, MultiBackboneVisualEncoder, TextEncoder
 from comicnb.stage3.fusion import MODALITIES, AdaptiveFusion
 
+# Settings a checkpoint written before they existed was trained without (their value then, not today's default).
+WRITTEN_BEFORE = {"fusion_residual": 0.0}
 INPUT_KEYS = {"vision": ("images",), "text": ("input_ids", "attention_mask"), "composition": ("comp_feats",)}
 # Outputs of the frozen pretrained encoders (see frozen_features); a batch may carry these instead of raw inputs.
 FEATURE_KEYS = {"vision": "vision_features", "text": "text_features"}
@@ -104,8 +106,12 @@ class PanelFeatureExtractor(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | PanelModelConfig) -> PanelFeatureExtractor:
-        """Rebuild a model from its config (a checkpoint's ``config["model"]``), then load its state dict into it."""
-        return cls(config if isinstance(config, PanelModelConfig) else PanelModelConfig(**config))
+        """Rebuild a model from its config (a checkpoint's ``config["model"]``), then load its state dict into it.
+
+        A config written before the fusion residual existed has none: it rebuilds without one, as it was trained."""
+        if isinstance(config, PanelModelConfig):
+            return cls(config)
+        return cls(PanelModelConfig(**{**WRITTEN_BEFORE, **config}))
 
     @property
     def config(self) -> dict[str, Any]:
