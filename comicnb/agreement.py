@@ -122,3 +122,26 @@ def mean_gates(weights: np.ndarray, mask: np.ndarray, names: tuple[str, ...]) ->
         {name: float(weights[mask[:, i], i].mean()) if mask[:, i].any() else np.nan for i, name in enumerate(names)},
         name="mean gate weight",
     )
+
+
+def held_out_fusion(search, labels: pd.DataFrame, encoder, names: tuple[str, ...], k: int = 5):
+    """Notebook 03's check on the books training never saw: (fusion_against_modalities table, mean gates, panels,
+    whether a held-out split existed).
+
+    search: a ``comicnb.search.PanelSearch`` over the store; labels: one row per stored panel (store order); encoder:
+    the store's own Stage 3 model, whose gate is read on the stored per-modality vectors. Panels of validation and test
+    pages are used; a corpus without them uses every panel.
+    """
+    import torch  # only this function needs it
+
+    vectors = search.vectors(search.panel_ids)
+    modality_vectors, modality_mask = search.modality_vectors()  # (panels, M, D), (panels, M)
+    page = search.panel_ids // search.max_panels
+    held_out = search.pages.split.isin(["val", "test"]).to_numpy()[page]
+    on = held_out if held_out.any() else np.ones(len(held_out), dtype=bool)
+    table = fusion_against_modalities(
+        vectors[on], modality_vectors[on], modality_mask[on], page[on], labels[on].reset_index(drop=True), names, k
+    )
+    with torch.no_grad():
+        fused = encoder.fusion(torch.from_numpy(modality_vectors[on]), torch.from_numpy(modality_mask[on]))
+    return table, mean_gates(fused.weights.numpy(), modality_mask[on], names), int(on.sum()), bool(held_out.any())

@@ -20,12 +20,13 @@ import yaml
 import zarr
 
 from comicnb import checkpoint
-from comicnb.agreement import neighbour_agreement
+from comicnb.agreement import held_out_fusion, neighbour_agreement
 from comicnb.corpus import load_corpus, load_pages, load_run_pages, save_corpus, synth
 from comicnb.corpus.truth import panel_labels
 from comicnb.search import PanelSearch
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.batches import page_chunks, page_loader
+from comicnb.stage3.fusion import MODALITIES
 from comicnb.stage3.model import PanelFeatureExtractor, model_from_checkpoint
 from comicnb.store import (
     DONE,
@@ -423,3 +424,22 @@ def test_cli_search_lists_hits_with_text_and_score_and_draws_a_gallery(
     assert cli.main([*args, "--image", str(tmp_path / "panel.png")]) == 0
     assert "nearest the image" in capsys.readouterr().out
     assert cli.main(args) == 2 and "give one query" in capsys.readouterr().err  # neither --text nor --image
+
+
+def test_held_out_fusion_reads_only_validation_and_test_panels_and_the_stores_gate(store: Path, run_dir: Path) -> None:
+    last = checkpoints(run_dir).last
+    search = PanelSearch(store, checkpoint=last)
+    _, data_root = load_run_pages(run_dir)
+    labels = panel_labels(search.pages, data_root)
+    encoder = model_from_checkpoint(last)
+    table, gates, panels, held_out = held_out_fusion(search, labels, encoder, MODALITIES, k=2)
+    page = search.panel_ids // search.max_panels
+    on = search.pages.split.isin(["val", "test"]).to_numpy()[page]
+    assert held_out and panels == int(on.sum()) < len(page)
+    assert set(table.index.get_level_values("input")) <= set(MODALITIES) and "scene" in table.index
+    vision = table.loc[("scene", "vision")]
+    assert vision.panels == int(search.modality_vectors()[1][on, 0].sum())
+    modality_vectors, mask = search.modality_vectors()
+    with torch.no_grad():  # the store's own gate, on the held-out panels' stored vectors
+        weights = encoder.fusion(torch.from_numpy(modality_vectors[on]), torch.from_numpy(mask[on])).weights.numpy()
+    assert np.isclose(gates["vision"], weights[mask[on][:, 0], 0].mean())
