@@ -121,11 +121,12 @@ class AdaptiveFusion(nn.Module):
         state_dict.setdefault(prefix + "prior", torch.zeros_like(self.prior))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, modalities: Tensor, mask: Tensor, detach_gate: bool = False) -> Fused:
+    def forward(self, modalities: Tensor, mask: Tensor, detach_gate: bool = False, fixed_gate: bool = False) -> Fused:
         """(B, M, D) embeddings and (B, M) mask -> Fused((B, D), (B, M)).
 
         detach_gate: the same vectors, but no gradient reaches the gate through the weights (a loss that should
-        shape the modalities' vectors without choosing between them).
+        shape the modalities' vectors without choosing between them). fixed_gate: in training, also return that
+        version beside the live one (``Fused.fixed_gate``), from the same draw of the fusion dropout.
         """
         mask = mask.bool()
         if self.training and self.modality_dropout > 0:
@@ -147,7 +148,7 @@ class AdaptiveFusion(nn.Module):
             weights = weights.detach()
         fused = self.mix(weights, x, present)
         # Training: the same mix once more with the weights held, for loss terms that must not choose the modalities.
-        fixed = self.mix(weights.detach(), x, present) if self.training and not detach_gate else None
+        fixed = self.mix(weights.detach(), x, present) if fixed_gate and self.training and not detach_gate else None
         return Fused(fused, weights, fixed)
 
     def mix(self, weights: Tensor, x: Tensor, present: Tensor) -> Tensor:

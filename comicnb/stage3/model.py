@@ -147,7 +147,7 @@ class PanelFeatureExtractor(nn.Module):
         flat, pages = flatten_pages(batch)
         mask = resolve_modality_mask(flat)  # (P, 3)
         modalities = self.encode_rows(flat, mask)  # (P, 3, D)
-        fused = self.fusion(modalities, mask)
+        fused = self.fusion(modalities, mask, fixed_gate=True)  # the objective's terms pick live or held (training)
         parts = (fused.embedding, modalities, mask, fused.weights, fused.fixed_gate)
         return PanelEncoding(*(part.unflatten(0, pages) if pages and part is not None else part for part in parts))
 
