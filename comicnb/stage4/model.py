@@ -249,6 +249,16 @@ class Stage4SequenceModel(nn.Module):
 
         ``positions`` (B, T) reading positions (None: no positional encoding), ``direction`` (B,) 0 unlabelled,
         1 rtl, 2 ltr, ``boxes`` (B, T, 4) page-fraction boxes (zero where a token has none)."""
+        x = self._with_places(tokens, positions, direction, boxes)
+        if self.encoder is not None:
+            x = self.encoder(x, src_key_padding_mask=~attendable(mask))
+        states = self.norm(x) * mask[..., None]  # (B, T, d)
+        return states, self.strip_pool(states, mask)
+
+    def _with_places(
+        self, tokens: Tensor, positions: Tensor | None, direction: Tensor | None, boxes: Tensor | None
+    ) -> Tensor:
+        """Tokens with their box, reading position and the book's direction added: the encoder's input."""
         x = tokens
         if boxes is not None:
             x = x + self.box_embed(boxes.to(x.device, x.dtype))
@@ -256,10 +266,26 @@ class Stage4SequenceModel(nn.Module):
             x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
         if direction is not None:  # codes: 0 unlabelled, 1 rtl, 2 ltr (geometry.DIRECTIONS); only rtl adds a vector
             x = x + self.direction((direction.to(x.device) == 1).long())[:, None]
-        if self.encoder is not None:
-            x = self.encoder(x, src_key_padding_mask=~attendable(mask))
-        states = self.norm(x) * mask[..., None]  # (B, T, d)
-        return states, self.strip_pool(states, mask)
+        return x
+
+    @torch.no_grad()
+    def attention_maps(self, task: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Where a candidate task's sequence attends: ((B, layers, T, T) attention averaged over heads, (B,) the scored
+        slot's index, (B, T) valid tokens); the same sequence ``task_logits`` encodes. Needs the transformer."""
+        if self.encoder is None:
+            raise ValueError("a model without a transformer (use_transformer=False) has no attention to show")
+        if task not in CANDIDATE_TASKS:
+            raise ValueError(f"attention maps are for the candidate tasks: one of {', '.join(CANDIDATE_TASKS)}")
+        sequence, valid, positions, direction, boxes, index = self._candidate_sequence(task, batch)
+        x = self._with_places(sequence, positions, direction, boxes)
+        padding = ~attendable(valid)
+        maps = []
+        for layer in self.encoder.layers:  # pre-norm layers: attention reads norm1 of the layer's input
+            h = layer.norm1(x)
+            _, weights = layer.self_attn(h, h, h, key_padding_mask=padding, need_weights=True)
+            maps.append(weights)
+            x = layer(x, src_key_padding_mask=padding)
+        return torch.stack(maps, dim=1), index, valid
 
     def forward(
         self, panel_embeddings: Tensor, panel_mask: Tensor | None = None, panel_boxes: Tensor | None = None
@@ -295,6 +321,13 @@ class Stage4SequenceModel(nn.Module):
     def _candidate_states(self, task: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """States of ``[context, caption, query slot]``, the strip, and (B,) the index of the scored slot: the
         masked place where ``slot`` >= 0, else the appended query slot."""
+        sequence, valid, positions, direction, boxes, index = self._candidate_sequence(task, batch)
+        states, strip = self.encode(sequence, valid, positions, direction, boxes)
+        return states, strip, index
+
+    def _candidate_sequence(self, task: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """The embedded ``[context, caption, query slot]`` tokens (B, L + 2, d), which are valid, their reading
+        positions, the books' directions, their boxes and (B,) the index of the scored slot."""
         context = batch["context"]
         device = self.slot_tokens.weight.device
         context, mask = context.to(device), batch["context_mask"].to(device).bool()
@@ -332,9 +365,8 @@ class Stage4SequenceModel(nn.Module):
             ],
             dim=1,
         )
-        states, strip = self.encode(sequence, valid, positions, batch.get("direction"), boxes)
         index = torch.where(in_place, slot, torch.full_like(slot, length + 1))
-        return states, strip, index
+        return sequence, valid, positions, batch.get("direction"), boxes, index
 
     def _reading_order(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, L, L) pair logits of the shuffled panels, entered without positions (their list place is noise)."""
