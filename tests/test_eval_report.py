@@ -165,7 +165,16 @@ def test_reading_order_splits_by_layout_direction_and_naive_sort(tmp_path: Path)
         "characters": {},
         "books": {
             "a": {"pages": {"p1": {"layout": "grid", "reading_direction": "ltr", "naive_order_correct": True}}},
-            "b": {"pages": {"p1": {"layout": "staggered", "reading_direction": "rtl", "naive_order_correct": False}}},
+            "b": {
+                "pages": {
+                    "p1": {
+                        "layout": "staggered",
+                        "reading": "down",
+                        "reading_direction": "rtl",
+                        "naive_order_correct": False,
+                    }
+                }
+            },
         },
     }
     (tmp_path / "ground_truth.json").write_text(json.dumps(truth))
@@ -192,6 +201,8 @@ def test_reading_order_splits_by_layout_direction_and_naive_sort(tmp_path: Path)
     truth = read_truth(tmp_path, pd.DataFrame(columns=["book_id", "page_name"]))  # no stored page: the page truth
     frame = reading_order_samples(sample_frame(results), order_set, truth.pages)
     assert frame[frame.method == "stage4"].layout.tolist() == ["grid", "staggered"]
+    # A version 2 sidecar has no reading: its page kind is unknown, not taken for regular.
+    assert frame[frame.method == "stage4"].page_kind.tolist() == ["unknown", "ambiguous"]
     assert frame[frame.method == "stage4"].naive_sort_right.tolist() == [True, False]
     split = reading_order_table(frame, ["stage4", "yx_sort_direction"], "naive_sort_right", n_resamples=200)
     wrong = split[~split.naive_sort_right.astype(bool)].set_index("method")

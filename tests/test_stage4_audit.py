@@ -70,7 +70,11 @@ def test_no_readable_property_picks_the_answer(corpus: str, request: pytest.Fixt
     assert leaks(table).empty, leaks(table)[["task", "split", "method", "accuracy", "low", "chance", "n"]]
     shape = table[table.method == "shape"]
     assert set(shape.task) == {t for t in TASKS if t != "reading_order"}, "the shape baseline scores every task"
-    assert (shape.accuracy - shape.chance).abs().max() < 0.1
+    # Near chance both ways where a set is large enough to say (a shape far below chance is a signal too, reversed);
+    # on the demo's sets of some twenty samples one hit is 0.04, so there only ``leaks``' one-sided interval applies.
+    sized = shape[shape.n >= 100]
+    assert len(sized) > 0 or corpus == "demo", "the larger corpus has sets large enough to say"
+    assert ((sized.accuracy - sized.chance).abs() < 0.1).all(), sized
     if corpus == "demo":  # the text tasks' checks need the text-free twins
         assert {"text_length", "balloons", "length_median"} <= set(table.method)
     assert {"shape_median", "answer_slot", "vision_kind"} <= set(table.method)

@@ -140,7 +140,7 @@ def test_page_json_follows_the_contract_and_matches_the_truth(corpora, name):
             assert isinstance(panel["text"], str) and 0 < panel["confidence"] <= 1
             assert len(panel["text_boxes"]) == len(true["lines"]) and panel["text"] == " ".join(panel["text_boxes"])
             assert panel["description"] == true["caption"] and true["reading_position"] == i
-    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 2
+    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 3
 
 
 @pytest.mark.parametrize("name", ["clean", "xyxy"])
@@ -196,6 +196,34 @@ def test_tall_panel_beside_a_stack_defeats_the_naive_sort():
     boxes = layouts._tall(np.random.default_rng(0), (0, 0, 300, 400), 10, 12, "right")
     assert not synth.naive_order_correct(boxes, "ltr")
     assert not synth.naive_order_correct(synth.mirror(boxes, 300), "rtl")
+
+
+def test_grids_read_down_their_columns_hold_the_story_in_that_order():
+    """A share of grid pages reads down the columns: the same boxes as a grid read across, listed column by column,
+    so only the content says which; the choice draws from its own generator, so nothing else of the book changes."""
+    plan = synth.plan_corpus(30, 8, seed=1, page_size=SMALL)
+    across = synth.plan_corpus(30, 8, seed=1, page_size=SMALL, down_share=0.0)
+    readings = {"fixed": 0, "across": 0, "down": 0}
+    for b, book in plan["books"].items():
+        for p, page in book["pages"].items():
+            other = across["books"][b]["pages"][p]
+            readings[page["reading"]] += 1
+            assert page["panels"] == other["panels"] and page["layout"] == other["layout"]
+            if page["reading"] == "down":
+                cols = layouts.AMBIGUOUS[page["layout"]]
+                assert sorted(page["boxes"]) == sorted(other["boxes"]) and page["boxes"] != other["boxes"]
+                assert page["boxes"] == layouts.down_the_columns(other["boxes"], cols)
+                first = [box[0] for box in page["boxes"][: len(page["boxes"]) // cols]]  # one column's left edges
+                assert len(set(first)) == 1
+                assert not page["naive_order_correct"]
+            else:
+                assert page["boxes"] == other["boxes"]
+                assert (page["reading"] == "across") == (page["layout"] in layouts.AMBIGUOUS)
+    assert readings["down"] > 0 and readings["across"] > 0 and readings["fixed"] > 0
+    assert {page["reading"] for book in across["books"].values() for page in book["pages"].values()} <= {
+        "fixed",
+        "across",
+    }
 
 
 def test_right_to_left_books_read_from_the_right(corpora):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 SIDECAR = "ground_truth.json"
-PAGE_TRUTH = ("layout", "reading_direction", "naive_order_correct")
+PAGE_TRUTH = ("layout", "reading", "reading_direction", "naive_order_correct")  # reading: sidecar version 3 on
 
 
 @dataclass

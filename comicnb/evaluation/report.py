@@ -73,14 +73,16 @@ def totals(table: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFr
 
 
 def reading_order_samples(samples: pd.DataFrame, task_set: TaskSet, truth: Mapping[str, Mapping]) -> pd.DataFrame:
-    """The reading-order rows of ``samples`` with what splits them: ``layout`` (the sidecar's page truth, "unknown"
-    without one), ``direction`` (the book's, "unlabelled" where the corpus does not say), ``naive_sort_right``
-    (whether the direction-aware (y, x) sort gets the page's exact order, from that baseline's own rows) and ``all``
-    (one group of every page)."""
+    """The reading-order rows of ``samples`` with what splits them: ``layout`` and ``reading`` (the sidecar's page
+    truth, "unknown" without one), ``page_kind`` (regular or ambiguous, PAGE_KINDS), ``direction`` (the book's,
+    "unlabelled" where the corpus does not say), ``naive_sort_right`` (whether the direction-aware (y, x) sort gets
+    the page's exact order, from that baseline's own rows) and ``all`` (one group of every page)."""
     order = samples[samples.task == READING_ORDER].copy()
     by_id = {s.sample_id: s for s in task_set.samples}
     pages = {i: s.built_from.get("page", "") for i, s in by_id.items()}
     order["layout"] = [str(truth.get(pages[i], {}).get("layout") or "unknown") for i in order.sample_id]
+    order["reading"] = [str(truth.get(pages[i], {}).get("reading") or "unknown") for i in order.sample_id]
+    order["page_kind"] = [PAGE_KINDS.get(reading, "unknown") for reading in order.reading]
     order["direction"] = [by_id[i].direction or "unlabelled" for i in order.sample_id]
     naive = samples[(samples.task == READING_ORDER) & (samples.method == "yx_sort_direction")]
     right = dict(zip(naive.sample_id, naive.correct > 0.5))
@@ -106,7 +108,10 @@ def reading_order_table(
 
 
 READING_ORDER_METHODS = ("yx_sort", "yx_sort_direction", "geometry", *MODELS)
-SPLITS_OF_ORDER = ("all", "naive_sort_right", "layout", "direction")
+SPLITS_OF_ORDER = ("all", "page_kind", "reading", "naive_sort_right", "layout", "direction")
+# A page whose layout admits one reading order is regular; a grid, read across its rows or down its columns with
+# nothing in the boxes to say which, is ambiguous: only the content orders it (sidecar version 3).
+PAGE_KINDS = {"fixed": "regular", "across": "ambiguous", "down": "ambiguous"}
 
 
 def reading_order_tables(

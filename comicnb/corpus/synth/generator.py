@@ -17,7 +17,7 @@ from comicnb.corpus.reader import TEXT_FREE, text_free_name
 from comicnb.corpus.synth.defects import break_doc, break_files, break_image
 from comicnb.corpus.synth.layouts import to_bbox
 from comicnb.corpus.synth.paint import render_page
-from comicnb.corpus.synth.plan import PAGE_KEY, plan_corpus
+from comicnb.corpus.synth.plan import DOWN_SHARE, PAGE_KEY, plan_corpus
 from comicnb.corpus.synth.story import pick
 from comicnb.corpus.synth.truth import ground_truth
 
@@ -165,14 +165,27 @@ def generate(
     max_panels: int = 12,
     overwrite: bool = False,
     text_free: bool = True,
+    down_share: float = DOWN_SHARE,
 ) -> dict:
     """Write a corpus of books x pages to out (docs/corpus.md) and return a summary of what was written.
 
     text_free=False leaves out the pages' text-free twins; every other file is the same bytes either way.
+    down_share: the share of grid pages read down their columns (``plan_corpus``).
     """
     start, out = time.perf_counter(), Path(out)
     _check(books, pages, bbox_format, rtl_fraction, ocr_noise, max_panels)
-    plan = plan_corpus(books, pages, seed, dirty, page_size=page_size, rtl_fraction=rtl_fraction, max_panels=max_panels)
+    if not 0 <= down_share <= 1:
+        raise ValueError(f"down_share is a fraction between 0 and 1, not {down_share}")
+    plan = plan_corpus(
+        books,
+        pages,
+        seed,
+        dirty,
+        page_size=page_size,
+        rtl_fraction=rtl_fraction,
+        max_panels=max_panels,
+        down_share=down_share,
+    )
     _prepare(out, overwrite)
     twins = 0
     for b, (book_id, book) in enumerate(plan["books"].items()):
@@ -209,6 +222,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("W", "H"),
         help="nominal page size in pixels (each book varies it by a few percent)",
     )
+    parser.add_argument(
+        "--down-share",
+        type=float,
+        default=DOWN_SHARE,
+        help="share of grid pages whose story reads down the columns, not across the rows (only content tells)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
     parser.add_argument(
         "--no-text-free", dest="text_free", action="store_false", help="leave out the pages' text-free twins"
@@ -231,6 +250,7 @@ def main(args: argparse.Namespace) -> int:
             max_panels=args.max_panels,
             overwrite=args.overwrite,
             text_free=args.text_free,
+            down_share=args.down_share,
         )
     except (FileExistsError, ValueError) as err:
         print(f"synth: {err}", file=sys.stderr)

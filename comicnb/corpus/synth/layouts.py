@@ -115,6 +115,17 @@ LAYOUTS = {
 }
 
 
+# Layouts that admit two reading orders: a regular grid (name: its number of columns) is read across its rows or down
+# its columns, and nothing in the boxes says which; only the story does (docs/corpus.md, "Reading order").
+AMBIGUOUS = {"grid_2x2": 2, "grid_2x3": 2, "grid_3x3": 3}
+READINGS = ("fixed", "across", "down")  # a page's reading: its layout admits one order, or a grid read either way
+
+
+def down_the_columns(boxes: list[Box], cols: int) -> list[Box]:
+    """A grid's boxes, given across its rows, in the order that reads down each column (left column first)."""
+    return [boxes[r * cols + c] for c in range(cols) for r in range(len(boxes) // cols)]
+
+
 def page_area(size: tuple[int, int]) -> tuple[Box, int]:
     """The area inside the page margins, and the gutter width."""
     w, h = size
@@ -143,13 +154,17 @@ def naive_order_correct(boxes, direction: str) -> bool:
     return order == list(range(len(boxes)))
 
 
-def page_plan(label: str, layout: str, boxes: list[Box], panels: list[dict], book: dict, fmt: str) -> dict:
-    """A planned page; boxes are given left-to-right and mirrored here for right-to-left books."""
+def page_plan(
+    label: str, layout: str, boxes: list[Box], panels: list[dict], book: dict, fmt: str, reading: str = "fixed"
+) -> dict:
+    """A planned page; boxes are given left-to-right and mirrored here for right-to-left books (a grid read down its
+    columns then starts with the right-hand column). ``reading``: one of READINGS."""
     direction = book["direction"]
     boxes = mirror(boxes, book["size"][0]) if direction == "rtl" else boxes
     return {
         "label": label,
         "layout": layout,
+        "reading": reading,
         "reading_direction": direction,
         "naive_order_correct": naive_order_correct(boxes, direction),
         "scene": panels[0]["scene"] if panels else None,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from comicnb.corpus.synth.defects import plan_defects
-from comicnb.corpus.synth.layouts import choose_layout, page_area, page_plan
+from comicnb.corpus.synth.layouts import AMBIGUOUS, choose_layout, down_the_columns, page_area, page_plan
 from comicnb.corpus.synth.story import CAST, advert_panel, book_title, cover_panel, plan_story, prose_panel
 
 # Purposes that key the generators, so drawing more numbers for one thing leaves the others unchanged.
-CORPUS_KEY, BOOK_KEY, PAGE_KEY, DEFECT_KEY = range(4)
+CORPUS_KEY, BOOK_KEY, PAGE_KEY, DEFECT_KEY, ORDER_KEY = range(5)
+DOWN_SHARE = 0.5  # share of grid pages read down their columns (see layouts.AMBIGUOUS)
 
 
 def plan_corpus(
@@ -21,8 +22,12 @@ def plan_corpus(
     page_size: tuple[int, int] = (640, 960),
     rtl_fraction: float = 0.2,
     max_panels: int = 12,
+    down_share: float = DOWN_SHARE,
 ) -> dict:
-    """The whole corpus as plain dicts (books, pages, boxes, story truth, labels, defects); nothing drawn."""
+    """The whole corpus as plain dicts (books, pages, boxes, story truth, labels, defects); nothing drawn.
+
+    down_share: the share of grid pages (layouts.AMBIGUOUS) whose story reads down the columns rather than across the
+    rows; on those pages only the content tells the two orders apart."""
     rng = np.random.default_rng([seed, CORPUS_KEY])
     # A fixed share rather than a coin per book, so a small corpus with rtl_fraction > 0 has a right-to-left book.
     n_rtl = min(books, max(round(books * rtl_fraction), int(rtl_fraction > 0)))
@@ -31,7 +36,7 @@ def plan_corpus(
         "seed": seed,
         "dirty": [],
         "books": {
-            f"book_{b:03d}": _plan_book(seed, b, pages, page_size, "rtl" if b in rtl else "ltr", max_panels)
+            f"book_{b:03d}": _plan_book(seed, b, pages, page_size, "rtl" if b in rtl else "ltr", max_panels, down_share)
             for b in range(books)
         },
     }
@@ -55,9 +60,13 @@ def _image_format(b: int, p: int, pages: int) -> str:
     return "png" if (b * pages + p) % 11 == 3 else "jpg"
 
 
-def _plan_book(seed: int, b: int, pages: int, page_size: tuple[int, int], direction: str, limit: int) -> dict:
+def _plan_book(
+    seed: int, b: int, pages: int, page_size: tuple[int, int], direction: str, limit: int, down_share: float
+) -> dict:
     """One book: page size, cast, page kinds and layouts, and its story cut into the narrative pages."""
     rng = np.random.default_rng([seed, BOOK_KEY, b])
+    # Its own generator: which grids read down draws nothing from the book's, so everything else stays as it was.
+    order_rng = np.random.default_rng([seed, ORDER_KEY, b])
     size = tuple(2 * int(round(s * rng.uniform(0.94, 1.06) / 2)) for s in page_size)
     cast = [str(c) for c in rng.choice(list(CAST), int(rng.integers(3, 6)), replace=False)]
     labels = _page_labels(rng, b, pages)
@@ -66,11 +75,16 @@ def _plan_book(seed: int, b: int, pages: int, page_size: tuple[int, int], direct
     book = {"direction": direction, "size": size, "cast": cast, "title": book_title(rng, cast), "pages": {}}
     cursor = 0
     for p, (label, (layout, boxes)) in enumerate(zip(labels, layouts)):
+        reading = "fixed"
         if label == "narrative":
             panels, cursor = story[cursor : cursor + len(boxes)], cursor + len(boxes)
+            if layout in AMBIGUOUS:
+                reading = "down" if order_rng.random() < down_share else "across"
+                boxes = down_the_columns(boxes, AMBIGUOUS[layout]) if reading == "down" else boxes
         else:
             boxes, panels = [page_area(size)[0]], [_single_panel(rng, label, book, story[:cursor])]
-        book["pages"][f"page_{p:03d}"] = page_plan(label, layout, boxes, panels, book, _image_format(b, p, pages))
+        fmt = _image_format(b, p, pages)
+        book["pages"][f"page_{p:03d}"] = page_plan(label, layout, boxes, panels, book, fmt, reading)
     return book
 
 

@@ -2,7 +2,9 @@
 
 Version 2 of the sidecar adds, per panel, the story structure Stage 4 samples tasks from: ``beat`` and
 ``scene_run`` (book-unique numbers of the panel's beat and of its stretch of one scene), ``speakers`` and
-``caption_unique``. Version 1 sidecars are still read: what they lack is derived from what they have.
+``caption_unique``. Version 3 adds, per page, ``reading``: ``fixed`` where the layout admits one order, ``across`` or
+``down`` for a grid read across its rows or down its columns. Version 1 sidecars are still read: what they lack is
+derived from what they have.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pandas as pd
 
 from comicnb.corpus.synth.story import CAST
 
-VERSION = 2  # the sidecar's "version" field
+VERSION = 3  # the sidecar's "version" field (3: a page's ``reading``, fixed / across / down; grids read down exist)
 # What the sidecar keeps of each planned page and panel; boxes, sizes and formats are drawing details.
-_PAGE_TRUTH = ("label", "layout", "reading_direction", "naive_order_correct", "scene")
+_PAGE_TRUTH = ("label", "layout", "reading", "reading_direction", "naive_order_correct", "scene")
 _PANEL_TRUTH = ("characters", "scene", "action", "action_step", "action_steps", "caption", "lines")
 # The columns of panel_truth, in order: the first eight are those of version 1.
 TRUTH_COLUMNS = (
@@ -51,7 +53,8 @@ def ground_truth(plan: dict, bbox_format: str) -> dict:
             "direction": book["direction"],
             "pages": {
                 p: {
-                    **{k: page[k] for k in _PAGE_TRUTH},
+                    **{k: page[k] for k in _PAGE_TRUTH if k != "reading"},
+                    "reading": page.get("reading", "fixed"),  # a hand-built plan page may not say
                     "panels": [
                         {"reading_position": i, **{k: panel[k] for k in _PANEL_TRUTH}, **structure[(p, i)]}
                         for i, panel in enumerate(page["panels"])
