@@ -34,10 +34,11 @@ from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.stage3 import checkpoints as stage3_checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4.config import ABLATIONS, checkpoints
+from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.results import COLUMNS
-from comicnb.stage4.scoring import evaluate, load_stage4_model, score_models, trained_models
+from comicnb.stage4.scoring import evaluate, load_stage4_model, predict_sets, score_models, trained_models
 from comicnb.stage4.task_sets import TaskSetsMissingError, build_task_sets, sampling_rules
-from comicnb.stage4.tasks import TASKS, read_task_set, task_dir
+from comicnb.stage4.tasks import TASKS, TaskSet, read_task_set, task_dir
 from comicnb.stage4.trainer import BEST_METRIC, NonFiniteLossError, build_stage4_trainer, train_stage4
 from comicnb.store import STORE_NAME, EmbedConfig, generate
 
@@ -127,8 +128,13 @@ def test_a_short_run_learns(learned: tuple[Any, Path]) -> None:
         assert last[f"val_{task}"] > last[f"val_{task}_chance"] + MARGIN, (task, last[f"val_{task}"])
     for task in CLEARLY:
         assert rows.loc[task, "low"] > rows.loc[task, "chance"], (task, rows.loc[task].to_dict())
-    assert last["val_reading_order_pairwise"] > max(0.6, first["val_reading_order_pairwise"] + 0.1)
-    assert last[BEST_METRIC] > first[BEST_METRIC]
+    # Reading order starts as the geometry model (layout_prior; pairwise 0.98 here) and must not lose it.
+    assert first["val_reading_order_pairwise"] > 0.9
+    assert last["val_reading_order_pairwise"] >= first["val_reading_order_pairwise"] - 0.02
+    # The untrained model starts from its skips (the input prior, the geometry model), so the mean over the tasks
+    # starts high (0.534 here, and 0.534 at the best epoch); the picking tasks rise above where the skip puts them.
+    picking = ("panel_picking", "visual_closure")
+    assert sum(last[f"val_{t}"] for t in picking) > sum(first[f"val_{t}"] for t in picking)
 
     # Every step logs its task's loss; the strip term is trained alongside.
     steps = trainer.history.steps
@@ -391,3 +397,40 @@ def test_an_unknown_setting_is_a_one_line_error(run: Path, tmp_path: Path, capsy
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "'epochz' (did you mean 'epochs'?)" in lines[0], lines
     assert not checkpoints(run).folder.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- layout prior
+
+
+def test_reading_order_starts_where_the_geometry_model_reads(run: Path, tmp_path: Path) -> None:
+    """With ``layout_prior`` the reading-order head starts as the geometry baseline fitted on the first epoch's
+    training pages (held), its content term at zero: before any step it orders every test page as that baseline
+    does. A checkpoint config written before the setting rebuilds without the branch."""
+    from comicnb.stage4.baselines.geometry import GeometryBaseline
+
+    target = copy_run(run, tmp_path / "run")
+    trainer = build_stage4_trainer(target, dict(SMALL_MODEL, epochs=1, train_samples=40, seed=0))
+    head = trainer.model.reading_order_head
+    assert head.layout is not None and not any(p.requires_grad for p in head.layout.parameters())
+    assert head.out[-1].weight.abs().sum() == 0
+    first = trainer.plan(0).sets["reading_order"]
+    geometry = GeometryBaseline(seed=0).fit(first, trainer.view)
+    test_set = read_task_set(task_dir(target, "test"), "reading_order")
+    mine = predict_sets(trainer.model, [test_set], trainer.builder)[0]
+    theirs = geometry.predict(test_set, trainer.view)
+    # The same pair logits as the baseline's, page by page; each decodes them its own way (the model also swaps
+    # adjacent panels its pairs disagree with, which only raises pairwise agreement).
+    with torch.no_grad():
+        logits = trainer.model.eval().task_logits("reading_order", trainer.builder.collate(test_set))
+    for b, sample in enumerate(test_set.samples):
+        single = TaskSet("reading_order", "test", [sample])
+        theirs_pairs = geometry._pair_logits(geometry.net, geometry._pairs(single, trainer.view, False)[0])
+        i, j = torch.nonzero(~torch.eye(len(sample.context), dtype=torch.bool), as_tuple=True)
+        assert torch.allclose(logits[b][i, j], theirs_pairs, atol=1e-4)
+    assert mine.pairwise.mean() >= theirs.pairwise.mean() - 1e-9 and mine.correct.mean() > 0
+
+    old = dict(trainer.model.config)
+    old.pop("layout_prior")
+    assert Stage4SequenceModel.from_config(old).reading_order_head.layout is None
+    with pytest.raises(ValueError, match="no layout branch"):
+        Stage4SequenceModel.from_config(old).reading_order_head.set_layout(geometry.net, geometry.mean, geometry.std)

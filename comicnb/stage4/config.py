@@ -36,6 +36,7 @@ __all__ = [
     "Stage4ModelConfig",
     "Stage4TrainConfig",
     "UnknownSettingError",
+    "WRITTEN_BEFORE",
     "ablation_settings",
     "checkpoints",
     "config_dicts",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 STAGE = "stage4"
+# Model settings a checkpoint written before they existed was trained without (their value then, not today's default).
+WRITTEN_BEFORE = {"layout_prior": False}
 SEED_SIZE = dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048)  # the seed's train_stage4.py defaults
 # The seed's multi-task table (docs/stage4 README, "Training Tasks"). Its flag example sets
 # `--reading_order_weight 0.3`, which contradicts the table's 0.7; the table is the seed's stated design, so 0.7 it is.
@@ -70,6 +73,7 @@ class Stage4ModelConfig:
     dropout: float = 0.1  # dropout inside the transformer
     use_transformer: bool = True  # False: the ablation with no encoder layers
     input_prior: bool = True  # a candidate logit adds the learned-weight cosine of the raw inputs (see CandidateHead)
+    layout_prior: bool = True  # reading order adds the geometry baseline, fitted on the training pages and held
 
 
 @dataclass

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from comicnb.stage4.config import Stage4ModelConfig
+from comicnb.stage4.config import WRITTEN_BEFORE, Stage4ModelConfig
 from comicnb.stage4.geometry import PAIR_FEATURES, direction_sign, pair_features
 from comicnb.stage4.tasks import TASKS
 
@@ -59,6 +59,7 @@ PRIOR_LEARNED_SCALE = 1.0
 PRIOR_WEIGHT = 20.0
 MAX_SCALE = 100.0
 BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
+LAYOUT_HIDDEN = 32  # the layout branch of reading order: the geometry baseline's network (baselines.geometry)
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -153,7 +154,7 @@ class ReadingOrderHead(nn.Module):
     a padding panel, and the diagonal, are 0.
     """
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, layout: bool = False) -> None:
         super().__init__()
         # The first layer of an MLP on [h_i, h_j, strip, geometry_ij] split in four, so pairs cost O(N^2 d), not
         # O(N^2 d^2).
@@ -162,6 +163,31 @@ class ReadingOrderHead(nn.Module):
         self.context = nn.Linear(d_model, d_model, bias=False)
         self.geometry = nn.Linear(len(PAIR_FEATURES), d_model, bias=False)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(d_model, 1))
+        # The layout branch (``layout_prior``): the geometry baseline's own network on the standardised pair features,
+        # its score added to the content's. ``set_layout`` copies a fitted baseline into it, holds it, and zeroes the
+        # content's last layer, so training starts where the geometry model reads and learns only what the panels'
+        # content adds (pages whose boxes admit two orders); the model cannot start below what it is given.
+        self.layout = (
+            nn.Sequential(nn.Linear(len(PAIR_FEATURES), LAYOUT_HIDDEN), nn.GELU(), nn.Linear(LAYOUT_HIDDEN, 1))
+            if layout
+            else None
+        )
+        if layout:
+            self.register_buffer("pair_mean", torch.zeros(len(PAIR_FEATURES)))
+            self.register_buffer("pair_std", torch.ones(len(PAIR_FEATURES)))
+
+    @torch.no_grad()
+    def set_layout(self, net: nn.Module, mean: np.ndarray, std: np.ndarray) -> None:
+        """Take a fitted geometry baseline's network and feature scaling as the layout branch, held from here on,
+        and zero the content's last layer (see ``__init__``)."""
+        if self.layout is None:
+            raise ValueError("this reading-order head has no layout branch (layout_prior=False)")
+        self.layout.load_state_dict(net.state_dict())
+        self.layout.requires_grad_(False)
+        self.pair_mean.copy_(torch.as_tensor(mean, dtype=self.pair_mean.dtype))
+        self.pair_std.copy_(torch.as_tensor(std, dtype=self.pair_std.dtype))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
 
     def forward(
         self, states: Tensor, mask: Tensor | None = None, strip: Tensor | None = None, pairs: Tensor | None = None
@@ -173,6 +199,9 @@ class ReadingOrderHead(nn.Module):
         if pairs is not None:
             hidden = hidden + self.geometry(pairs.to(hidden.dtype))
         scores = self.out(hidden).squeeze(-1)  # (B, N, N)
+        if pairs is not None and self.layout is not None:
+            scaled = (pairs.to(scores.dtype) - self.pair_mean.to(scores.dtype)) / self.pair_std.to(scores.dtype)
+            scores = scores + self.layout(scaled).squeeze(-1)
         # Antisymmetric by construction: (i, j) and (j, i) can never both claim to come first.
         logits = scores - scores.transpose(1, 2)
         pairs = mask[:, :, None] & mask[:, None, :]
@@ -206,7 +235,7 @@ class Stage4SequenceModel(nn.Module):
         self.strip_pool = AttentionPool(d, cfg.nhead)
         for task in CANDIDATE_TASKS:
             setattr(self, f"{task}_head", CandidateHead(d, prior=cfg.input_prior))
-        self.reading_order_head = ReadingOrderHead(d)
+        self.reading_order_head = ReadingOrderHead(d, layout=cfg.layout_prior)
 
     @staticmethod
     def _encoder(cfg: Stage4ModelConfig) -> nn.TransformerEncoder:
@@ -228,7 +257,8 @@ class Stage4SequenceModel(nn.Module):
         if isinstance(config, Stage4ModelConfig):
             return cls(config)
         known = {f.name for f in fields(Stage4ModelConfig)}
-        return cls(Stage4ModelConfig(**{k: v for k, v in config.items() if k in known}))
+        given = {**WRITTEN_BEFORE, **config}  # a checkpoint older than a setting was trained without it
+        return cls(Stage4ModelConfig(**{k: v for k, v in given.items() if k in known}))
 
     @property
     def config(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from comicnb.loop import EpochLoop
 from comicnb.precision import accelerate_mixed_precision
 from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng, set_seed
+from comicnb.stage4.baselines.geometry import GeometryBaseline
 from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.config import (
     MAIN,
@@ -127,6 +128,11 @@ class Stage4Trainer(EpochLoop):
         self.plans: dict[int, EpochPlan] = {}
         with isolated_rng():  # drawing the first epoch (and encoding its new texts) draws nothing from torch's stream
             first = self.draw(0)
+        if model.cfg.layout_prior and READING_ORDER in first:
+            # The layout branch starts as the geometry baseline fitted on the first epoch's training pages (its own
+            # seeded generator: nothing is drawn from torch's stream), so reading order starts where geometry reads.
+            layout = GeometryBaseline(seed=cfg.seed).fit(first[READING_ORDER], view)
+            model.reading_order_head.set_layout(layout.net, layout.mean, layout.std)
         self.counts = {task: len(s) for task, s in first.items()}
         if not self.counts:
             reasons = "; ".join(f"{t}: {why}" for t, why in self.skipped.items()) or "every task weight is 0"
