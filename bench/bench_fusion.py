@@ -101,6 +101,13 @@ def measure(trainer, cache: PageTensors, pages: pd.DataFrame, labels: pd.DataFra
                 out[f"{label}_fused_on_{name}"] = float(table.loc[(label, name), "fused"])
         together = neighbour_agreement(fused, page, panel_labels_).loc[label]
         out[f"{label}_fused"], out[f"{label}_chance"] = float(together.agreement), float(together.chance)
+    for i, name in enumerate(MODALITIES):  # each modality's own vectors with their mean taken off (held-out panels)
+        present = mask[:, i].numpy()
+        own = modalities[present, i].numpy()
+        subset = panel_labels_.iloc[np.flatnonzero(present)].reset_index(drop=True)
+        centred = neighbour_agreement(own - own.mean(axis=0), page[present], subset)
+        for label in LABELS:
+            out[f"{label}_{name}_centred"] = float(centred.loc[label, "agreement"])
     for i, name in enumerate(MODALITIES):
         present = mask[:, i]
         out[f"gate_{name}"] = float(encoding.gate_weights[valid][present, i].mean())
