@@ -3,9 +3,11 @@
     python bench/bench_train.py [--data-root DIR] [--epochs 3] [--json PATH]
 
 Trains the default model (packaged EfficientNet-Lite0 and all-MiniLM-L6-v2, frozen) on the train split of the demo
-corpus (generated into a temporary folder without --data-root). The first epoch runs the frozen encoders once per
-panel and stores their outputs; later epochs train on the stored features. Goal: a later epoch takes at most 0.1 of
-the first. For scale, one epoch with the cache off (every page decoded and encoded again) is timed too.
+corpus (generated into a temporary folder without --data-root). The frozen encoders run once per training panel
+and their outputs are stored (the cache fill, timed on its own: training may fill it before its first epoch, to
+score each modality for the gate's prior); every epoch then trains on the stored features. The cold first epoch is
+the fill plus one epoch from the cache. Goal: a later epoch takes at most 0.1 of the cold first one. For scale, one
+epoch with the cache off (every page decoded and encoded again) is timed too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,34 +34,42 @@ def peak_memory_mib() -> dict[str, float]:
     return peak
 
 
-def epoch_times(run_dir: Path, settings: dict) -> tuple[list[float], int, str]:
-    """Train with settings; the wall seconds of each epoch, the number of training panels, the device."""
+def epoch_times(run_dir: Path, settings: dict) -> tuple[list[float], float, int, str]:
+    """Train with settings; the wall seconds of each epoch, of filling the training feature cache first (0 without
+    a cache), the number of training panels and the device."""
     trainer = build_trainer(run_dir, settings)
+    started = time.perf_counter()
+    for _ in trainer.train_source.iterate([]):  # fills the cache (no batch asked for); without a cache, nothing
+        pass
+    fill = time.perf_counter() - started if trainer.train_source.cache is not None else 0.0
     trainer.train()
     seconds = [e["train_seconds"] for e in trainer.history.epochs if e["epoch"] > 0]
-    return seconds, int(trainer.train_source.pages.num_panels.sum()), str(trainer.accelerator.device)
+    return seconds, fill, int(trainer.train_source.pages.num_panels.sum()), str(trainer.accelerator.device)
 
 
 def run(data_root: Path, scratch: Path, epochs: int) -> dict:
     """Time cached training over several epochs and one uncached epoch; return the results as a dict."""
     run_dir = run_folder(data_root, scratch, split=(0.7, 0.15, 0.15))
     base = dict(epochs=epochs, batch_size=8, seed=0)
-    cached, panels, device = epoch_times(run_dir, base)
-    uncached, _, _ = epoch_times(run_dir, {**base, "epochs": 1, "cache_features": False})
+    cached, fill, panels, device = epoch_times(run_dir, base)
+    uncached, _, _, _ = epoch_times(run_dir, {**base, "epochs": 1, "cache_features": False})
     later = statistics.median(cached[1:])
+    cold = fill + cached[0]
     return dict(
         data_root=str(data_root),
         train_panels=panels,
         epochs=epochs,
         device=device,
+        cache_fill_s=fill,
         first_epoch_s=cached[0],
+        cold_first_epoch_s=cold,
         later_epoch_s=later,
         uncached_epoch_s=uncached[0],
-        later_over_first=later / cached[0],
+        later_over_first=later / cold,
         cached_panels_per_s=panels / later,
         uncached_panels_per_s=panels / uncached[0],
         goal_ratio=GOAL_RATIO,
-        meets_goal=later / cached[0] <= GOAL_RATIO,
+        meets_goal=later / cold <= GOAL_RATIO,
         **peak_memory_mib(),
     )
 
@@ -66,7 +77,9 @@ def run(data_root: Path, scratch: Path, epochs: int) -> dict:
 def print_table(report: dict) -> None:
     """Print the results as a few aligned lines."""
     print(f"{report['train_panels']} training panels, {report['epochs']} epochs on {report['device']}")
-    print(f"{'first epoch (fills the feature cache)':<42}{report['first_epoch_s']:>8.2f} s")
+    print(f"{'filling the feature cache':<42}{report['cache_fill_s']:>8.2f} s")
+    print(f"{'first epoch from the cache':<42}{report['first_epoch_s']:>8.2f} s")
+    print(f"{'cold first epoch (fill + first epoch)':<42}{report['cold_first_epoch_s']:>8.2f} s")
     print(
         f"{'later epoch (median, from the cache)':<42}{report['later_epoch_s']:>8.2f} s"
         f"{report['cached_panels_per_s']:>10.0f} panels/s"
@@ -77,7 +90,8 @@ def print_table(report: dict) -> None:
     )
     memory = ", ".join(f"{k} {v:.0f}" for k, v in report.items() if k.startswith("peak_"))
     print(f"peak memory: {memory}")
-    print(f"later / first = {report['later_over_first']:.3f} <= {report['goal_ratio']}: {yes_no(report['meets_goal'])}")
+    ratio = report["later_over_first"]
+    print(f"later / cold first = {ratio:.3f} <= {report['goal_ratio']}: {yes_no(report['meets_goal'])}")
 
 
 def main() -> int:
