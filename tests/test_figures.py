@@ -127,3 +127,28 @@ def test_gallery_crops_the_stored_slot_after_a_skipped_panel(tmp_path):
     )  # as PanelSearch reports a hit on slot 1
     fig = figures.gallery([("a text query", "Look out!")], hits, pages, tmp_path)
     assert fig.axes[1].images[0].get_array().shape[:2] == (100, 100)  # boxes[1], the 100 x 100 right half
+
+
+def test_learning_curves_say_whether_training_stopped_improving() -> None:
+    from comicnb.stage4 import figures as stage4_figures
+
+    rising = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_mean_accuracy": [0.30, 0.40, 0.45, 0.50]})
+    curve = stage4_figures.learning_curve(rising, 1000)
+    assert curve.samples_seen.tolist() == [0, 1000, 2000, 3000]
+    verdict = stage4_figures.plateau(curve)
+    assert verdict["improving"] and verdict["best_epoch"] == 3 and verdict["samples_at_best"] == 3000
+    assert "train longer" in stage4_figures.plateau_line("stage4", verdict)
+
+    flat = stage4_figures.learning_curve(
+        pd.DataFrame({"epoch": [0, 1, 2, 3], "val_mean_accuracy": [0.30, 0.48, 0.50, 0.49]}), 500
+    )
+    verdict = stage4_figures.plateau(flat)
+    assert not verdict["improving"] and verdict["best_epoch"] == 2
+    assert "stopped improving" in stage4_figures.plateau_line("no_transformer", verdict)
+    # A last epoch that is best by less than the tolerance is a plateau, not a rise.
+    barely = stage4_figures.learning_curve(
+        pd.DataFrame({"epoch": [0, 1, 2], "val_mean_accuracy": [0.3, 0.5, 0.502]}), 10
+    )
+    assert not stage4_figures.plateau(barely)["improving"]
+    figure = stage4_figures.learning_curves({"stage4": curve, "no_transformer": flat})
+    assert len(figure.axes[0].lines) == 2

@@ -207,3 +207,49 @@ def training_curves(steps: pd.DataFrame, epochs: pd.DataFrame, tasks: Sequence[s
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+PLATEAU_TOLERANCE = 0.005  # a rise of mean validation accuracy smaller than this is not an improvement
+
+
+def learning_curve(epochs: pd.DataFrame, samples_per_epoch: int, metric: str = "val_mean_accuracy") -> pd.DataFrame:
+    """(epoch, samples seen, ``metric``) of a trainer's epoch history (epoch 0: untrained, 0 samples)."""
+    curve = epochs[["epoch", metric]].dropna().copy()
+    curve.insert(1, "samples_seen", curve.epoch * samples_per_epoch)
+    return curve.reset_index(drop=True)
+
+
+def plateau(curve: pd.DataFrame, metric: str = "val_mean_accuracy", tolerance: float = PLATEAU_TOLERANCE) -> dict:
+    """Whether training stopped improving: ``improving`` when the last epoch is the best and rose by more than
+    ``tolerance`` over the one before (train longer), else the epoch it stopped at."""
+    values = curve[metric].to_numpy()
+    best = int(values.argmax())
+    rising = len(values) > 1 and best == len(values) - 1 and values[-1] - values[-2] > tolerance
+    return dict(
+        best_epoch=int(curve.epoch.iloc[best]),
+        best=float(values[best]),
+        last_epoch=int(curve.epoch.iloc[-1]),
+        samples_at_best=int(curve.samples_seen.iloc[best]),
+        improving=bool(rising),
+    )
+
+
+def plateau_line(name: str, verdict: dict) -> str:
+    """One sentence on a model's learning curve."""
+    head = f"{name}: best mean validation accuracy {verdict['best']:.3f} at epoch {verdict['best_epoch']}"
+    head += f" ({verdict['samples_at_best']:,} training samples seen)"
+    if verdict["improving"]:
+        return head + f"; still rising at the last epoch ({verdict['last_epoch']}): train longer"
+    return head + f"; no better in the epochs after it (to epoch {verdict['last_epoch']}): it has stopped improving"
+
+
+def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str = "val_mean_accuracy") -> plt.Figure:
+    """Mean validation accuracy against training samples seen, one line per model (the main model in red)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, curve in curves.items():
+        colour = "tab:red" if name == "stage4" else None
+        ax.plot(curve.samples_seen, curve[metric], marker="o", label=name, color=colour)
+    ax.set(xlabel="training samples seen", ylabel="mean validation accuracy", title="learning curves")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
