@@ -39,9 +39,7 @@ def epoch_times(run_dir: Path, settings: dict) -> tuple[list[float], float, int,
     a cache), the number of training panels and the device."""
     trainer = build_trainer(run_dir, settings)
     started = time.perf_counter()
-    for _ in trainer.train_source.iterate([]):  # fills the cache (no batch asked for); without a cache, nothing
-        pass
-    fill = time.perf_counter() - started if trainer.train_source.cache is not None else 0.0
+    fill = time.perf_counter() - started if trainer.train_source.fill_cache() else 0.0
     trainer.train()
     seconds = [e["train_seconds"] for e in trainer.history.epochs if e["epoch"] > 0]
     return seconds, fill, int(trainer.train_source.pages.num_panels.sum()), str(trainer.accelerator.device)

@@ -175,12 +175,17 @@ class BatchSource:
             scores[i] = ((hits - chance) / (1 - chance)).clamp(min=0)
         return scores
 
+    def fill_cache(self) -> bool:
+        """Run the frozen encoders over every page once and keep their outputs, unless done already; whether these
+        pages are served from a cache at all (False: frozen features are not cached, nothing is run)."""
+        if self.cached and self.cache is None:
+            with isolated_rng():  # loading draws nothing from the training stream
+                self.cache = build_feature_cache(self.model, self.pages, self.data_root, self.cfg, self.device)
+        return self.cached
+
     def iterate(self, batches: list[list[int]]) -> Iterator[dict[str, Tensor]]:
         """Yield one batch per entry of ``batches``."""
-        if self.cached:
-            if self.cache is None:
-                with isolated_rng():  # loading draws nothing from the training stream
-                    self.cache = build_feature_cache(self.model, self.pages, self.data_root, self.cfg, self.device)
+        if self.fill_cache():
             yield from (self.cache.batch(indices, self.device) for indices in batches)
         elif batches:
             loader = page_loader(

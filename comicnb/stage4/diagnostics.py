@@ -185,22 +185,18 @@ def diagnose(
     return Diagnostics(samples, skipped)
 
 
-def diagnose_run(
-    run_dir: str | Path,
-    view: RunView,
-    sets: Mapping[str, TaskSet],
-    names: Sequence[str] = (MAIN, *DIAGNOSED),
-    which: str = "best",
-    seed: int = 0,
-) -> Diagnostics:
-    """``diagnose`` with the run's trained models of these names (those the run has)."""
+def run_models(
+    run_dir: str | Path, view: RunView, names: Sequence[str] = (MAIN, *DIAGNOSED), which: str = "best"
+) -> dict[str, tuple[Stage4SequenceModel, BatchBuilder]]:
+    """The run's trained models of these names (those it has), each with the batch builder of its inputs: what
+    ``diagnose`` and ``attention_figures`` take, loaded once."""
     found = trained_models(run_dir, which)
     models: dict[str, tuple[Stage4SequenceModel, BatchBuilder]] = {}
     for name in names:
         if name in found:
             model, config = load_stage4_model(found[name])
             models[name] = (model, BatchBuilder(view, trained_modalities(config)))
-    return diagnose(models, sets, view, seed)
+    return models
 
 
 def diagnostic_table(
@@ -292,13 +288,7 @@ def by_context_length(diagnostics: Diagnostics, condition: str = "given") -> pd.
     samples = diagnostics.samples
     chosen = samples[(samples.condition == condition) & (samples.task != READING_ORDER)]
     table = chosen.pivot_table(index=["task", "context_length"], columns="method", values="correct", aggfunc="mean")
-    counts = (
-        chosen[chosen.method == chosen.method.iloc[0]].groupby(["task", "context_length"]).size()
-        if len(chosen)
-        else None
-    )
-    if counts is not None:
-        table.insert(0, "n", counts)
+    table.insert(0, "n", chosen.groupby(["task", "context_length"]).sample_id.nunique())
     return table
 
 
@@ -352,20 +342,16 @@ def summary(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def attention_figures(
-    run_dir: str | Path,
-    view: RunView,
+    models: Mapping[str, tuple[Stage4SequenceModel, BatchBuilder]],
     sets: Mapping[str, TaskSet],
     tasks: Sequence[str] = ("panel_picking", "visual_closure", "text_closure"),
     per_task: int = 4,
-    which: str = "best",
 ) -> list[plt.Figure]:
     """For the first ``per_task`` samples of each task, where the main model's scored slot attends (one figure per
-    task); none where the run has no main model or it has no transformer."""
-    found = trained_models(run_dir, which)
-    if MAIN not in found:
+    task); none where ``models`` (``run_models``) has no main model or it has no transformer."""
+    if MAIN not in models:
         return []
-    model, config = load_stage4_model(found[MAIN])
-    builder = BatchBuilder(view, trained_modalities(config))
+    model, builder = models[MAIN]
     drawn = []
     for task in tasks:
         if task not in sets or not len(sets[task]):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 PAIR_FEATURES = (
     "dx",
@@ -29,6 +29,14 @@ PAIR_FEATURES = (
     "direction_dx1",
     "direction_dx2",
 )
+SMALL_HIDDEN = 32  # width of the geometry baseline's network, which the model's reading-order head also holds
+
+
+def small_mlp(width: int, hidden: int = SMALL_HIDDEN) -> nn.Sequential:
+    """The geometry baseline's network (features -> one score), also the model's reading-order layout branch."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
 DIRECTIONS = {None: 0, "rtl": 1, "ltr": 2}  # a batch's ``direction`` code of a book's direction
 SIGNS = (0.0, 1.0, -1.0)  # the pair features' direction sign of each code
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from comicnb.stage4.config import WRITTEN_BEFORE, Stage4ModelConfig
-from comicnb.stage4.geometry import PAIR_FEATURES, direction_sign, pair_features
+from comicnb.stage4.geometry import PAIR_FEATURES, direction_sign, pair_features, small_mlp
 from comicnb.stage4.tasks import TASKS
 
 READING_ORDER = "reading_order"
@@ -59,7 +59,6 @@ PRIOR_LEARNED_SCALE = 1.0
 PRIOR_WEIGHT = 20.0
 MAX_SCALE = 100.0
 BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
-LAYOUT_HIDDEN = 32  # the layout branch of reading order: the geometry baseline's network (baselines.geometry)
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -167,11 +166,7 @@ class ReadingOrderHead(nn.Module):
         # its score added to the content's. ``set_layout`` copies a fitted baseline into it, holds it, and zeroes the
         # content's last layer, so training starts where the geometry model reads and learns only what the panels'
         # content adds (pages whose boxes admit two orders); the model cannot start below what it is given.
-        self.layout = (
-            nn.Sequential(nn.Linear(len(PAIR_FEATURES), LAYOUT_HIDDEN), nn.GELU(), nn.Linear(LAYOUT_HIDDEN, 1))
-            if layout
-            else None
-        )
+        self.layout = small_mlp(len(PAIR_FEATURES)) if layout else None
         if layout:
             self.register_buffer("pair_mean", torch.zeros(len(PAIR_FEATURES)))
             self.register_buffer("pair_std", torch.ones(len(PAIR_FEATURES)))

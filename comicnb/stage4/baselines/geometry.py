@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from comicnb.corpus.composition import COMPOSITION_FEATURES
-from comicnb.stage4.geometry import PAIR_FEATURES, page_pair_features
+from comicnb.stage4.geometry import PAIR_FEATURES, SMALL_HIDDEN, page_pair_features, small_mlp
 from comicnb.stage4.results import READING_ORDER, Result, order_result, picking_result
 from comicnb.stage4.tasks import Candidate, TaskSample, TaskSet
 from comicnb.stage4.view import RunView
@@ -110,7 +110,7 @@ class GeometryBaseline:
     name = "geometry"
     FEATURES = GEOMETRY_FEATURES
 
-    hidden: int = 32
+    hidden: int = SMALL_HIDDEN
     steps: int = 300
     lr: float = 1e-2
     weight_decay: float = 1e-3
@@ -211,7 +211,7 @@ class GeometryBaseline:
         with torch.random.fork_rng(devices=[]), one_thread():
             torch.manual_seed(self.seed)
             width = len(self.mean)
-            net = nn.Sequential(nn.Linear(width, self.hidden), nn.GELU(), nn.Linear(self.hidden, 1))
+            net = small_mlp(width, self.hidden)
             optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             for _ in range(self.steps):
                 optimiser.zero_grad()
