@@ -96,8 +96,9 @@ class EpochLoop:
         Call once ``steps_per_epoch`` is known. The schedule is not prepared: Accelerate would step it once per
         process, and our steps already count synchronised steps.
         """
-        params = [p for p in trainable.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.parameter_groups(trainable), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
         self.wrapped, self.optimizer = self.accelerator.prepare(trainable, optimizer)
         schedule = (lambda step: 1.0) if self.constant_lr else warmup_cosine(self.total_steps, self.cfg.warmup_fraction)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -199,6 +200,10 @@ class EpochLoop:
     def save(self, path: str | Path) -> Path:  # each trainer writes its own checkpoint
         raise NotImplementedError
 
+    def parameter_groups(self, trainable: nn.Module) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: every trainable parameter at ``cfg.lr``; a trainer may split them."""
+        return [{"params": [p for p in trainable.parameters() if p.requires_grad]}]
+
     def loop_state(self) -> dict[str, Any]:
         """The loop's part of a checkpoint: optimiser, schedule, step, RNG, best and history."""
         return dict(
@@ -219,6 +224,12 @@ class EpochLoop:
 
     def restore_loop_state(self, checkpoint: Mapping[str, Any]) -> None:
         """Put back what ``loop_state`` saved; ``train()`` puts the RNG state in place before the next step."""
+        saved = len(checkpoint["optimizer_state_dict"]["param_groups"])
+        if saved != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"the checkpoint's optimiser has {saved} parameter group(s) and this trainer's has "
+                f"{len(self.optimizer.param_groups)}: it was written by another version of the trainer; start a new run"
+            )
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         self.step = checkpoint["step"]

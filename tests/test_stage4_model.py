@@ -17,7 +17,7 @@ from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.config import SEED_SIZE, Stage4ModelConfig
 from comicnb.stage4.geometry import PAIR_FEATURES, page_pair_features, pair_features
 from comicnb.stage4.inputs import refuse
-from comicnb.stage4.model import Stage4SequenceModel, input_prior
+from comicnb.stage4.model import MAX_SCALE, Stage4SequenceModel, fit_prior_weight, input_prior
 from comicnb.stage4.task_sets import make_task_set, task_rng
 from comicnb.stage4.tasks import TASKS, TEXT_TASKS, Candidate, TaskSample, TaskSet
 from comicnb.stage4.view import RunView, open_run
@@ -246,6 +246,37 @@ def test_the_input_prior_is_the_stage3_cosine_baseline(encoder: BatchBuilder, ta
         for b, sample in enumerate(task_set.samples):
             count = len(sample.candidates)
             assert np.allclose(prior[b, :count].numpy(), baseline.scores[b], atol=1e-5), (task, sample.sample_id)
+
+
+def test_the_fitted_prior_weight_follows_what_the_score_says_of_the_answer() -> None:
+    """fit_prior_weight: large where the score points to the answer, negative where it points away, about zero where
+    it says nothing; it maximises the log posterior; a few samples the score barely tells apart stay near zero."""
+    generator = torch.Generator().manual_seed(0)
+    n, c = 400, 4
+    noise = torch.rand(n, c, generator=generator) * 0.1
+    answer = torch.randint(0, c, (n,), generator=generator)
+    mask = torch.ones(n, c, dtype=torch.bool)
+    rows = torch.arange(n)
+    toward, away = noise.clone(), noise.clone()
+    toward[rows, answer] += 0.05
+    away[rows, answer] -= 0.05
+    up, down, flat = (fit_prior_weight(p, mask, answer) for p in (toward, away, noise))
+    assert up > 10 and down < -10 and abs(flat) < 5, (up, down, flat)
+
+    def log_posterior(w: float) -> float:
+        logits = (w * toward.double()).log_softmax(dim=1)
+        return float(logits[rows, answer].sum()) - w**2 / (2 * 20.0**2)
+
+    assert log_posterior(up) >= max(log_posterior(up - 0.5), log_posterior(up + 0.5))
+    # Masked candidates and samples without an answer count for nothing; the bound holds.
+    masked = mask.clone()
+    masked[:, 3] = False
+    wide = toward.clone()
+    wide[:, 3] = 50.0
+    assert fit_prior_weight(wide, masked, answer.clamp(max=2)) > 10
+    assert fit_prior_weight(toward, mask, torch.full((n,), -1)) == 0.0
+    assert abs(fit_prior_weight(toward[:5] * 1e-3, mask[:5], answer[:5])) < 1  # five samples barely told apart
+    assert abs(fit_prior_weight(toward * 100, mask, answer)) <= MAX_SCALE
 
 
 def test_pair_features_sign_the_direction_and_leave_an_unlabelled_book_unsigned() -> None:

@@ -12,8 +12,10 @@ Every head scores from the transformer's output (architecture, "Stage 4 task pro
   position, which for the text tasks also carries the answer panel's text-free parts (``answer_panel``, no text);
   caption relevance enters its caption (a Stage 3 text-only vector) as a token before the query slot;
 - every candidate logit also adds a learned multiple of the no-learning score, the cosine of the raw candidate to the
-  raw context's mean (or to the caption): a skip around the model (``input_prior``), so training starts from the
-  Stage 3 cosine baseline and the transformer's term is what it adds;
+  raw context's mean (or to the caption): a skip around the model (``input_prior``). The trainer starts each task's
+  multiple at the weight that fits that task's training samples best (``fit_prior_weight``: large where the Stage 3
+  cosine finds the answer, near zero where it does not, as on the text tasks), so training starts from the Stage 3
+  cosine baseline where it helps and the transformer's term is what it adds;
 - where the batch gives ``boxes`` (each context panel's page-fraction box), they enter every panel's token (its place
   on the page, beside its reading position);
 - reading order enters the shuffled panels with no positional encoding (their boxes are the input) and scores every
@@ -52,11 +54,15 @@ READING_ORDER = "reading_order"
 CANDIDATE_TASKS = tuple(t for t in TASKS if t != READING_ORDER)
 POSITION_BASE = 10000.0  # the sinusoid's longest wavelength, as in "Attention is all you need"
 INITIAL_SCALE = 10.0  # candidate logits are cosines times a learned scale, starting where a softmax is not flat
-# With the input prior, the learned term starts small, so the model starts where the prior is; the prior's weight
-# starts where the Stage 3 cosines' spread over a sample's candidates (about 0.02 to 0.08 on the embedded corpus)
-# gives logits of about one, and may turn negative where the cosine points away from the answer.
+# With the input prior, the learned term starts small, so the model starts where the prior is. The prior's weight
+# is set by the trainer from the training samples (``fit_prior_weight``); built without them it starts where the
+# Stage 3 cosines' spread over a sample's candidates (about 0.02 to 0.08 on the embedded corpus) gives logits of
+# about one. Both are scalars that Adam moves by about the learning rate a step, so the trainer gives them their own,
+# larger rate (``GAIN_LR``): at the shared rate a weight of 20 barely moved in a study's 250 steps.
 PRIOR_LEARNED_SCALE = 1.0
 PRIOR_WEIGHT = 20.0
+GAINS = ("log_scale", "prior_weight")  # the heads' scalar gains (parameter names)
+GAIN_LR = 30.0  # their learning rate, as a multiple of the model's
 MAX_SCALE = 100.0
 BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
 
@@ -120,6 +126,11 @@ class CandidateHead(nn.Module):
         self.key = nn.Linear(d_model, d_model)
         self.log_scale = nn.Parameter(torch.tensor(math.log(PRIOR_LEARNED_SCALE if prior else INITIAL_SCALE)))
         self.prior_weight = nn.Parameter(torch.tensor(PRIOR_WEIGHT if prior else 0.0))
+
+    @torch.no_grad()
+    def set_prior_weight(self, weight: float) -> None:
+        """Start the prior's multiple at ``weight`` (``fit_prior_weight`` on training samples), within the bound."""
+        self.prior_weight.fill_(float(np.clip(weight, -MAX_SCALE, MAX_SCALE)))
 
     def forward(
         self,
@@ -497,6 +508,35 @@ def input_prior(batch: Mapping[str, Tensor], candidates: Tensor) -> Tensor:
         query = query.to(device)
         mean = torch.where(query.abs().sum(dim=-1, keepdim=True) > 0, query, mean)
     return torch.einsum("bd,bcd->bc", F.normalize(mean, dim=-1), F.normalize(candidates, dim=-1))
+
+
+@torch.no_grad()
+def fit_prior_weight(
+    prior: Tensor, mask: Tensor, answer: Tensor, spread: float = PRIOR_WEIGHT, steps: int = 50
+) -> float:
+    """The multiple w of the no-learning score (``input_prior``, (N, C)) under which softmax(w * prior) over each
+    sample's candidates (``mask``) best gives the ``answer`` s: the most probable w under a normal prior of standard
+    deviation ``spread`` around 0 (so a few samples, or candidates the score barely tells apart, cannot send it to
+    the bound), by Newton's method on the concave one-dimensional log posterior; within +-``MAX_SCALE``. A score
+    that points away from the answer gets a negative weight; one that says nothing, about zero. Samples without an
+    answer (-1) are left out."""
+    keep = answer >= 0
+    prior, mask, answer = prior[keep].double(), mask[keep].bool(), answer[keep]
+    if not len(answer):
+        return 0.0
+    prior = prior.masked_fill(~mask, 0.0)
+    chosen = prior[torch.arange(len(answer)), answer]
+    weight = 0.0
+    for _ in range(steps):
+        p = torch.softmax((weight * prior).masked_fill(~mask, -torch.inf), dim=1)
+        mean = (p * prior).sum(dim=1)
+        gradient = float((chosen - mean).sum()) - weight / spread**2  # d/dw of the log posterior
+        curvature = float((p * (prior - mean[:, None]) ** 2).sum()) + 1 / spread**2  # minus its second derivative
+        step = gradient / curvature
+        weight = float(np.clip(weight + step, -MAX_SCALE, MAX_SCALE))
+        if abs(step) < 1e-6 or abs(weight) == MAX_SCALE:
+            break
+    return weight
 
 
 def drop_panels(mask: Tensor, rate: float = 0.25) -> Tensor:

@@ -49,7 +49,7 @@ from comicnb.stage4.config import (
     split_stage4_settings,
 )
 from comicnb.stage4.drafts import TaskUnavailable
-from comicnb.stage4.model import Stage4SequenceModel
+from comicnb.stage4.model import GAIN_LR, GAINS, Stage4SequenceModel, fit_prior_weight, input_prior
 from comicnb.stage4.results import READING_ORDER, overall
 from comicnb.stage4.scoring import evaluate
 from comicnb.stage4.task_sets import PROVENANCE_KEYS, read_sets, sampling_rules, training_samples
@@ -133,6 +133,9 @@ class Stage4Trainer(EpochLoop):
             # seeded generator: nothing is drawn from torch's stream), so reading order starts where geometry reads.
             layout = GeometryBaseline(seed=cfg.seed).fit(first[READING_ORDER], view)
             model.reading_order_head.set_layout(layout.net, layout.mean, layout.std)
+        # Each task's input prior starts at the multiple that fits the first epoch's samples (fit_prior_weight).
+        with isolated_rng():
+            self.prior_weights = fit_input_priors(model, builder, first) if model.cfg.input_prior else {}
         self.counts = {task: len(s) for task, s in first.items()}
         if not self.counts:
             reasons = "; ".join(f"{t}: {why}" for t, why in self.skipped.items()) or "every task weight is 0"
@@ -141,6 +144,14 @@ class Stage4Trainer(EpochLoop):
         self.steps_per_epoch = math.ceil(len(self.plans[0].steps) / self.accelerator.num_processes)
         self.start_loop(self.trainable)
         self.last_validation = pd.DataFrame()
+
+    def parameter_groups(self, trainable: nn.Module) -> list[dict[str, Any]]:
+        """The heads' scalar gains (``GAINS``) at ``GAIN_LR`` times the rate and without weight decay, the rest as
+        configured: a scalar moves about the rate a step under Adam, too slowly for a gain of tens."""
+        named = [(n, p) for n, p in trainable.named_parameters() if p.requires_grad]
+        gains = [p for n, p in named if n.rsplit(".", 1)[-1] in GAINS]
+        rest = [p for n, p in named if n.rsplit(".", 1)[-1] not in GAINS]
+        return [{"params": rest}, {"params": gains, "lr": self.cfg.lr * GAIN_LR, "weight_decay": 0.0}]
 
     @property
     def model(self) -> Stage4SequenceModel:
@@ -298,6 +309,7 @@ class Stage4Trainer(EpochLoop):
             steps_per_epoch=self.steps_per_epoch,
             task_counts=dict(self.counts),
             data=dict(self.data),
+            prior_fit=dict(self.prior_weights),  # each task's fitted starting prior multiple
             **self.loop_state(),
         )
         return self.write_checkpoint(checkpoint, path)
@@ -384,6 +396,28 @@ def stage4_trainer_for(
     # must not be resumed as if it were this run's.
     data = {**{k: view.provenance.get(k) for k in PROVENANCE_KEYS}, "sampling_rules": sampling_rules()}
     return Stage4Trainer(model, cfg, view, builder, val_sets, data)
+
+
+@torch.no_grad()
+def fit_input_priors(
+    model: Stage4SequenceModel, builder: BatchBuilder, sets: Mapping[str, TaskSet], chunk: int = 256
+) -> dict[str, float]:
+    """Start every candidate head's prior multiple at the weight that fits its task's samples (``sets``: the first
+    epoch's training draw) best, and return them: the Stage 3 cosine counts as much as it predicts the answer."""
+    fitted = {}
+    for task, task_set in sets.items():
+        if task == READING_ORDER or not len(task_set):
+            continue
+        priors, masks, answers = [], [], []
+        for start in range(0, len(task_set), chunk):
+            batch = builder.collate(task_set, task_set.samples[start : start + chunk])
+            priors.append(input_prior(batch, batch["candidates"]))
+            masks.append(batch["candidate_mask"])
+            answers.append(batch["answer"])
+        weight = fit_prior_weight(torch.cat(priors), torch.cat(masks), torch.cat(answers))
+        getattr(model, f"{task}_head").set_prior_weight(weight)
+        fitted[task] = weight
+    return fitted
 
 
 def warm_captions(builder: BatchBuilder, view: RunView, sets: Iterable[TaskSet], chunk: int = 64) -> None:
