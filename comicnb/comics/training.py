@@ -18,6 +18,7 @@ from comicnb.comics.settings import FitSettings
 from comicnb.loop import EpochLoop, SingleProcess
 from comicnb.metrics import expected_hits
 from comicnb.seed import set_seed
+from comicnb.stage4.model import fit_prior_weight, gain_groups, input_prior
 
 
 class Part:
@@ -63,11 +64,22 @@ class ScorerTrainer(EpochLoop):
         self.steps_per_epoch = math.ceil(len(train) / settings.batch_size)
         if not self.steps_per_epoch:
             raise ValueError("no training rows: a COMICS scorer needs at least one training sample")
+        if self.model.cfg.input_prior:  # the prior's multiple starts where it fits the training part (fit_prior_weight)
+            batch = train.batch(torch.arange(len(train)))
+            self.prior_weight = fit_prior_weight(
+                input_prior(batch, batch["candidates"]), batch["candidate_mask"], batch["answer"]
+            )
+            getattr(self.model, f"{STAGE4_TASK[task]}_head").set_prior_weight(self.prior_weight)
+            log(f"  input prior: weight {self.prior_weight:.2f}, fitted on the training part")
         self.start_loop(self.model)
         self.generator = torch.Generator().manual_seed(settings.seed)  # the epochs' shuffles
         self.best_state: dict[str, Tensor] | None = None
         self.waited = 0  # epochs since the validation loss last fell
         self.losses: list[float] = []  # the current epoch's training losses
+
+    def parameter_groups(self, trainable: torch.nn.Module) -> list[dict[str, Any]]:
+        """The heads' scalar gains in their own group, as in Stage 4 (``gain_groups``)."""
+        return gain_groups(trainable, self.cfg.lr)
 
     def epoch_steps(self, epoch: int, offset: int, count: int) -> Iterator[None]:
         """One epoch over the training part in a fresh shuffle, a batch a step (a run in one sitting: offset 0)."""

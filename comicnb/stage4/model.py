@@ -510,6 +510,15 @@ def input_prior(batch: Mapping[str, Tensor], candidates: Tensor) -> Tensor:
     return torch.einsum("bd,bcd->bc", F.normalize(mean, dim=-1), F.normalize(candidates, dim=-1))
 
 
+def gain_groups(module: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """Optimiser parameter groups: the heads' scalar gains (``GAINS``) at ``GAIN_LR`` times ``lr`` without weight
+    decay (a scalar moves about the rate a step under Adam, too slowly for a gain of tens), the rest at the rate."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    gains = [p for n, p in named if n.rsplit(".", 1)[-1] in GAINS]
+    rest = [p for n, p in named if n.rsplit(".", 1)[-1] not in GAINS]
+    return [{"params": rest}, {"params": gains, "lr": lr * GAIN_LR, "weight_decay": 0.0}]
+
+
 @torch.no_grad()
 def fit_prior_weight(
     prior: Tensor, mask: Tensor, answer: Tensor, spread: float = PRIOR_WEIGHT, steps: int = 50

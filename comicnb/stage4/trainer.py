@@ -49,7 +49,7 @@ from comicnb.stage4.config import (
     split_stage4_settings,
 )
 from comicnb.stage4.drafts import TaskUnavailable
-from comicnb.stage4.model import GAIN_LR, GAINS, Stage4SequenceModel, fit_prior_weight, input_prior
+from comicnb.stage4.model import Stage4SequenceModel, fit_prior_weight, gain_groups, input_prior
 from comicnb.stage4.results import READING_ORDER, overall
 from comicnb.stage4.scoring import evaluate
 from comicnb.stage4.task_sets import PROVENANCE_KEYS, read_sets, sampling_rules, training_samples
@@ -146,12 +146,8 @@ class Stage4Trainer(EpochLoop):
         self.last_validation = pd.DataFrame()
 
     def parameter_groups(self, trainable: nn.Module) -> list[dict[str, Any]]:
-        """The heads' scalar gains (``GAINS``) at ``GAIN_LR`` times the rate and without weight decay, the rest as
-        configured: a scalar moves about the rate a step under Adam, too slowly for a gain of tens."""
-        named = [(n, p) for n, p in trainable.named_parameters() if p.requires_grad]
-        gains = [p for n, p in named if n.rsplit(".", 1)[-1] in GAINS]
-        rest = [p for n, p in named if n.rsplit(".", 1)[-1] not in GAINS]
-        return [{"params": rest}, {"params": gains, "lr": self.cfg.lr * GAIN_LR, "weight_decay": 0.0}]
+        """The heads' scalar gains in their own group (``gain_groups``)."""
+        return gain_groups(trainable, self.cfg.lr)
 
     @property
     def model(self) -> Stage4SequenceModel:
