@@ -39,7 +39,7 @@ from comicnb.stage4.results import COLUMNS
 from comicnb.stage4.scoring import evaluate, load_stage4_model, predict_sets, score_models, trained_models
 from comicnb.stage4.task_sets import TaskSetsMissingError, build_task_sets, sampling_rules
 from comicnb.stage4.tasks import TASKS, TaskSet, read_task_set, task_dir
-from comicnb.stage4.trainer import BEST_METRIC, NonFiniteLossError, build_stage4_trainer, train_stage4
+from comicnb.stage4.trainer import BEST_METRIC, NonFiniteLossError, build_stage4_trainer, prior_table, train_stage4
 from comicnb.store import STORE_NAME, EmbedConfig, generate
 
 SMALL_MODEL = dict(d_model=32, nhead=2, num_layers=1, dim_feedforward=64)
@@ -147,6 +147,9 @@ def test_a_short_run_learns(learned: tuple[Any, Path]) -> None:
     assert {names[id(p)].rsplit(".", 1)[-1] for p in gains["params"]} == set(GAINS)
     assert len(gains["params"]) == 2 * len(fitted)
     assert gains["initial_lr"] == LEARN["lr"] * GAIN_LR and gains["weight_decay"] == 0.0
+    priors = prior_table({"stage4": trainer}).set_index("task")
+    assert priors.fitted.to_dict() == fitted and (priors.learned_scale > 0).all()
+    assert (priors.trained != priors.fitted).all()  # training moved every multiple from where it was fitted
 
     # Every step logs its task's loss; the strip term is trained alongside.
     steps = trainer.history.steps

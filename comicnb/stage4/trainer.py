@@ -482,3 +482,23 @@ def validation_table(trainers: Mapping[str, Stage4Trainer], sets: Mapping[Any, T
     """Each trained model's result table on ``sets`` as it ends training (Wilson intervals), named by its key."""
     tables = [evaluate(t.model, sets, t.builder, t.cfg.eval_batch_size, name=name) for name, t in trainers.items()]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def prior_table(trainers: Mapping[str, Stage4Trainer]) -> pd.DataFrame:
+    """Per model and candidate task: the input prior's multiple as fitted on the first epoch's draw (``fitted``) and
+    as trained (``trained``), and the learned term's scale (``learned_scale``): how much the Stage 3 cosine counts
+    beside what the model learned. Empty for models without the prior."""
+    rows = []
+    for name, trainer in trainers.items():
+        for task, fitted in trainer.prior_weights.items():
+            head = getattr(trainer.model, f"{task}_head")
+            rows.append(
+                dict(
+                    model=name,
+                    task=task,
+                    fitted=fitted,
+                    trained=float(head.prior_weight.detach()),
+                    learned_scale=float(head.log_scale.detach().exp()),
+                )
+            )
+    return pd.DataFrame(rows, columns=["model", "task", "fitted", "trained", "learned_scale"])
