@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from comicnb.cli import main
 from comicnb.comics.evaluate import evaluate
@@ -324,6 +325,46 @@ def test_candidate_vectors_and_prior_settings() -> None:
     assert "input_prior" not in FitSettings().model_config(384, "text_cloze")  # Stage 4's default
     assert FitSettings().model_config(384, "char_coherence")["input_prior"] is False
     assert FitSettings(input_prior=True).model_config(384, "char_coherence")["input_prior"] is True
+
+
+def test_box_tokens_give_every_text_box_its_own_token(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``context_tokens="box"`` (speech per balloon): panel p's box b at p * B + b (B the most boxes of a panel), its
+    own text's vector; the places after a panel's boxes are zeros and masked; a fit saves the setting and eval
+    reads the context the same way."""
+    from comicnb.comics.embed import TextVectors, sample_vectors
+    from comicnb.comics.heads import make_batch
+
+    rows = [cloze_row(1, p, answer=p % 3) for p in range(4)]
+    table = read_comics(write_csv(tmp_path / "t.csv", CLOZE_HEADER, rows))
+    vectors = TextVectors(None)
+    vectors._model = FakeEncoder()
+    by_panel, _ = sample_vectors(table.samples, vectors, tokens="panel")
+    by_box, candidates = sample_vectors(table.samples, vectors, tokens="box")
+    width = max(len(p) for s in table.samples for p in s.context)
+    assert by_panel.shape[1] == 3 and by_box.shape[1] == 3 * width and candidates.shape[1] == 3
+    for n, sample in enumerate(table.samples):
+        for p, boxes in enumerate(sample.context):
+            for b in range(width):
+                expected = vectors([boxes[b]])[0] if b < len(boxes) else np.zeros(by_box.shape[-1])
+                assert np.allclose(by_box[n, p * width + b], expected)
+    batch = make_batch(torch.from_numpy(by_box), torch.from_numpy(candidates), torch.zeros(4, dtype=torch.long), "box")
+    assert torch.equal(batch["context_mask"], torch.from_numpy(np.abs(by_box).sum(-1) > 0))
+    assert make_batch(torch.from_numpy(by_panel), torch.from_numpy(candidates), torch.zeros(4), "panel")[
+        "context_mask"
+    ].all()
+    with pytest.raises(ValueError, match="context tokens"):
+        sample_vectors(table.samples, vectors, tokens="words")
+
+    train = write_csv(
+        tmp_path / "train.csv", CLOZE_HEADER, [cloze_row(b, p, p % 3) for b in range(1, 6) for p in range(6)]
+    )
+    held = write_csv(tmp_path / "held.csv", CLOZE_HEADER, [cloze_row(b, p, p % 3) for b in (7, 8) for p in range(6)])
+    out = tmp_path / "box-model"
+    args = ["comics", "fit", "--csv", str(train), "--out", str(out), "--context-tokens", "box", *TINY]
+    assert main(args) == 0
+    assert json.loads((out / MANIFEST).read_text())["settings"]["context_tokens"] == "box"
+    assert main(["comics", "eval", "--csv", str(held), "--model", str(out), "--no-baseline"]) == 0
+    assert "(12 rows of 2 books)" in capsys.readouterr().out
 
 
 def test_the_study_subset_keeps_whole_books_shared_across_files(tmp_path: Path) -> None:

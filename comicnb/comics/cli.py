@@ -17,7 +17,7 @@ TASK_CHOICES = ("text_cloze", "char_coherence")
 def add_arguments(parser: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]) -> None:
     """The ``comics`` sub-commands on ``parser``."""
     from comicnb.comics.folds import DEFAULT_FOLDS
-    from comicnb.comics.settings import PAIR_VECTORS, FitSettings
+    from comicnb.comics.settings import CONTEXT_TOKENS, PAIR_VECTORS, FitSettings
 
     commands = parser.add_subparsers(dest="comics_command", required=True, metavar="{fit,eval,baseline,folds}")
     defaults = FitSettings()
@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser, formatter: type[argparse.Help
         choices=PAIR_VECTORS,
         default=defaults.pair_vectors,
         help="character coherence: a candidate's vector from its first box, or from its two boxes joined in order",
+    )
+    fit.add_argument(
+        "--context-tokens",
+        choices=CONTEXT_TOKENS,
+        default=defaults.context_tokens,
+        help="one context token per panel (its text boxes joined) or one per text box (speech per balloon)",
     )
     fit.add_argument(
         "--input-prior",
@@ -169,6 +175,7 @@ def _fit(args: argparse.Namespace) -> int:
         "patience",
         "seed",
         "pair_vectors",
+        "context_tokens",
         "input_prior",
     )
     settings = settings_from({k: getattr(args, k) for k in keys})

@@ -1,7 +1,10 @@
 """Text vectors of COMICS panels and candidates from a frozen sentence encoder (the packaged all-MiniLM-L6-v2).
 
 A COMICS sample enters comicnb as text-only panels: each context panel is its text boxes joined in reading order,
-encoded once; a panel without text is a zero vector (the vision part is absent, so masked). A text-cloze candidate
+encoded once; a panel without text is a zero vector (the vision part is absent, so masked). With
+``context_tokens="box"`` (speech per balloon) every text box is a token of its own instead, in reading order, so
+the model can tell the last line of a panel from its first (the COMICS folds give no box positions, so a box token
+is its text vector and its place in the sequence). A text-cloze candidate
 is its text box. A character-coherence candidate is one order of the answer panel's two boxes; as a vector it is
 (``pair_vectors``) either its first box (``first_box``, the default: the two candidates are then the two boxes, and
 the model tells which one is read first) or its two boxes joined in order with `` / `` (``joined``: a frozen
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from comicnb.comics.reader import ComicsSample
-from comicnb.comics.settings import PAIR_VECTORS
+from comicnb.comics.settings import CONTEXT_TOKENS, PAIR_VECTORS
 
 PACKAGED = "packaged all-MiniLM-L6-v2"
 BOX_JOIN = " "  # boxes of one context panel, read in order
@@ -146,14 +149,24 @@ def candidate_vector_text(boxes: Sequence[str], pair_vectors: str = "first_box")
 
 
 def sample_vectors(
-    samples: Sequence[ComicsSample], vectors: TextVectors, pair_vectors: str = "first_box"
+    samples: Sequence[ComicsSample], vectors: TextVectors, pair_vectors: str = "first_box", tokens: str = "panel"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(context (N, P, D), candidates (N, C, D)) text vectors of samples; a panel without text is zeros."""
-    panels = [panel_text(p) for s in samples for p in s.context]
-    candidates = [candidate_vector_text(c, pair_vectors) for s in samples for c in s.candidates]
+    """(context (N, T, D), candidates (N, C, D)) text vectors of samples. ``tokens="panel"``: a token per context
+    panel, its boxes joined (a panel without text is zeros); ``"box"``: a token per text box, each panel given the
+    most boxes any panel has (B), panel p's box b at p * B + b, the places after its boxes zeros."""
+    if tokens not in CONTEXT_TOKENS:
+        raise ValueError(f"context tokens must be one of {', '.join(CONTEXT_TOKENS)}, not {tokens!r}")
     n = len(samples)
     n_panels = len(samples[0].context) if n else 0
     n_candidates = len(samples[0].candidates) if n else 0
-    embedded = vectors(panels + candidates)
-    context = embedded[: len(panels)].reshape(n, n_panels, -1)
-    return context, embedded[len(panels) :].reshape(n, n_candidates, -1)
+    width = max([1, *(len(p) for s in samples for p in s.context)]) if tokens == "box" else 1
+    if tokens == "panel":
+        texts = [panel_text(p) for s in samples for p in s.context]
+    else:
+        texts = [p[b] if b < len(p) else "" for s in samples for p in s.context for b in range(width)]
+    candidates = [candidate_vector_text(c, pair_vectors) for s in samples for c in s.candidates]
+    filled = [i for i, t in enumerate(texts) if t] if tokens == "box" else list(range(len(texts)))
+    embedded = vectors([texts[i] for i in filled] + candidates)
+    context = np.zeros((len(texts), embedded.shape[1] if len(embedded) else 0), dtype=np.float32)
+    context[filled] = embedded[: len(filled)]
+    return context.reshape(n, n_panels * width, -1), embedded[len(filled) :].reshape(n, n_candidates, -1)

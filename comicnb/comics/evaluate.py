@@ -185,9 +185,10 @@ def evaluate(
     if vectors.label != manifest["text_model_label"]:
         raise ValueError(f"the model was trained on {manifest['text_model_label']} vectors, not {vectors.label}")
     pair_vectors = manifest["settings"].get("pair_vectors", "joined")  # models saved before the setting: joined
-    context, candidates = sample_vectors(samples, vectors, pair_vectors)
+    tokens = manifest["settings"].get("context_tokens", "panel")  # models saved before the setting: panel
+    context, candidates = sample_vectors(samples, vectors, pair_vectors, tokens)
     answers = np.array([s.answer for s in samples], dtype=np.int64)
-    logits = model_scores(model, table.task, context, candidates)
+    logits = model_scores(model, table.task, context, candidates, tokens=tokens)
     evaluation.scores.append(score("trained (text only)", expected_hits(logits, answers), samples))
     if baseline:
         evaluation.scores.append(score(f"zero-shot {short(vectors.label)}", zero_shot(samples, vectors), samples))

@@ -104,8 +104,9 @@ def fit(
     encode_started = time.perf_counter()
     parts = []
     for rows in (train_rows, val_rows):
-        context, candidates = sample_vectors(rows, vectors, settings.pair_vectors)
-        parts.append(Part(context, candidates, np.array([s.answer for s in rows], dtype=np.int64)))
+        context, candidates = sample_vectors(rows, vectors, settings.pair_vectors, settings.context_tokens)
+        answers = np.array([s.answer for s in rows], dtype=np.int64)
+        parts.append(Part(context, candidates, answers, settings.context_tokens))
     vectors.save()
     encode_seconds = time.perf_counter() - encode_started
     log(f"  text vectors: {vectors.encoded} texts encoded in {encode_seconds:.0f} s ({vectors.label})")

@@ -13,6 +13,7 @@ from typing import Any
 from comicnb.stage4.config import Stage4ModelConfig
 
 PAIR_VECTORS = ("first_box", "joined")  # how a character-coherence candidate becomes a vector (comicnb.comics.embed)
+CONTEXT_TOKENS = ("panel", "box")  # a context token per panel (its boxes joined) or per text box (comicnb.comics.embed)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class FitSettings:
     validation_share: float = 0.1  # of the training books
     seed: int = 0
     pair_vectors: str = "first_box"  # character coherence: a candidate's vector from its first box, or "joined"
+    context_tokens: str = "panel"  # one context token per panel (its boxes joined), or one per text box ("box")
     # Stage 4's input prior (a candidate's raw cosine to the context, added to its logit): None keeps the model's
     # default for text cloze, where that cosine is the zero-shot baseline, and turns it off for character coherence,
     # where both candidates hold the same two boxes and the cosine says nothing about their order.

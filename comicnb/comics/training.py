@@ -24,7 +24,8 @@ from comicnb.stage4.model import fit_prior_weight, gain_groups, input_prior
 class Part:
     """Tensors of one part (training or validation)."""
 
-    def __init__(self, context: np.ndarray, candidates: np.ndarray, answers: np.ndarray) -> None:
+    def __init__(self, context: np.ndarray, candidates: np.ndarray, answers: np.ndarray, tokens: str = "panel") -> None:
+        self.tokens = tokens  # the context's tokens: one per panel or one per text box (make_batch)
         self.context = torch.from_numpy(context)
         self.candidates = torch.from_numpy(candidates)
         self.answers = torch.from_numpy(answers)
@@ -34,12 +35,12 @@ class Part:
         return len(self.answers)
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
-        return make_batch(self.context[index], self.candidates[index], self.answers[index])
+        return make_batch(self.context[index], self.candidates[index], self.answers[index], self.tokens)
 
 
 def _validate(model, task: str, part: Part) -> tuple[float, float]:
     """(loss, accuracy) on a part, in eval mode."""
-    logits = model_scores(model, task, part.context.numpy(), part.candidates.numpy())
+    logits = model_scores(model, task, part.context.numpy(), part.candidates.numpy(), tokens=part.tokens)
     log_p = torch.log_softmax(torch.from_numpy(logits).double(), dim=1)
     loss = float(-log_p[torch.arange(len(part)), part.answers].mean())
     return loss, float(expected_hits(logits, part.answers_np).mean())
