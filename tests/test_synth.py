@@ -140,7 +140,7 @@ def test_page_json_follows_the_contract_and_matches_the_truth(corpora, name):
             assert isinstance(panel["text"], str) and 0 < panel["confidence"] <= 1
             assert len(panel["text_boxes"]) == len(true["lines"]) and panel["text"] == " ".join(panel["text_boxes"])
             assert panel["description"] == true["caption"] and true["reading_position"] == i
-    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 3
+    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 4
 
 
 @pytest.mark.parametrize("name", ["clean", "xyxy"])
@@ -271,7 +271,14 @@ def test_characters_recur_with_a_stable_identity(corpora):
 
 def test_actions_progress_over_consecutive_panels(corpora):
     for book in _truth(corpora["clean"])["books"].values():
-        stream = [panel for page in book["pages"].values() if page["label"] == "narrative" for panel in page["panels"]]
+        # A cutaway interrupts a beat, which resumes after it: the action progresses over the panels of its story line.
+        stream = [
+            panel
+            for page in book["pages"].values()
+            if page["label"] == "narrative"
+            for panel in page["panels"]
+            if not panel["cutaway"]
+        ]
         for before, panel in zip([None] + stream, stream):
             assert 0 <= panel["action_step"] < panel["action_steps"]
             if panel["action_step"] > 0:
@@ -291,7 +298,7 @@ def test_dialogue_has_speakers_in_the_panel_and_silent_panels_exist(corpora):
 
 
 def test_answers_follow_their_questions_and_need_the_context():
-    plan = synth.plan_corpus(3, 10, seed=7, page_size=SMALL)
+    plan = synth.plan_corpus(6, 10, seed=7, page_size=SMALL)
     answered = Counter()
     for book in plan["books"].values():
         spoken = [
@@ -299,6 +306,7 @@ def test_answers_follow_their_questions_and_need_the_context():
             for page in book["pages"].values()
             if page["label"] == "narrative"
             for panel in page["panels"]
+            if not panel.get("cutaway")  # a question before a cutaway is answered after it
             for line in panel["lines"]
             if line["kind"] == "speech"
         ]
@@ -576,7 +584,7 @@ def test_beats_and_scene_runs_span_consecutive_story_panels(twelve_books, corpor
                     )
                     assert (panel["action"], panel["characters"]) == (before["action"], before["characters"])
                     crossing += page != next_page and truth is twelve_books
-                elif clean:
+                elif clean and not (panel["cutaway"] or before["cutaway"] or panel["resumes"]):
                     assert panel["action_step"] == 0 and before["action_step"] == before["action_steps"] - 1
                 if panel["scene_run"] == before["scene_run"]:
                     assert panel["scene"] == before["scene"]

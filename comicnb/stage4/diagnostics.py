@@ -34,12 +34,14 @@ import torch
 from torch import Tensor
 
 from comicnb.metrics import MIN_BOOKS, accuracy_interval
+from comicnb.stage4 import probes
+from comicnb.stage4.baselines import run_baselines
 from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.config import MAIN
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.results import READING_ORDER, sample_frame
 from comicnb.stage4.scoring import load_stage4_model, predict_sets, trained_modalities, trained_models
-from comicnb.stage4.tasks import TaskSample, TaskSet
+from comicnb.stage4.tasks import TaskSample, TaskSet, read_manifest, task_dir
 from comicnb.stage4.view import RunView
 
 CONDITIONS = ("given", "shuffled", "nearest", "other_page", "removed")
@@ -362,3 +364,32 @@ def attention_figures(
             title = f"{task.replace('_', ' ')}: where the scored slot attends (mean over heads and layers)"
             drawn.append(draw_attention(rows, chosen, title))
     return drawn
+
+
+# ------------------------------------------------------------------------------------------------ long-range probes
+
+
+def score_probes(
+    run_dir: str | Path,
+    split: str,
+    view: RunView,
+    models: Mapping[str, tuple[Stage4SequenceModel, BatchBuilder]],
+    train_sets: Sequence[TaskSet],
+    seed: int = 0,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+) -> tuple[pd.DataFrame, list[str]]:
+    """The long-range probes of ``split`` (``comicnb.stage4.probes``): every baseline (learned ones fitted on
+    ``train_sets``) and every model under every change of context, as ``probes.probe_table`` and its verdicts; an
+    empty table and the reason where the split has no probes."""
+    folder = task_dir(run_dir, split)
+    manifest = read_manifest(folder)
+    sets = probes.read_probes(folder, manifest)
+    if not sets:
+        entry = manifest.get("probes")
+        why = entry.get("reason", "no samples") if entry else "the task sets predate them: rebuild them (notebook 04)"
+        return pd.DataFrame(), [f"no long-range probes for {split}: {why}"]
+    baselines = sample_frame(run_baselines([*train_sets, *sets.values()], view))
+    diagnosis = diagnose(models, sets, view, seed)
+    table = probes.probe_table(baselines, diagnosis.samples, level=level, n_resamples=n_resamples, seed=seed)
+    return table, probes.probe_verdicts(table)

@@ -22,6 +22,7 @@ import pandas as pd
 from comicnb import __version__
 from comicnb.stage4.drafts import TaskUnavailable, plain, texts_of
 from comicnb.stage4.negatives import NEARBY_PAGES
+from comicnb.stage4.probes import PROBES_DIR, write_probes
 from comicnb.stage4.samplers import SAMPLERS
 from comicnb.stage4.tasks import (
     CANDIDATES,
@@ -136,6 +137,7 @@ def write_split(
         directions={b: view.directions[b] for b in books if b in view.directions},
         rules=sampling_rules(),
         tasks=entries,
+        probes=write_probes(view, folder / PROBES_DIR, split, seed),
         comicnb_version=__version__,
         **view.provenance,
     )

@@ -81,8 +81,8 @@ SHAPE_MATCHED = ("panel_picking", "visual_closure", "caption_relevance")
 TEXT_LENGTH_TOLERANCE = 0.2
 # Raised whenever a sampler draws differently for the same store and seed: sets built under other rules are rebuilt,
 # not reused (1: scene negatives and text-free answers, issue 10; 2: shape-matched negatives, text negatives of the
-# answer's box count and length cell, issue 18).
-RULES_VERSION = 2
+# answer's box count and length cell, issue 18; 3: the long-range probes written beside the sets, issue 21).
+RULES_VERSION = 3
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
 TASKS_DIR = "tasks"
@@ -166,6 +166,12 @@ class TaskSet:
 def log_length(text: str) -> float:
     """log(1 + characters) of a text, spacing folded: the length the text tasks match within TEXT_LENGTH_TOLERANCE."""
     return float(np.log1p(len(" ".join(str(text).split()))))
+
+
+def length_cell(text: str) -> int:
+    """The cell of a fixed grid of width TEXT_LENGTH_TOLERANCE that a text's length (``log_length``) falls in: the text
+    tasks' negatives share the answer's."""
+    return int(np.floor(log_length(text) / TEXT_LENGTH_TOLERANCE))
 
 
 def task_dir(run_dir: str | Path, split: str) -> Path:

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from comicnb.stage4.tasks import length_cell
+
 CAST: dict[str, dict] = {
     "c0": {
         "name": "Mira",
@@ -224,23 +226,67 @@ ACTIONS: dict[str, dict] = {
     },
 }
 
-# Questions whose answers need context: x asks, y answers. {wrong} and {wrong_count} are decoys, so the
-# answer cannot be copied from the question.
-EXCHANGES: dict[str, list[tuple[str, str]]] = {
-    "where": [
-        ("Where shall we meet tomorrow, {y}?", "By {landmark}, {x}."),
-        ("Which way is home from here?", "Just past {landmark}."),
-    ],
-    "colour": [
-        ("What colour is the {prop}, {y}?", "It's {colour}."),
-        ("Is the {prop} {wrong}?", "No, {x}, it's {colour}."),
-    ],
-    "count": [
-        ("How many birds can you see?", "I count {count}."),
-        ("Are there {wrong_count} birds up there?", "No, only {count}."),
-    ],
-    "call": [("Hey, {y}!", "What is it, {x}?"), ("{y}, come over here!", "Coming, {x}!")],
+# Questions whose answers need context: x asks, y answers with any reply of the question's kind. {wrong} and
+# {wrong_count} are decoys, so the answer cannot be copied from the question. Eight replies a kind, so a reply heard
+# after a cutaway can be told from the replies to the other kinds of question by what was asked, not by its wording.
+EXCHANGES: dict[str, tuple[list[str], list[str]]] = {
+    "where": (
+        ["Where shall we meet tomorrow, {y}?", "Which way is home from here?"],
+        [
+            "By {landmark}, {x}.",
+            "Just past {landmark}.",
+            "Near {landmark}, I think.",
+            "Over by {landmark}.",
+            "At {landmark}.",
+            "Meet me right beside {landmark}, {x}.",
+            "Down by {landmark}.",
+            "Try {landmark}, {x}.",
+        ],
+    ),
+    "colour": (
+        ["What colour is the {prop}, {y}?", "Is the {prop} {wrong}?"],
+        [
+            "It's {colour}.",
+            "No, {x}, it's {colour}.",
+            "It looks {colour} to me.",
+            "Plain {colour}, {x}.",
+            "All {colour}.",
+            "It is {colour}, {x}, can't you see?",
+            "{x}, it's {colour}.",
+            "Bright {colour}, I'd say.",
+        ],
+    ),
+    "count": (
+        ["How many birds can you see?", "Are there {wrong_count} birds up there?"],
+        [
+            "I count {count}.",
+            "No, only {count}.",
+            "Just {count}, {x}.",
+            "I see {count} of them.",
+            "About {count}.",
+            "I can see {count} birds up there, {x}.",
+            "There are {count}.",
+            "Only {count}, {x}.",
+        ],
+    ),
+    "call": (
+        ["Hey, {y}!", "{y}, come over here!"],
+        [
+            "What is it, {x}?",
+            "Coming, {x}!",
+            "Yes, {x}?",
+            "I'm right here, {x}!",
+            "Wait for me!",
+            "Just a moment, I'm coming, {x}!",
+            "Yes? What now?",
+            "Over here, {x}!",
+        ],
+    ),
 }
+# A beat of at least three steps is interrupted this often by a cutaway ("Meanwhile, ..."): one or two panels of other
+# cast members elsewhere, after which the beat resumes where it stopped. A question asked just before the cutaway is
+# answered just after it, so the story state (who, where, which prop, what was asked) lies two or more panels back.
+CUTAWAY_SHARE = 0.5
 WHEN = ["Meanwhile", "Later", "That morning", "That evening", "Soon after", "Next day"]
 TITLE_WORDS = (
     ["Lost", "Silver", "Hidden", "Windy", "Midnight", "Giant"],
@@ -290,12 +336,84 @@ def plan_story(
         beat += 1
         steps = min(int(rng.integers(3, 6)), n_panels - len(panels))
         # Numbered here, not in plan_beat: the numbers draw nothing from rng, so every other draw stays the same.
-        panels += [
+        played = [
             {**panel, "beat": beat, "scene_run": run}
             for panel in plan_beat(rng, cast, scene, steps, new_scene, after=action)
         ]
-        action = panels[-1]["action"]
-    return panels
+        action = played[-1]["action"]
+        if steps >= 3 and len(panels) + steps < n_panels and rng.random() < CUTAWAY_SHARE:
+            cut = int(rng.integers(1, 3))
+            # The cutaway's own numbers are negative, so they never meet a story beat's or scene run's.
+            played = cut_away(rng, cast, played, min(cut, n_panels - len(panels) - steps), -1 - beat, -1 - run)
+        panels += played
+    return [_planned(panel) for panel in panels[:n_panels]]
+
+
+def _planned(panel: dict) -> dict:
+    """A story panel as the plan keeps it: without the beat's words and the lines' group numbers."""
+    lines = [{k: v for k, v in line.items() if k != "group"} for line in panel["lines"]]
+    return {**{k: v for k, v in panel.items() if k != "ctx"}, "lines": lines}
+
+
+def cut_away(
+    rng: np.random.Generator, cast: Sequence[str], played: list[dict], cut: int, beat: int, run: int
+) -> list[dict]:
+    """A beat's panels with a cutaway of ``cut`` panels before one of its steps after the second: other cast members
+    in another scene, opened by a "Meanwhile" caption. The panel before the cutaway ends with a question and the
+    panel it resumes with opens with the answer (their other lines are dropped whole, pairs never split); the
+    resumed panel records ``resumes`` (the kind asked, the reply, and the replies of the other kinds with the beat's
+    words, for the long-range probes). Played as is where fewer than two cast members are free or no kind fits."""
+    who, scene = played[0]["characters"], played[0]["scene"]
+    free = [c for c in cast if c not in who]
+    ctx = played[0]["ctx"]
+    kinds = exchange_kinds(ctx)
+    if len(free) < 2 or not kinds:
+        return played
+    at = int(rng.integers(2, len(played)))  # the step that resumes: at least two steps before the cutaway
+    elsewhere = pick(rng, [s for s in SCENES if s != scene])
+    away = [
+        {**panel, "beat": beat, "scene_run": run, "cutaway": True}
+        for panel in plan_beat(rng, free, elsewhere, cut, new_scene=True)
+    ]
+    away[0]["lines"] = [caption(f"Meanwhile, {SCENES[elsewhere]['place']}."), *away[0]["lines"][1:]]
+    kind = pick(rng, kinds)
+    x, y = (str(c) for c in rng.permutation(who)[:2])
+    words = {**ctx["words"], "x": CAST[x]["name"], "y": CAST[y]["name"]}
+    questions, replies = EXCHANGES[kind]
+    question = pick(rng, questions).format(**words)
+    # The kind is drawn first, then a reply of it that every other kind can match in length where one can: the probe
+    # offers one reply of each kind, all of the answer's length (its empty balloon shows how long it was).
+    matched = [r for r in replies if _matched(r.format(**words), kind, words)]
+    reply = pick(rng, matched or replies).format(**words)
+    touched = {g for panel in played[at - 1 : at + 1] for line in panel["lines"] for g in [line.get("group")]}
+    for panel in played:
+        panel["lines"] = [line for line in panel["lines"] if line.get("group") is None or line["group"] not in touched]
+    played[at - 1]["lines"].append(speech(x, question))
+    played[at]["lines"].insert(0, speech(y, reply))
+    played[at]["resumes"] = {
+        "asked": kind,
+        "question": question,
+        "reply": reply,
+        "replies": {k: [r.format(**words) for r in EXCHANGES[k][1]] for k in EXCHANGES if k != kind},
+        "all_kinds": len(kinds) == len(EXCHANGES),
+    }
+    return played[:at] + away + played[at:]
+
+
+def _matched(reply: str, kind: str, words: dict) -> bool:
+    """Whether every other kind of question has a reply in the words given in ``reply``'s length cell."""
+    cell = length_cell(reply)
+    return all(any(length_cell(r.format(**words)) == cell for r in EXCHANGES[k][1]) for k in EXCHANGES if k != kind)
+
+
+def exchange_kinds(ctx: dict) -> list[str]:
+    """The kinds of question that can be asked in a beat: the birds only where some are drawn, the prop's colour only
+    where it shows from the first step."""
+    return [
+        k
+        for k in EXCHANGES
+        if (k != "count" or ctx["birds"] > 0) and (k != "colour" or ACTIONS[ctx["action"]]["colour_seen"])
+    ]
 
 
 def plan_beat(
@@ -306,6 +424,7 @@ def plan_beat(
     slots = _beat_lines(rng, ctx, steps, new_scene)
     return [
         {
+            "ctx": ctx,  # the words of the beat, for a cutaway; finish_story drops it and the lines' groups
             "characters": list(ctx["who"]),
             "scene": scene,
             "action": ctx["action"],
@@ -357,8 +476,8 @@ def _beat_lines(rng: np.random.Generator, ctx: dict, steps: int, new_scene: bool
     elif rng.random() < 0.35:
         slots[0].append(caption(ACTIONS[ctx["action"]]["intro"].format(**ctx["words"])))
     cursor = 0
-    for at, group in _groups(rng, ctx):
-        cursor = _place(rng, slots, cursor, at, group)
+    for g, (at, group) in enumerate(_groups(rng, ctx)):  # each line knows its group, so a cutaway drops pairs whole
+        cursor = _place(rng, slots, cursor, at, [{**line, "group": g} for line in group])
     return slots
 
 
@@ -391,12 +510,8 @@ def _groups(rng: np.random.Generator, ctx: dict) -> list[tuple[str, list[dict]]]
 
 def _exchange(rng: np.random.Generator, ctx: dict) -> list[dict]:
     """A question from one participant and the answer of another; the answer needs context."""
-    kinds = [
-        k
-        for k in EXCHANGES
-        if (k != "count" or ctx["birds"] > 0) and (k != "colour" or ACTIONS[ctx["action"]]["colour_seen"])
-    ]
-    question, answer = pick(rng, EXCHANGES[pick(rng, kinds)])
+    questions, replies = EXCHANGES[pick(rng, exchange_kinds(ctx))]
+    question, answer = pick(rng, questions), pick(rng, replies)
     x, y = (str(c) for c in rng.permutation(ctx["who"])[:2])
     words = {**ctx["words"], "x": CAST[x]["name"], "y": CAST[y]["name"]}
     return [speech(x, question.format(**words)), speech(y, answer.format(**words))]

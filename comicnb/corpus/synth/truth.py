@@ -3,8 +3,10 @@
 Version 2 of the sidecar adds, per panel, the story structure Stage 4 samples tasks from: ``beat`` and
 ``scene_run`` (book-unique numbers of the panel's beat and of its stretch of one scene), ``speakers`` and
 ``caption_unique``. Version 3 adds, per page, ``reading``: ``fixed`` where the layout admits one order, ``across`` or
-``down`` for a grid read across its rows or down its columns. Version 1 sidecars are still read: what they lack is
-derived from what they have.
+``down`` for a grid read across its rows or down its columns. Version 4 adds, per panel, ``cutaway`` (a panel of
+other cast members elsewhere that interrupts a beat) and ``resumes`` (on the panel a beat resumes with after its
+cutaway: the kind of question asked before it, the reply, and the other kinds' replies in the beat's words). Version
+1 sidecars are still read: what they lack is derived from what they have.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 
 from comicnb.corpus.synth.story import CAST
 
-VERSION = 3  # the sidecar's "version" field (3: a page's ``reading``, fixed / across / down; grids read down exist)
+VERSION = 4  # the sidecar's "version" field (3: a page's ``reading``; 4: cutaways and the beats they interrupt)
 # What the sidecar keeps of each planned page and panel; boxes, sizes and formats are drawing details.
 _PAGE_TRUTH = ("label", "layout", "reading", "reading_direction", "naive_order_correct", "scene")
 _PANEL_TRUTH = ("characters", "scene", "action", "action_step", "action_steps", "caption", "lines")
@@ -41,6 +43,8 @@ TRUTH_COLUMNS = (
     "speakers",
     "caption_unique",
     "description",
+    "cutaway",
+    "resumes",
 )
 
 
@@ -56,7 +60,13 @@ def ground_truth(plan: dict, bbox_format: str) -> dict:
                     **{k: page[k] for k in _PAGE_TRUTH if k != "reading"},
                     "reading": page.get("reading", "fixed"),  # a hand-built plan page may not say
                     "panels": [
-                        {"reading_position": i, **{k: panel[k] for k in _PANEL_TRUTH}, **structure[(p, i)]}
+                        {
+                            "reading_position": i,
+                            **{k: panel[k] for k in _PANEL_TRUTH},
+                            "cutaway": bool(panel.get("cutaway", False)),
+                            "resumes": panel.get("resumes"),
+                            **structure[(p, i)],
+                        }
                         for i, panel in enumerate(page["panels"])
                     ],
                 }
@@ -152,7 +162,8 @@ def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> p
     its stretch of one scene, None off the story), action, action_step, action_steps, lines (as planned: speaker,
     text, kind), speakers (distinct speaker ids of its speech lines, in order), caption_unique (its caption occurs
     once in its book) and description (the description its page JSON carries: the caption, unless the sidecar
-    names another). A version 1 sidecar gives the same columns, the missing ones derived from what it has.
+    names another), cutaway and resumes (version 4; False and None in older sidecars). A version 1 sidecar gives the
+    same columns, the missing ones derived from what it has.
     Only a synthetic corpus has a sidecar; for others this raises FileNotFoundError. A sidecar without a stored page
     raises KeyError or IndexError.
     """
@@ -185,6 +196,8 @@ def panel_truth(data_root: str | Path, metadata: list[dict] | pd.DataFrame) -> p
                     "action_steps": panel.get("action_steps"),
                     "lines": panel.get("lines"),
                     "description": panel.get("description", panel["caption"]),
+                    "cutaway": bool(panel.get("cutaway", False)),
+                    "resumes": panel.get("resumes"),
                 }
             )
     return pd.DataFrame(rows, columns=list(TRUTH_COLUMNS))
