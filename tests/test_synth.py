@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import unicodedata
 import warnings
 from collections import Counter
@@ -709,3 +710,39 @@ def test_describe_says_what_was_drawn_in_one_sentence():
     assert describe(summary) == (
         "drew 2 books, 6 pages (5 narrative, 20 panels, 15 with text, 0 injected defects) to x in 0.5 s"
     )
+
+
+def test_cutaways_interrupt_a_beat_which_resumes_with_the_answer_to_its_question(twelve_books):
+    resumed = 0
+    for book in twelve_books["books"].values():
+        story_panels = [p for _, p in _story(book)]
+        for i, panel in enumerate(story_panels):
+            if not panel["resumes"]:
+                continue
+            resumed += 1
+            j = i - 1
+            while story_panels[j]["cutaway"]:
+                j -= 1
+            away, before = story_panels[j + 1 : i], story_panels[j]
+            assert 1 <= len(away) <= 2 and away[0]["lines"][0]["text"].startswith("Meanwhile, ")
+            assert all(not set(a["characters"]) & set(panel["characters"]) for a in away)  # other cast, elsewhere
+            assert all(a["scene"] != panel["scene"] for a in away)
+            assert (before["action"], before["scene"], before["characters"]) == (
+                panel["action"],
+                panel["scene"],
+                panel["characters"],
+            )
+            assert before["action_step"] == panel["action_step"] - 1 >= 1  # two or more steps before the cutaway
+            question, reply = before["lines"][-1], panel["lines"][0]
+            asked = panel["resumes"]["asked"]
+            assert any(_fills(q, question["text"]) for q in story.EXCHANGES[asked][0])  # the kind asked
+            assert not any(_fills(q, question["text"]) for k, e in story.EXCHANGES.items() if k != asked for q in e[0])
+            assert reply["text"] == panel["resumes"]["reply"] and reply["speaker"] != question["speaker"]
+            assert set(panel["resumes"]["replies"]) == set(story.EXCHANGES) - {asked}
+    assert resumed >= 10, "too few cutaways in 12 books for the long-range probes"
+
+
+def _fills(template: str, text: str) -> bool:
+    """Whether text is template with its {fields} filled in."""
+    parts = re.split(r"\{\w+\}", template)
+    return re.fullmatch(".+".join(re.escape(part) for part in parts), text) is not None
