@@ -18,8 +18,9 @@ from comicnb import checkpoint
 from comicnb.stage3 import checkpoints as stage3_checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4 import diagnostics as dx
-from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.batches import BatchBuilder, reduced_builders
 from comicnb.stage4.model import Stage4SequenceModel
+from comicnb.stage4.scoring import predict_sets
 from comicnb.stage4.task_sets import build_task_sets, read_sets
 from comicnb.stage4.view import open_run
 from comicnb.store import EmbedConfig, generate
@@ -197,3 +198,29 @@ def test_attention_maps_are_the_encoders_own(sets: dict, models: dict) -> None:
     assert dx.query_attention(models["no_transformer"][0], builder, task_set, samples) == []
     with pytest.raises(ValueError, match="no attention"):
         models["no_transformer"][0].attention_maps("panel_picking", batch)
+
+
+def test_modality_reliance_scores_each_model_without_each_modality(view, sets: dict, models: dict) -> None:
+    found = dx.modality_reliance(models, sets, view)
+    assert set(found.input) == {"everything", "without vision", "without text"}
+    assert set(found.method) == set(models) and set(found.task) == {t for t, s in sets.items() if len(s)}
+    assert found.accuracy.between(0, 1).all()
+    everything = found[found.input == "everything"].set_index(["method", "task"]).accuracy
+    expected = {
+        (name, r.task): float(r.correct.mean())
+        for name, (model, builder) in models.items()
+        for r in predict_sets(model, [s for s in sets.values() if len(s)], builder, 64, name)
+    }
+    assert everything.to_dict() == pytest.approx(expected)  # "everything" is the model as section 1 scores it
+    single = {"stage4": (models["stage4"][0], BatchBuilder(view, ("text",)))}
+    assert dx.modality_reliance(single, sets, view).empty  # a text-only model has no modality to leave out
+
+
+def test_reduced_builders_leave_one_modality_out_of_context_and_candidates(view, sets: dict, models: dict) -> None:
+    full = models["stage4"][1].collate(sets["panel_picking"])
+    for left, builder in reduced_builders(view).items():
+        assert left not in builder.modalities and "composition" in builder.modalities
+        reduced = builder.collate(sets["panel_picking"])
+        assert not torch.allclose(reduced["context"], full["context"])
+        assert not torch.allclose(reduced["candidates"], full["candidates"])
+        assert torch.equal(reduced["boxes"], full["boxes"])

@@ -449,3 +449,24 @@ def test_reading_order_starts_where_the_geometry_model_reads(run: Path, tmp_path
     assert Stage4SequenceModel.from_config(old).reading_order_head.layout is None
     with pytest.raises(ValueError, match="no layout branch"):
         Stage4SequenceModel.from_config(old).reading_order_head.set_layout(geometry.net, geometry.mean, geometry.std)
+
+
+def test_modality_dropout_leaves_a_modality_out_of_its_share_of_steps(run: Path, tmp_path: Path) -> None:
+    target = copy_run(run, tmp_path / "run")
+    settings = dict(RESUME, checkpoint_every=0, epochs=1, modality_dropout=0.25)
+    trainer = build_stage4_trainer(target, settings)
+    assert set(trainer.without) == {"vision", "text"}
+    picked = []
+    for step in range(400):
+        trainer.step = step
+        builder = trainer.dropped_builder(0)
+        picked.append("none" if builder is None else next(k for k, b in trainer.without.items() if b is builder))
+    shares = {k: picked.count(k) / len(picked) for k in ("vision", "text", "none")}
+    assert abs(shares["vision"] - 0.25) < 0.07 and abs(shares["text"] - 0.25) < 0.07, shares
+    trainer.step = 0
+    assert [trainer.dropped_builder(0) for _ in range(3)].count(trainer.dropped_builder(0)) == 3  # seeded per step
+    assert build_stage4_trainer(copy_run(run, tmp_path / "off"), dict(RESUME, epochs=1)).dropped_builder(0) is None
+    with pytest.raises(ValueError, match="modality_dropout needs every modality"):
+        build_stage4_trainer(target, dict(settings, modalities=["text"]))
+    with pytest.raises(ValueError, match=r"within \[0, 0.5\]"):
+        build_stage4_trainer(target, dict(settings, modality_dropout=0.7))

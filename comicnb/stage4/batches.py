@@ -170,3 +170,10 @@ def _places(sample: TaskSample) -> list[int | None]:
     if sample.task == "panel_picking" and sample.slot is not None:
         return [*sample.context[: sample.slot], None, *sample.context[sample.slot :]]
     return list(sample.context)
+
+
+def reduced_builders(view: RunView) -> dict[str, BatchBuilder]:
+    """Batch builders that leave one content modality out, by the one left out (every panel keeps its box): modality
+    dropout's inputs in training, and what ``diagnostics.modality_reliance`` scores a trained model with."""
+    kept = {left: tuple(m for m in MODALITIES if m != left) for left in ("vision", "text")}
+    return {left: BatchBuilder(view, modalities) for left, modalities in kept.items()}

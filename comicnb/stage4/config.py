@@ -94,6 +94,9 @@ class Stage4TrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(SEED_TASK_WEIGHTS))  # 0 leaves a task out
     checkpoint_every: int = 0  # also write the last checkpoint every this many steps inside an epoch (0: epoch ends)
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # stored parts a panel enters with
+    # Modality dropout: each training batch enters without its images with this probability, and without its texts
+    # with the same probability (every panel keeps its box), so the model learns to do without either (0: off).
+    modality_dropout: float = 0.0
     eval_batch_size: int = 64  # samples per forward pass in validation (no effect on the result)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,12 @@ class Stage4TrainConfig:
         wrong = [m for m in self.modalities if m not in MODALITIES]
         if wrong or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, not {self.modalities}")
+        if not 0.0 <= self.modality_dropout <= 0.5:
+            raise ValueError(
+                f"modality_dropout must be within [0, 0.5] (per modality left out), not {self.modality_dropout}"
+            )
+        if self.modality_dropout and set(self.modalities) != set(MODALITIES):
+            raise ValueError(f"modality_dropout needs every modality ({', '.join(MODALITIES)}), not {self.modalities}")
         if self.batch_size < 1 or self.epochs < 0 or self.train_samples < 0:
             raise ValueError("batch_size must be >= 1, epochs and train_samples >= 0")
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from comicnb.metrics import MIN_BOOKS, accuracy_interval
 from comicnb.stage4 import probes
 from comicnb.stage4.baselines import run_baselines
-from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.batches import BatchBuilder, reduced_builders
 from comicnb.stage4.config import MAIN
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.results import READING_ORDER, sample_frame
@@ -393,3 +393,31 @@ def score_probes(
     diagnosis = diagnose(models, sets, view, seed)
     table = probes.probe_table(baselines, diagnosis.samples, level=level, n_resamples=n_resamples, seed=seed)
     return table, probes.probe_verdicts(table)
+
+
+# ------------------------------------------------------------------------------------------------ modalities
+
+
+def modality_reliance(
+    models: Mapping[str, tuple[Stage4SequenceModel, BatchBuilder]],
+    sets: Mapping[str, TaskSet],
+    view: RunView,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """What each content modality is worth to a trained model, per task: its accuracy with every modality, without
+    the images, and without the texts (every panel, context and candidates alike, keeps its box); one row per model,
+    input and task (``accuracy``: the mean expected hit; reading order: exact pages). Only models trained on every
+    modality are scored."""
+    frames = []
+    for name, (model, builder) in models.items():
+        if len(builder.modalities) < 3:
+            continue
+        inputs = {"everything": builder, **{f"without {m}": b for m, b in reduced_builders(view).items()}}
+        for label, used in inputs.items():
+            frame = sample_frame(predict_sets(model, [s for s in sets.values() if len(s)], used, batch_size, name))
+            frame["input"] = label
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    samples = pd.concat(frames, ignore_index=True)
+    return samples.groupby(["method", "input", "task"], sort=False).correct.mean().rename("accuracy").reset_index()

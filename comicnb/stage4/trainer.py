@@ -37,7 +37,7 @@ from comicnb.precision import accelerate_mixed_precision
 from comicnb.schedule import epoch_batches, shard_batches
 from comicnb.seed import isolated_rng, set_seed
 from comicnb.stage4.baselines.geometry import GeometryBaseline
-from comicnb.stage4.batches import BatchBuilder
+from comicnb.stage4.batches import BatchBuilder, reduced_builders
 from comicnb.stage4.config import (
     MAIN,
     RESUMABLE_CHANGES,
@@ -59,6 +59,7 @@ from comicnb.stage4.view import RunView, open_run
 VAL_SEED = 1234  # fixed draws for validation, whatever the training seed
 BEST_METRIC = "val_mean_accuracy"  # mean over the validated tasks of their accuracy (reading order: exact order)
 ORDER_STREAM = len(TASKS)  # the generator key of an epoch's batch order, beside the tasks' draw keys 0..6
+MODALITY_STREAM = len(TASKS) + 1  # the key of a step's modality dropout draw
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -113,6 +114,7 @@ class Stage4Trainer(EpochLoop):
     ) -> None:
         set_seed(cfg.seed)
         self.cfg, self.view, self.builder = cfg, view, builder
+        self.without = reduced_builders(view) if cfg.modality_dropout else {}  # modality dropout's inputs
         self.val_sets = dict(val_sets)
         self.data = dict(data or {})  # what the run trains on (store hashes), checked on resume
         self.accelerator = Accelerator(
@@ -240,9 +242,11 @@ class Stage4Trainer(EpochLoop):
         """Validate, record the epoch, and write the last checkpoint and, when the figure improved, the best."""
         self.record_epoch(epoch, seconds, self.validate(), BEST_METRIC, files)
 
-    def batch_on_device(self, task_set: TaskSet, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
-        """The samples as model inputs on this process's device."""
-        batch = self.builder.collate(task_set, list(samples))
+    def batch_on_device(
+        self, task_set: TaskSet, samples: Sequence[TaskSample], builder: BatchBuilder | None = None
+    ) -> dict[str, Tensor]:
+        """The samples as model inputs on this process's device (from ``builder``, else the trainer's)."""
+        batch = (builder or self.builder).collate(task_set, list(samples))
         return {k: v.to(self.accelerator.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def train_step(
@@ -251,7 +255,7 @@ class Stage4Trainer(EpochLoop):
         """One optimisation step on one task batch (and the strip term); its random draws come from the generator
         state seeded for it (see the module). A non-finite loss stops the run before the step is taken."""
         self.wrapped.train()
-        batch = self.batch_on_device(task_set, [task_set.samples[i] for i in rows])
+        batch = self.batch_on_device(task_set, [task_set.samples[i] for i in rows], self.dropped_builder(epoch))
         page_inputs = None
         if pages is not None:
             embeddings, mask = self.builder.pages(list(pages))
@@ -272,6 +276,15 @@ class Stage4Trainer(EpochLoop):
         }
         self.history.steps.append(logged)
         return logged
+
+    def dropped_builder(self, epoch: int) -> BatchBuilder | None:
+        """Modality dropout: the builder of the batch at this step when it leaves a modality out (its own seeded
+        draw per step), else None (every modality)."""
+        if not self.without:
+            return None
+        draw = float(np.random.default_rng([self.cfg.seed, epoch, MODALITY_STREAM, self.step]).random())
+        p = self.cfg.modality_dropout
+        return self.without["vision"] if draw < p else self.without["text"] if draw < 2 * p else None
 
     # ------------------------------------------------------------------------------------------------ validation
 
