@@ -3,6 +3,7 @@ cutaway (the nearest panel) no help for any candidate, one reply of each kind in
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -10,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from comicnb.corpus.synth import story
+from comicnb.stage4 import diagnostics as dx
 from comicnb.stage4 import probes
+from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.drafts import PanelColumns
+from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.negatives import SplitIndex
-from comicnb.stage4.task_sets import build_task_sets
+from comicnb.stage4.task_sets import build_task_sets, training_sets
 from comicnb.stage4.tasks import check_sample, length_cell, read_manifest, task_dir
 from comicnb.stage4.view import RunView, open_run
 from tests.test_stage4_tasks import make_run
@@ -171,3 +176,27 @@ def test_resumed_panels_are_found_on_the_stream(view: RunView) -> None:
     found = probes.resumed_panels(view, index, col, skips)
     resumed = int(sum(isinstance(r, dict) for r in view.panels[view.panels.split == "test"].resumes))
     assert found and len(found) + sum(skips.values()) == resumed  # every resumed panel is a probe or a counted skip
+
+
+def test_score_probes_gives_the_table_the_verdicts_and_the_audit(run: Path, view: RunView, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    small = dict(input_dim=view.feature_dim, d_model=16, nhead=2, num_layers=1, dim_feedforward=32)
+    builder = BatchBuilder(view)
+    models = {
+        "stage4": (Stage4SequenceModel(**small).eval(), builder),
+        "no_transformer": (Stage4SequenceModel(use_transformer=False, **small).eval(), builder),
+    }
+    train, _ = training_sets(view, seed=0, limit=60)
+    table, lines, audited = dx.score_probes(run, "test", view, models, train, n_resamples=50)
+    built = read_manifest(task_dir(run, "test"))["probes"]["tasks"]
+    assert set(table.task) == {t for t in probes.PROBE_TASKS if built[t]["samples"]}
+    assert all(row.n == built[row.task]["samples"] for row in table.itertuples())
+    for column in ("stage4", "no_transformer", "nearest_only", "no_context", "over_ablation", "over_nearest"):
+        assert table[column].notna().all(), column
+    assert len(lines) == len(table) + 1 and all(" probe (" in line for line in lines[:-1])
+    assert set(audited.task) == set(table.task) and {"shape", "answer_slot"} <= set(audited.method)
+    folder = task_dir(tmp_path, "test")
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"probes": {"built": False, "reason": "no truth here"}}))
+    empty, why, _ = dx.score_probes(tmp_path, "test", view, models, train)
+    assert empty.empty and why == ["no long-range probes for test: no truth here"]

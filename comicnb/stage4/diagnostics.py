@@ -35,6 +35,7 @@ from torch import Tensor
 
 from comicnb.metrics import MIN_BOOKS, accuracy_interval
 from comicnb.stage4 import probes
+from comicnb.stage4.audit import audit, leaks
 from comicnb.stage4.baselines import run_baselines
 from comicnb.stage4.batches import BatchBuilder, reduced_builders
 from comicnb.stage4.config import MAIN
@@ -378,21 +379,28 @@ def score_probes(
     seed: int = 0,
     level: float = 0.95,
     n_resamples: int = 2000,
-) -> tuple[pd.DataFrame, list[str]]:
+) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
     """The long-range probes of ``split`` (``comicnb.stage4.probes``): every baseline (learned ones fitted on
-    ``train_sets``) and every model under every change of context, as ``probes.probe_table`` and its verdicts; an
-    empty table and the reason where the split has no probes."""
+    ``train_sets``) and every model under every change of context, as ``probes.probe_table`` and its verdicts, and
+    the audit of the probe sets (``audit.audit``: does anything readable off a candidate besides the story pick the
+    answer?); empty tables and the reason where the split has no probes."""
     folder = task_dir(run_dir, split)
     manifest = read_manifest(folder)
     sets = probes.read_probes(folder, manifest)
     if not sets:
         entry = manifest.get("probes")
         why = entry.get("reason", "no samples") if entry else "the task sets predate them: rebuild them (notebook 04)"
-        return pd.DataFrame(), [f"no long-range probes for {split}: {why}"]
+        return pd.DataFrame(), [f"no long-range probes for {split}: {why}"], pd.DataFrame()
     baselines = sample_frame(run_baselines([*train_sets, *sets.values()], view))
     diagnosis = diagnose(models, sets, view, seed)
     table = probes.probe_table(baselines, diagnosis.samples, level=level, n_resamples=n_resamples, seed=seed)
-    return table, probes.probe_verdicts(table)
+    audited = audit(sets, view, train_sets)
+    found = [
+        f"the {r.task} probe's answer is picked by {r.method} ({r.accuracy:.3f}, chance {r.chance:.3f}): a leak"
+        for r in leaks(audited).itertuples()
+    ]
+    clean = "no readable property of a candidate (shape, text length, balloons, medians, slot, vision) picks a probe"
+    return table, [*probes.probe_verdicts(table), *(found or [clean])], audited
 
 
 # ------------------------------------------------------------------------------------------------ modalities
