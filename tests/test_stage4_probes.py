@@ -20,7 +20,7 @@ from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.drafts import PanelColumns
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.negatives import SplitIndex
-from comicnb.stage4.task_sets import build_task_sets, training_sets
+from comicnb.stage4.task_sets import build_task_sets, ensure_task_sets, training_sets
 from comicnb.stage4.tasks import check_sample, length_cell, read_manifest, task_dir
 from comicnb.stage4.view import RunView, open_run
 from tests.test_stage4_tasks import make_run
@@ -200,3 +200,13 @@ def test_score_probes_gives_the_table_the_verdicts_and_the_audit(run: Path, view
     (folder / "manifest.json").write_text(json.dumps({"probes": {"built": False, "reason": "no truth here"}}))
     empty, why, _ = dx.score_probes(tmp_path, "test", view, models, train)
     assert empty.empty and why == ["no long-range probes for test: no truth here"]
+
+
+def test_notebook_04_counts_the_probes_per_split(run: Path, view: RunView) -> None:
+    built = ensure_task_sets(view, run, seed=0)
+    counts = built.probe_counts()
+    for split in ("val", "test"):
+        entry = read_manifest(task_dir(run, split))["probes"]["tasks"]
+        for task in probes.PROBE_TASKS:
+            assert counts.loc[task, ("samples", split)] == entry[task]["samples"]
+            assert counts.loc[task, ("skipped", split)] == entry[task]["skipped"]

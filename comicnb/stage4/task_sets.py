@@ -282,6 +282,19 @@ class TaskSets:
         table = pd.DataFrame(rows).pivot(index="task", columns="split", values=["samples", "hard", "easy", "skipped"])
         return table.loc[list(TASKS)]
 
+    def probe_counts(self) -> pd.DataFrame:
+        """Samples and books of the long-range probes (``comicnb.stage4.probes``) per task (rows) and split (columns),
+        with each split's skips by reason; empty where no split has probes (the manifests say why)."""
+        rows = [
+            dict(split=split, task=task, samples=entry["samples"], books=entry["books"], skipped=entry["skipped"])
+            for split, manifest in self.manifests.items()
+            if (manifest.get("probes") or {}).get("built")
+            for task, entry in manifest["probes"]["tasks"].items()
+        ]
+        if not rows:
+            return pd.DataFrame()
+        return pd.DataFrame(rows).pivot(index="task", columns="split", values=["samples", "books", "skipped"])
+
     def skips(self) -> pd.DataFrame:
         """Every skip by task and reason (rows) and split (columns): what could not become a sample, and why."""
         rows = [
