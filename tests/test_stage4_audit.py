@@ -119,7 +119,7 @@ def test_the_text_checks_find_an_answer_that_stands_out(demo: RunView) -> None:
         if shorter.empty or longer.empty:
             continue
         texts = [answer.panel_id, int(shorter.panel_id.iloc[-1]), int(longer.panel_id.iloc[0])]
-        order = np.roll(np.arange(3), i % 3)
+        order = np.roll(np.arange(3), len(samples) % 3)  # answer slots dealt evenly over the kept samples
         candidates = [Candidate(answer.panel_id, vision="text_free", text_from=texts[k]) for k in order]
         context = [int(p) for p in panels.panel_id if p not in texts][:3]
         samples.append(

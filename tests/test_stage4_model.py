@@ -29,9 +29,10 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generated corpus of 4 books of 4 pages (two for training) and a store made by a tiny untrained model."""
+    """A generated corpus of 4 books of 5 pages (two for training: at 4 pages, whose beats lose dialogue to their
+    cutaways, text closure draws a single training sample) and a store made by a tiny untrained model."""
     root = tmp_path_factory.mktemp("stage4-model")
-    return tiny_store_run(root, DIM)
+    return tiny_store_run(root, DIM, pages=5)
 
 
 @pytest.fixture(scope="module")

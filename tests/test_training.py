@@ -137,8 +137,19 @@ def test_feature_cache_trains_like_the_image_pipeline(run_dir: Path) -> None:
     assert cached.step == decoded.step == cached.steps_per_epoch > 1
     for ours, theirs in zip(cached.history.steps, decoded.history.steps):
         assert all(math.isclose(ours[key], theirs[key], rel_tol=1e-5) for key in ours), (ours, theirs)
+    # Two Adam steps of float noise: Adam moves a weight by about lr whatever the size of its gradient, so an element
+    # whose gradient is ~0 in both pipelines can move apart by up to 2 x lr x steps; every other element stays within
+    # 1e-4 (on the version 4 corpus one element of 1.1 million differs by 5e-4).
+    bound = 2 * settings["lr"] * cached.step
+    apart = total = 0
     for key, value in cached.model.state_dict().items():
-        assert torch.allclose(value, decoded.model.state_dict()[key], atol=1e-4), key  # two Adam steps of float noise
+        if value.is_floating_point():
+            gap = (value - decoded.model.state_dict()[key]).abs()
+            assert float(gap.max()) <= bound, key
+            apart, total = apart + int((gap > 1e-4).sum()), total + gap.numel()
+        else:
+            assert torch.equal(value, decoded.model.state_dict()[key]), key
+    assert apart <= max(1, total // 100_000), (apart, total)
 
 
 def test_unknown_setting_is_refused(run_dir: Path) -> None:

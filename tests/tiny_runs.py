@@ -14,10 +14,10 @@ from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.store import EmbedConfig, generate
 
 
-def tiny_store_run(root: Path, feature_dim: int = 32) -> Path:
-    """``root/run``: 4 books of 4 pages (split by book 0.5 / 0.25 / 0.25, so one book is held out for test) and a
-    store made by a tiny untrained Stage 3 model of width ``feature_dim`` (seeded)."""
-    synth.generate(root / "data", books=4, pages=4, seed=3, page_size=(320, 480))
+def tiny_store_run(root: Path, feature_dim: int = 32, pages: int = 4) -> Path:
+    """``root/run``: 4 books of ``pages`` pages (split by book 0.5 / 0.25 / 0.25, so one book is held out for test)
+    and a store made by a tiny untrained Stage 3 model of width ``feature_dim`` (seeded)."""
+    synth.generate(root / "data", books=4, pages=pages, seed=3, page_size=(320, 480))
     save_corpus(load_corpus(root / "data", split=(0.5, 0.25, 0.25), seed=0), root / "run")
     torch.manual_seed(0)
     model = PanelFeatureExtractor(feature_dim=feature_dim, tiny=True)

@@ -37,12 +37,11 @@ import pandas as pd
 
 from comicnb.metrics import accuracy_interval
 from comicnb.stage4.drafts import PENDING_ROW, Draft, PanelColumns, finish, text_key, texts_of
-from comicnb.stage4.negatives import Rule, SplitIndex, draw, known
+from comicnb.stage4.negatives import Rule, SplitIndex, draw_shaped, known
 from comicnb.stage4.samplers import action_context, shaped
 from comicnb.stage4.tasks import (
     CANDIDATES,
     MAX_CONTEXT,
-    SHAPE_TOLERANCES,
     Candidate,
     TaskSample,
     TaskSet,
@@ -131,11 +130,7 @@ def _image_negatives(
     rows = np.asarray(pool, dtype=int)
     masks = (same_step, same_action & ~same_step, ~same_action)
     rules = [Rule(name, name == IMAGE_RULES[0], rows[mask]) for name, mask in zip(IMAGE_RULES, masks, strict=True)]
-    for level in range(len(SHAPE_TOLERANCES)):
-        drawn = draw(rng, rules, k, exclude, fits=index.same_shape(answer, level))
-        if drawn is not None:
-            return (*drawn, level)
-    return None
+    return draw_shaped(rng, index, answer, rules, k, exclude)
 
 
 def probe_visual_closure(

@@ -41,6 +41,11 @@ from typing import Any
 
 import numpy as np
 
+# Text lengths: every negative text's length lies in the answer's cell of a fixed grid (comicnb.corpus.lengths).
+from comicnb.corpus.lengths import TEXT_LENGTH_TOLERANCE as TEXT_LENGTH_TOLERANCE
+from comicnb.corpus.lengths import length_cell as length_cell
+from comicnb.corpus.lengths import log_length as log_length
+
 TASKS = (
     "panel_picking",
     "character_coherence",
@@ -75,10 +80,6 @@ SHAPE_TOLERANCES = (
     {"log_aspect": 0.1, "log_area": 0.3},
 )
 SHAPE_MATCHED = ("panel_picking", "visual_closure", "caption_relevance")
-# Text tasks show the answer panel with its balloons empty, and a balloon's size says how much text it held: every
-# candidate text's length (log of 1 + characters) lies in the answer's cell of a fixed grid of this width (a window
-# centred on the answer would make it the candidates' median length).
-TEXT_LENGTH_TOLERANCE = 0.2
 # Raised whenever a sampler draws differently for the same store and seed: sets built under other rules are rebuilt,
 # not reused (1: scene negatives and text-free answers, issue 10; 2: shape-matched negatives, text negatives of the
 # answer's box count and length cell, issue 18; 3: the long-range probes written beside the sets, issue 21).
@@ -161,17 +162,6 @@ class TaskSet:
 
     def __len__(self) -> int:
         return len(self.samples)
-
-
-def log_length(text: str) -> float:
-    """log(1 + characters) of a text, spacing folded: the length the text tasks match within TEXT_LENGTH_TOLERANCE."""
-    return float(np.log1p(len(" ".join(str(text).split()))))
-
-
-def length_cell(text: str) -> int:
-    """The cell of a fixed grid of width TEXT_LENGTH_TOLERANCE that a text's length (``log_length``) falls in: the text
-    tasks' negatives share the answer's."""
-    return int(np.floor(log_length(text) / TEXT_LENGTH_TOLERANCE))
 
 
 def task_dir(run_dir: str | Path, split: str) -> Path:

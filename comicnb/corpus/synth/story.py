@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from comicnb.stage4.tasks import length_cell
+from comicnb.corpus.lengths import length_cell
 
 CAST: dict[str, dict] = {
     "c0": {
