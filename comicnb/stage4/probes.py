@@ -38,7 +38,7 @@ import pandas as pd
 from comicnb.metrics import accuracy_interval
 from comicnb.stage4.drafts import PENDING_ROW, Draft, PanelColumns, finish, text_key, texts_of
 from comicnb.stage4.negatives import Rule, SplitIndex, draw_shaped, known
-from comicnb.stage4.samplers import action_context, shaped
+from comicnb.stage4.samplers import action_context, image_offer, shaped
 from comicnb.stage4.tasks import (
     CANDIDATES,
     MAX_CONTEXT,
@@ -146,9 +146,7 @@ def probe_visual_closure(
         if drawn is None:
             skips["too_few_negatives"] += 1
             continue
-        twins = all(col["text_free"][r] for r in [answer, *drawn[0]])
-        vision, slot = ("text_free" if twins else "full"), col.pid(answer)
-        offer = [Candidate(col.pid(r), vision, composition_from=slot) for r in [answer, *drawn[0]]]
+        offer = image_offer(col, answer, drawn[0])
         kind = "hard" if set(drawn[1]) == {IMAGE_RULES[0]} else "easy"
         fields = col.fields("visual_closure", answer, context, drawn[1], kind, **_far(col, found, drawn[2]))
         drafts.append(Draft(offer[0], offer[1:], fields))

@@ -164,13 +164,19 @@ def sample_visual_closure(
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
-            twins = all(col["text_free"][r] for r in [answer, *drawn[0]])
-            vision, slot = ("text_free" if twins else "full"), col.pid(answer)
-            offer = [Candidate(col.pid(r), vision, composition_from=slot) for r in [answer, *drawn[0]]]
+            offer = image_offer(col, answer, drawn[0])
             kind = difficulty_of(drawn[1], rules)
             fields = col.fields("visual_closure", answer, context, drawn[1], kind, **shaped(drawn[2]))
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("visual_closure", split, drafts, rng, limit)
+
+
+def image_offer(col: PanelColumns, answer: int, negatives: Sequence[int]) -> list[Candidate]:
+    """Visual closure's candidates, the answer first: images only (text-free where every candidate has its twin, else
+    all full), each with the answer slot's composition."""
+    rows = [answer, *negatives]
+    vision = "text_free" if all(col["text_free"][r] for r in rows) else "full"
+    return [Candidate(col.pid(r), vision, composition_from=col.pid(answer)) for r in rows]
 
 
 def shaped(level: int) -> dict[str, Any]:
