@@ -173,7 +173,7 @@ def test_probe_table_meets_the_goal_only_when_both_gains_clear_zero() -> None:
 def test_resumed_panels_are_found_on_the_stream(view: RunView) -> None:
     index, col = SplitIndex(view, "test"), PanelColumns(view)
     skips: Counter = Counter()
-    found = probes.resumed_panels(view, index, col, skips)
+    found = probes.resumed_panels(index, col, skips)
     resumed = int(sum(isinstance(r, dict) for r in view.panels[view.panels.split == "test"].resumes))
     assert found and len(found) + sum(skips.values()) == resumed  # every resumed panel is a probe or a counted skip
 

@@ -416,11 +416,12 @@ def modality_reliance(
     the images, and without the texts (every panel, context and candidates alike, keeps its box); one row per model,
     input and task (``accuracy``: the mean expected hit; reading order: exact pages). Only models trained on every
     modality are scored."""
-    frames = []
+    frames, reduced = [], None
     for name, (model, builder) in models.items():
         if len(builder.modalities) < 3:
             continue
-        inputs = {"everything": builder, **{f"without {m}": b for m, b in reduced_builders(view).items()}}
+        reduced = reduced or {f"without {m}": b for m, b in reduced_builders(view).items()}  # the store re-fused once
+        inputs = {"everything": builder, **reduced}
         for label, used in inputs.items():
             frame = sample_frame(predict_sets(model, [s for s in sets.values() if len(s)], used, batch_size, name))
             frame["input"] = label

@@ -29,6 +29,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import pandas as pd
 
 from comicnb.metrics import accuracy_interval
 from comicnb.stage4.drafts import PENDING_ROW, Draft, PanelColumns, finish, text_key, texts_of
-from comicnb.stage4.negatives import Rule, SplitIndex, draw_shaped, known
+from comicnb.stage4.negatives import Rule, SplitIndex, difficulty_of, draw_shaped, known
 from comicnb.stage4.samplers import action_context, image_offer, shaped
 from comicnb.stage4.tasks import (
     CANDIDATES,
@@ -64,7 +65,7 @@ NEEDED = ("cutaway", "resumes", "action", "action_step", "characters", "scene", 
 # ------------------------------------------------------------------------------------------------------ finding
 
 
-def resumed_panels(view: RunView, index: SplitIndex, col: PanelColumns, skips: Counter) -> list[dict[str, Any]]:
+def resumed_panels(index: SplitIndex, col: PanelColumns, skips: Counter) -> list[dict[str, Any]]:
     """Every panel of the split a beat resumes with after a cutaway: its stream, position ``i``, the cutaway's rows
     and the action's rows before it (at least two; the last of them is two or more panels before the answer)."""
     found = []
@@ -101,16 +102,37 @@ def _continues(col: PanelColumns, before: int, after: int) -> bool:
     return same and known(step[before]) and known(step[after]) and step[after] == step[before] + 1
 
 
+@dataclass
+class ResumedPanels:
+    """What the three probes of one split are drawn from, found once: the split's index and columns, its resumed
+    panels (``resumed_panels``), and the skips a probe starts from (those of finding them)."""
+
+    index: SplitIndex
+    col: PanelColumns
+    panels: list[dict[str, Any]]
+    skips: Counter
+
+    @classmethod
+    def of(cls, view: RunView, split: str) -> ResumedPanels:
+        index, col, skips = SplitIndex(view, split), PanelColumns(view), Counter()
+        return cls(index, col, resumed_panels(index, col, skips), skips)
+
+    def fresh(self) -> ResumedPanels:
+        """The same panels with a skip counter of the probe's own (starting from the finding's skips)."""
+        return replace(self, skips=Counter(self.skips))
+
+
 # ---------------------------------------------------------------------------------------------------- samplers
 
 
 def _image_negatives(
     rng: np.random.Generator, index: SplitIndex, col: PanelColumns, found: Mapping[str, Any], exclude: set[int], k: int
-) -> tuple[list[int], list[str], int] | None:
-    """k panels that match the cutaway no better than the answer does (neither its scene nor any of its cast), differ
-    from the answer in cast or scene, and have its shape, size and number of text boxes (the tightest level of
-    SHAPE_TOLERANCES that gives k); drawn from the answer's action at its step, else its action at any step, else any
-    story panel (IMAGE_RULES, in that order)."""
+) -> tuple[list[int], list[str], int, str] | None:
+    """(rows, their rules' names, shape level, difficulty) of k panels that match the cutaway no better than the
+    answer does (neither its scene nor any of its cast), differ from the answer in cast or scene, and have its shape,
+    size and number of text boxes (the tightest level of SHAPE_TOLERANCES that gives k); drawn from the answer's
+    action at its step, else its action at any step, else any story panel (IMAGE_RULES, in that order; hard when
+    every one is of the first)."""
     answer = found["answer"]
     cut_scenes = {col["scene"][r] for r in found["cut"]}
     cut_cast = {c for r in found["cut"] for c in col["characters"][r]}
@@ -130,37 +152,35 @@ def _image_negatives(
     rows = np.asarray(pool, dtype=int)
     masks = (same_step, same_action & ~same_step, ~same_action)
     rules = [Rule(name, name == IMAGE_RULES[0], rows[mask]) for name, mask in zip(IMAGE_RULES, masks, strict=True)]
-    return draw_shaped(rng, index, answer, rules, k, exclude)
+    drawn = draw_shaped(rng, index, answer, rules, k, exclude)
+    return None if drawn is None else (*drawn, difficulty_of(drawn[1], rules))
 
 
 def probe_visual_closure(
-    view: RunView, split: str, rng: np.random.Generator, skips: Counter | None = None
+    view: RunView, split: str, rng: np.random.Generator, resumed: ResumedPanels
 ) -> list[TaskSample]:
     """The action's panels before the cutaway, then the cutaway; the resumed panel among 5 images (text-free where
     every candidate has its twin), each with the answer slot's composition."""
-    index, col, skips = SplitIndex(view, split), PanelColumns(view), skips if skips is not None else Counter()
-    drafts = []
-    for found in resumed_panels(view, index, col, skips):
+    index, col, skips, drafts = resumed.index, resumed.col, resumed.skips, []
+    for found in resumed.panels:
         answer, context = found["answer"], [*found["before"], *found["cut"]]
         drawn = _image_negatives(rng, index, col, found, {*context, answer}, CANDIDATES["visual_closure"] - 1)
         if drawn is None:
             skips["too_few_negatives"] += 1
             continue
         offer = image_offer(col, answer, drawn[0])
-        kind = "hard" if set(drawn[1]) == {IMAGE_RULES[0]} else "easy"
-        fields = col.fields("visual_closure", answer, context, drawn[1], kind, **_far(col, found, drawn[2]))
+        fields = col.fields("visual_closure", answer, context, drawn[1], drawn[3], **_far(col, found, drawn[2]))
         drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("visual_closure", split, drafts, rng, None)
 
 
 def probe_panel_picking(
-    view: RunView, split: str, rng: np.random.Generator, skips: Counter | None = None
+    view: RunView, split: str, rng: np.random.Generator, resumed: ResumedPanels
 ) -> list[TaskSample]:
     """The resumed panel masked after its page's panels so far, which hold a panel of the action from before the
     cutaway; among 5 full panels with their own text and the masked slot's composition."""
-    index, col, skips = SplitIndex(view, split), PanelColumns(view), skips if skips is not None else Counter()
-    drafts = []
-    for found in resumed_panels(view, index, col, skips):
+    index, col, skips, drafts = resumed.index, resumed.col, resumed.skips, []
+    for found in resumed.panels:
         answer = found["answer"]
         page = index.pages[col["page_index"][answer]].tolist()
         context = page[: page.index(answer)]
@@ -173,22 +193,18 @@ def probe_panel_picking(
             continue
         offer = [col.whole(r, slot_of=answer) for r in [answer, *drawn[0]]]
         extra = _far(col, found, drawn[2])
-        kind = "hard" if set(drawn[1]) == {IMAGE_RULES[0]} else "easy"
-        fields = col.fields("panel_picking", answer, context, drawn[1], kind, slot=len(context), **extra)
+        fields = col.fields("panel_picking", answer, context, drawn[1], drawn[3], slot=len(context), **extra)
         drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("panel_picking", split, drafts, rng, None)
 
 
-def probe_text_closure(
-    view: RunView, split: str, rng: np.random.Generator, skips: Counter | None = None
-) -> list[TaskSample]:
+def probe_text_closure(view: RunView, split: str, rng: np.random.Generator, resumed: ResumedPanels) -> list[TaskSample]:
     """Up to 4 preceding panels (the question before the cutaway among them), then the resumed panel text-free; its
     reply among one reply of each other kind of question in the beat's words, all with the answer's number of text
     boxes and length cell (texts encoded by the frozen text pathway, the answer's too, so none is told by its
     wording or its OCR noise)."""
-    index, col, skips = SplitIndex(view, split), PanelColumns(view), skips if skips is not None else Counter()
-    drafts = []
-    for found in resumed_panels(view, index, col, skips):
+    col, skips, drafts = resumed.col, resumed.skips, []
+    for found in resumed.panels:
         answer, resumes = found["answer"], col["resumes"][found["answer"]]
         if not resumes.get("all_kinds"):
             skips["not_every_kind_of_question_fits_the_beat"] += 1
@@ -273,11 +289,11 @@ def write_probes(view: RunView, folder: str | Path, split: str, seed: int = 0) -
             for suffix in (".jsonl", ".texts.npy"):
                 (folder / f"{task}{suffix}").unlink(missing_ok=True)
         return {"built": False, "reason": reason}
-    entries = {}
+    entries, found = {}, ResumedPanels.of(view, split)
     for n, task in enumerate(PROBE_TASKS):
-        skips: Counter = Counter()
+        resumed = found.fresh()
         rng = np.random.default_rng([seed, PROBE_KEY, n, zlib.crc32(split.encode("utf-8"))])
-        samples = PROBES[task](view, split, rng, skips)
+        samples = PROBES[task](view, split, rng, resumed)
         broken = {s.sample_id: problems for s in samples if (problems := check_sample(s))}
         if broken:
             raise RuntimeError(f"the {task} probe ({split}) built {len(broken)} samples that break the rules: {broken}")
@@ -288,7 +304,7 @@ def write_probes(view: RunView, folder: str | Path, split: str, seed: int = 0) -
             books=len({s.book_id for s in samples}),
             chance=round(float(np.mean([s.chance for s in samples])), 6) if samples else None,
             distance=dict(sorted(Counter(str(s.built_from["distance"]) for s in samples).items())),
-            skipped=dict(sorted(skips.items())),
+            skipped=dict(sorted(resumed.skips.items())),
         )
     return {"built": True, "folder": PROBES_DIR, "tasks": entries}
 

@@ -424,7 +424,7 @@ def plan_beat(
     slots = _beat_lines(rng, ctx, steps, new_scene)
     return [
         {
-            "ctx": ctx,  # the words of the beat, for a cutaway; finish_story drops it and the lines' groups
+            "ctx": ctx,  # the words of the beat, for a cutaway; _planned drops it and the lines' groups
             "characters": list(ctx["who"]),
             "scene": scene,
             "action": ctx["action"],
