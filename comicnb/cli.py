@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
 
 # comicnb.stage4.config.ABLATIONS' names, spelled out so that building the parser imports no model code (a test
 # keeps the two equal).
-STAGE4_ABLATIONS = ("no_transformer", "text_only", "vision_only")
+STAGE4_ABLATIONS = ("no_transformer", "text_only", "vision_only", "balloon_tokens")
 
 
 def _train_stage4(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ PAGE_COLUMNS = (
     "texts",
     "descriptions",
     "text_boxes",
+    "text_box_boxes",
     "split",
 )
 
@@ -481,8 +482,59 @@ def _repair_panels(
             log.add(problem, action, detail, file, i)
         if box is None:
             continue
-        kept.append(dict(index=i, box=box, **_clean_panel_text(panel, file, i, log)))
+        texts = _clean_panel_text(panel, file, i, log)
+        balloons = _text_box_boxes(panel, box, len(texts["text_boxes"]), width, height, bbox_format, file, i, log)
+        kept.append(dict(index=i, box=box, **texts, text_box_boxes=balloons))
     return kept
+
+
+def _text_box_boxes(
+    panel: dict,
+    box: list[float],
+    count: int,
+    width: int,
+    height: int,
+    bbox_format: str,
+    file: str,
+    index: int,
+    log: _PageLog,
+) -> list[list[float]] | None:
+    """Each text box's box (the optional ``text_box_bboxes``, in the page's bbox format) as [x1, y1, x2, y2]
+    fractions of the panel's box, cut to the panel; None when the panel gives none, and None with a
+    ``text_box_bboxes`` row (the panel and its texts kept) when they are not one usable box per text box."""
+    given = panel.get("text_box_bboxes")
+    if given is None:
+        return None
+    problem = ""
+    if not isinstance(given, list) or len(given) != count:
+        problem = f"{_count(given)} boxes for {count} text boxes"
+    elif not all(isinstance(b, list) and len(b) == 4 and all(_is_finite_number(v) for v in b) for b in given):
+        problem = "a box is not 4 finite numbers"
+    boxes = []
+    for j, bbox in enumerate(given if not problem else []):
+        page_box, _, _, _ = repair_box(bbox, width, height, bbox_format)
+        if page_box is None:
+            problem = f"text box {j}: {bbox!r} has no area on the page"
+            break
+        boxes.append(_within(page_box, box))
+    if problem:
+        log.add("text_box_bboxes", "dropped_text_box_boxes", problem, file, index)
+        return None
+    return boxes
+
+
+def _count(value: Any) -> str:
+    """How many items a JSON value holds, for a message."""
+    return str(len(value)) if isinstance(value, list) else f"not a list ({type(value).__name__}):"
+
+
+def _within(inner: list[float], outer: list[float]) -> list[float]:
+    """[x1, y1, x2, y2] of ``inner`` as fractions of ``outer``'s box, cut to it (a balloon may cross its panel's
+    edge)."""
+    w, h = outer[2] - outer[0], outer[3] - outer[1]
+    fx = [min(max((inner[k] - outer[0]) / w, 0.0), 1.0) for k in (0, 2)]
+    fy = [min(max((inner[k] - outer[1]) / h, 0.0), 1.0) for k in (1, 3)]
+    return [round(fx[0], 5), round(fy[0], 5), round(fx[1], 5), round(fy[1], 5)]
 
 
 def _clean_panel_text(panel: dict, file: str, index: int, log: _PageLog) -> dict:
@@ -529,6 +581,7 @@ def _page_parts(base: dict, panels: list[dict], max_panels: int, file: str, log:
             texts=[p["text"] for p in part],
             descriptions=[p["description"] for p in part],
             text_boxes=[p["text_boxes"] for p in part],
+            text_box_boxes=[p["text_box_boxes"] for p in part],
         )
         for k, part in enumerate(parts)
     ]

@@ -18,13 +18,17 @@ vision-only ablations. A caption (caption relevance) is the task's input, not a 
 - ``boxes`` (B, L, 4) float32: each context panel's box as fractions of its page ([x1, y1, x2, y2]); zero for the
   masked place and padding;
 - ``order`` (B, L) long: reading order's target positions, -1 padding; ``direction`` (B,) long: the book's
-  direction (``comicnb.stage4.geometry.DIRECTIONS``: 0 unlabelled, 1 rtl, 2 ltr).
+  direction (``comicnb.stage4.geometry.DIRECTIONS``: 0 unlabelled, 1 rtl, 2 ltr);
+- with ``balloons`` (a builder for a model with balloon tokens, text among its modalities): ``balloons`` (B, L, K, D)
+  each context panel's text boxes as text-only vectors, ``balloon_boxes`` (B, L, K, 4) their places inside the
+  panel and ``balloon_mask`` (B, L, K) (``comicnb.stage4.balloons``); none for the masked place.
 
 ``pages(indices)`` gives whole stored pages for the strip term, ``page_indices(split)`` the pages of a split.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from comicnb.stage3.fusion import MODALITIES
+from comicnb.stage4.balloons import PanelBalloons, panel_balloons
 from comicnb.stage4.geometry import direction_code
 from comicnb.stage4.inputs import candidate_parts, refuse, refuse_chunked
 from comicnb.stage4.tasks import TEXT_TASKS, TaskSample, TaskSet
@@ -43,8 +48,9 @@ TEXT = MODALITIES.index("text")
 class BatchBuilder:
     """Task samples and stored pages as model batches (see the module), from one run's view."""
 
-    def __init__(self, view: RunView, modalities: Sequence[str] = MODALITIES) -> None:
-        """Batches of ``view``'s panels entering with ``modalities`` (all three, or an ablation's part)."""
+    def __init__(self, view: RunView, modalities: Sequence[str] = MODALITIES, balloons: bool = False) -> None:
+        """Batches of ``view``'s panels entering with ``modalities`` (all three, or an ablation's part); with
+        ``balloons``, each context panel's text boxes too (only where the text enters)."""
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, not {tuple(modalities)}")
@@ -54,6 +60,13 @@ class BatchBuilder:
         self.panel_masks = view.modality_masks.any(axis=-1)  # (P, N) real panels
         self.vectors = self._panel_vectors()  # (P, N, D) every stored panel under the kept modalities
         self.captions: dict[str, np.ndarray] = {}
+        self.balloons: PanelBalloons | None = panel_balloons(view) if balloons and "text" in self.modalities else None
+
+    def with_balloons(self, balloons: bool) -> BatchBuilder:
+        """The same builder (its vectors shared) giving balloon tokens or not."""
+        other = copy.copy(self)
+        other.balloons = panel_balloons(self.view) if balloons and "text" in self.modalities else None
+        return other
 
     @property
     def feature_dim(self) -> int:
@@ -103,12 +116,35 @@ class BatchBuilder:
             if sample.order is not None:
                 order[b, : len(sample.order)] = sample.order
         slot = [s.slot if s.task == "panel_picking" and s.slot is not None else -1 for s in samples]
-        return dict(
+        batch = dict(
             context=torch.from_numpy(context),
             context_mask=torch.from_numpy(mask),
             boxes=torch.from_numpy(boxes),
             slot=torch.tensor(slot, dtype=torch.long),
             order=torch.from_numpy(order),
+        )
+        if self.balloons is not None:
+            batch.update(self._balloons(places, length))
+        return batch
+
+    def _balloons(self, places: Sequence[Sequence[int | None]], length: int) -> dict[str, Tensor]:
+        """balloons, balloon_boxes and balloon_mask of the context places (none for the masked place)."""
+        table = self.balloons
+        width, dim = table.width, self.feature_dim
+        vectors = np.zeros((len(places), length, width, dim), dtype=np.float32)
+        boxes = np.zeros((len(places), length, width, 4), dtype=np.float32)
+        mask = np.zeros((len(places), length, width), dtype=bool)
+        for b, ids in enumerate(places):
+            real = [k for k, i in enumerate(ids) if i is not None]
+            if real:
+                pages, slots = self.view.locate([ids[k] for k in real])
+                vectors[b, real] = table.vectors[pages, slots]
+                boxes[b, real] = table.boxes[pages, slots]
+                mask[b, real] = table.mask[pages, slots]
+        return dict(
+            balloons=torch.from_numpy(vectors),
+            balloon_boxes=torch.from_numpy(boxes),
+            balloon_mask=torch.from_numpy(mask),
         )
 
     def _candidates(self, task_set: TaskSet, samples: Sequence[TaskSample]) -> dict[str, Tensor]:
@@ -172,8 +208,9 @@ def _places(sample: TaskSample) -> list[int | None]:
     return list(sample.context)
 
 
-def reduced_builders(view: RunView) -> dict[str, BatchBuilder]:
-    """Batch builders that leave one content modality out, by the one left out (every panel keeps its box): modality
-    dropout's inputs in training, and what ``diagnostics.modality_reliance`` scores a trained model with."""
+def reduced_builders(view: RunView, balloons: bool = False) -> dict[str, BatchBuilder]:
+    """Batch builders that leave one content modality out, by the one left out (every panel keeps its box; balloon
+    tokens, where asked, go with the text): modality dropout's inputs in training, and what
+    ``diagnostics.modality_reliance`` scores a trained model with."""
     kept = {left: tuple(m for m in MODALITIES if m != left) for left in ("vision", "text")}
-    return {left: BatchBuilder(view, modalities) for left, modalities in kept.items()}
+    return {left: BatchBuilder(view, modalities, balloons) for left, modalities in kept.items()}

@@ -46,7 +46,7 @@ __all__ = [
 
 STAGE = "stage4"
 # Model settings a checkpoint written before they existed was trained without (their value then, not today's default).
-WRITTEN_BEFORE = {"layout_prior": False}
+WRITTEN_BEFORE = {"layout_prior": False, "balloon_tokens": False}
 SEED_SIZE = dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048)  # the seed's train_stage4.py defaults
 # The seed's multi-task table (docs/stage4 README, "Training Tasks"). Its flag example sets
 # `--reading_order_weight 0.3`, which contradicts the table's 0.7; the table is the seed's stated design, so 0.7 it is.
@@ -74,6 +74,7 @@ class Stage4ModelConfig:
     use_transformer: bool = True  # False: the ablation with no encoder layers
     input_prior: bool = True  # a candidate logit adds the learned-weight cosine of the raw inputs (see CandidateHead)
     layout_prior: bool = True  # reading order adds the geometry baseline, fitted on the training pages and held
+    balloon_tokens: bool = False  # each context panel's text boxes enter as tokens too (comicnb.stage4.balloons)
 
 
 @dataclass
@@ -145,6 +146,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_transformer": {"use_transformer": False},
     "text_only": {"modalities": ["text"]},
     "vision_only": {"modalities": ["vision"]},
+    # Not a part taken away but one added: the main model with each context panel's text boxes as tokens of their
+    # own (comicnb.stage4.balloons), trained the same way so the two compare directly.
+    "balloon_tokens": {"balloon_tokens": True},
 }
 MAIN = "stage4"  # the main model's name in result tables; an ablation's is its name in ABLATIONS
 MODELS = (MAIN, *ABLATIONS)  # every trained model of a run, the main one first

@@ -41,7 +41,7 @@ from comicnb.stage4.batches import BatchBuilder, reduced_builders
 from comicnb.stage4.config import MAIN
 from comicnb.stage4.model import Stage4SequenceModel
 from comicnb.stage4.results import READING_ORDER, sample_frame
-from comicnb.stage4.scoring import load_stage4_model, predict_sets, trained_modalities, trained_models
+from comicnb.stage4.scoring import builder_for, load_stage4_model, predict_sets, trained_models
 from comicnb.stage4.tasks import TaskSample, TaskSet, read_manifest, task_dir
 from comicnb.stage4.view import RunView
 
@@ -198,7 +198,7 @@ def run_models(
     for name in names:
         if name in found:
             model, config = load_stage4_model(found[name])
-            models[name] = (model, BatchBuilder(view, trained_modalities(config)))
+            models[name] = (model, builder_for(view, config))
     return models
 
 
@@ -421,7 +421,8 @@ def modality_reliance(
         if len(builder.modalities) < 3:
             continue
         reduced = reduced or {f"without {m}": b for m, b in reduced_builders(view).items()}  # the store re-fused once
-        inputs = {"everything": builder, **reduced}
+        balloons = builder.balloons is not None  # the reduced inputs keep them where the model reads them
+        inputs = {"everything": builder, **{k: b.with_balloons(balloons) for k, b in reduced.items()}}
         for label, used in inputs.items():
             frame = sample_frame(predict_sets(model, [s for s in sets.values() if len(s)], used, batch_size, name))
             frame["input"] = label

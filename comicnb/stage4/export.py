@@ -48,7 +48,7 @@ from comicnb.stage3.batches import page_chunks
 from comicnb.stage4.batches import BatchBuilder
 from comicnb.stage4.config import checkpoints
 from comicnb.stage4.model import Stage4SequenceModel
-from comicnb.stage4.scoring import load_stage4_model, trained_modalities
+from comicnb.stage4.scoring import load_stage4_model, trained_balloons, trained_modalities
 from comicnb.stage4.view import RunView, open_run
 from comicnb.store.reader import load_metadata, open_embeddings
 from comicnb.store.schema import DONE, EMBEDDINGS, MASKS, METADATA, STORE_NAME, StoreMismatchError, file_sha256
@@ -306,7 +306,7 @@ def _export(
         raise FileNotFoundError(f"no {METADATA} in or beside the store {store_path}")
     # The export is checked (and refused) before the store's arrays and the Stage 3 model are loaded.
     group = open_export(out, metadata_file, pages, attrs, overwrite, hint)
-    builder = BatchBuilder(view or open_run(run_dir, store_path), modalities)
+    builder = BatchBuilder(view or open_run(run_dir, store_path), modalities, trained_balloons(config))
     model.to(device)
     chunks = page_chunks(pages, chunk)
     done = np.asarray(group[DONE][:])

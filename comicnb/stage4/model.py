@@ -18,6 +18,10 @@ Every head scores from the transformer's output (architecture, "Stage 4 task pro
   cosine baseline where it helps and the transformer's term is what it adds;
 - where the batch gives ``boxes`` (each context panel's page-fraction box), they enter every panel's token (its place
   on the page, beside its reading position);
+- with ``balloon_tokens``, each context panel's text boxes (``balloons``, ``balloon_boxes``, ``balloon_mask``;
+  ``comicnb.stage4.balloons``) follow the sequence as tokens of their own: the box's text vector projected like a
+  panel, a learned balloon type, its place inside the panel, and its panel's reading position and page box, so
+  attention can relate a line to where it is said and to the other panels' lines; the scored slot is unchanged;
 - reading order enters the shuffled panels with no positional encoding (their boxes are the input) and scores every
   ordered pair from the two panels' states and the pair's box geometry (``comicnb.stage4.geometry``); ``decode_order``
   turns the pair logits into a permutation;
@@ -65,6 +69,7 @@ GAINS = ("log_scale", "prior_weight")  # the heads' scalar gains (parameter name
 GAIN_LR = 30.0  # their learning rate, as a multiple of the model's
 MAX_SCALE = 100.0
 BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
+BALLOON_KEYS = ("balloons", "balloon_boxes", "balloon_mask")  # a batch's balloon tokens (BatchBuilder(balloons=True))
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -236,6 +241,9 @@ class Stage4SequenceModel(nn.Module):
         self.direction = nn.Embedding(2, d, padding_idx=0)  # index 1 for rtl; 0 (ltr, unlabelled) adds nothing
         # A panel's place on the page, where the batch gives boxes; no bias, so a place with no box adds nothing.
         self.box_embed = nn.Linear(BOX_FEATURES, d, bias=False)
+        if cfg.balloon_tokens:  # only then, so checkpoints of models without them load as they were saved
+            self.balloon_type = nn.Parameter(torch.zeros(d))  # tells a balloon token from a panel
+            self.balloon_box_embed = nn.Linear(BOX_FEATURES, d, bias=False)  # its place inside the panel
         self.encoder = self._encoder(cfg) if cfg.use_transformer else None
         self.norm = nn.LayerNorm(d)  # the pre-norm encoder's outputs are not normalised
         self.strip_pool = AttentionPool(d, cfg.nhead)
@@ -402,14 +410,50 @@ class Stage4SequenceModel(nn.Module):
             dim=1,
         )
         index = torch.where(in_place, slot, torch.full_like(slot, length + 1))
+        sequence, valid, positions, boxes = self._with_balloons(batch, sequence, valid, positions, boxes, length)
         return sequence, valid, positions, batch.get("direction"), boxes, index
+
+    def _with_balloons(
+        self,
+        batch: Mapping[str, Tensor],
+        sequence: Tensor,
+        valid: Tensor,
+        positions: Tensor | None,
+        boxes: Tensor | None,
+        length: int,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The sequence with the first ``length`` tokens' (the context panels') balloon tokens appended, each with its
+        panel's reading position and page box; unchanged for a model without balloon tokens or a batch without
+        them."""
+        if not self.cfg.balloon_tokens or any(key not in batch for key in BALLOON_KEYS):
+            return sequence, valid, positions, boxes
+        device = sequence.device
+        vectors = batch["balloons"].to(device)  # (B, L, K, D)
+        batch_size, _, width, _ = vectors.shape
+        tokens = self.embed(vectors) + self.balloon_type + self.balloon_box_embed(batch["balloon_boxes"].to(device))
+        kept = batch["balloon_mask"].to(device).bool() & valid[:, :length, None]  # (B, L, K)
+        sequence = torch.cat([sequence, tokens.reshape(batch_size, length * width, -1)], dim=1)
+        valid = torch.cat([valid, kept.reshape(batch_size, -1)], dim=1)
+        if positions is not None:
+            repeated = positions[:, :length, None].expand(-1, -1, width).reshape(batch_size, -1)
+            positions = torch.cat([positions, repeated], dim=1)
+        if boxes is not None:
+            panel_boxes = boxes[:, :length, None].expand(-1, -1, width, -1).reshape(batch_size, -1, BOX_FEATURES)
+            boxes = torch.cat([boxes, panel_boxes], dim=1)
+        return sequence, valid, positions, boxes
 
     def _reading_order(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, L, L) pair logits of the shuffled panels, entered without positions (their list place is noise)."""
         device = self.slot_tokens.weight.device
         mask = batch["context_mask"].to(device).bool()
         direction, boxes = batch.get("direction"), batch.get("boxes")
-        states, strip = self.encode(self.embed(batch["context"].to(device)), mask, None, direction, boxes)
+        length = mask.shape[1]
+        boxes = None if boxes is None else boxes.to(device)
+        tokens, valid, _, places = self._with_balloons(
+            batch, self.embed(batch["context"].to(device)), mask, None, boxes, length
+        )
+        states, strip = self.encode(tokens, valid, None, direction, places)
+        states = states[:, :length]  # the panels' states; their balloons informed them through attention
         if boxes is None:
             pairs = None
         else:

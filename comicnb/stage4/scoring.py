@@ -52,6 +52,17 @@ def trained_modalities(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in given)
 
 
+def trained_balloons(config: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's model reads balloon tokens (its ``model`` config's ``balloon_tokens``)."""
+    return bool(config.get("model", {}).get("balloon_tokens", False))
+
+
+def builder_for(view: RunView, config: Mapping[str, Any]) -> BatchBuilder:
+    """The batch builder of the inputs a checkpoint's model was trained with: its modalities, and balloon tokens
+    where it reads them."""
+    return BatchBuilder(view, trained_modalities(config), trained_balloons(config))
+
+
 def trained_models(run_dir: str | Path, which: str = "best") -> dict[str, Path]:
     """The run's trained Stage 4 models that exist: ``stage4`` and each ablation, by name -> checkpoint file
     (``which``: ``best`` or ``last``)."""
@@ -129,14 +140,14 @@ def model_results(
         return []
     view = view or open_run(run_dir)
     sets = read_sets(run_dir, view, TASKS, split)
-    builders: dict[tuple[str, ...], BatchBuilder] = {}
+    builders: dict[tuple[tuple[str, ...], bool], BatchBuilder] = {}
     results = []
     for name, path in models.items():
         model, config = load_stage4_model(path)
-        modalities = trained_modalities(config)
-        if modalities not in builders:
-            builders[modalities] = BatchBuilder(view, modalities)
-        results.extend(predict_sets(model, sets, builders[modalities], name=name))
+        key = (trained_modalities(config), trained_balloons(config))
+        if key not in builders:
+            builders[key] = builder_for(view, config)
+        results.extend(predict_sets(model, sets, builders[key], name=name))
     return results
 
 

@@ -114,7 +114,8 @@ class Stage4Trainer(EpochLoop):
     ) -> None:
         set_seed(cfg.seed)
         self.cfg, self.view, self.builder = cfg, view, builder
-        self.without = reduced_builders(view) if cfg.modality_dropout else {}  # modality dropout's inputs
+        balloons = builder.balloons is not None
+        self.without = reduced_builders(view, balloons) if cfg.modality_dropout else {}  # modality dropout's inputs
         self.val_sets = dict(val_sets)
         self.data = dict(data or {})  # what the run trains on (store hashes), checked on resume
         self.accelerator = Accelerator(
@@ -396,7 +397,7 @@ def stage4_trainer_for(
         raise ValueError(f"input_dim={model_cfg.input_dim}, but the store's panel embeddings have {view.feature_dim}")
     model_cfg = replace(model_cfg, input_dim=view.feature_dim)
     val_sets = read_sets(run_dir, view, cfg.active_tasks)
-    builder = BatchBuilder(view, tuple(cfg.modalities))
+    builder = BatchBuilder(view, tuple(cfg.modalities), model_cfg.balloon_tokens)
     if cfg.task_weights["caption_relevance"] > 0 or "caption_relevance" in val_sets:
         warm_captions(builder, view, val_sets.values())
     set_seed(cfg.seed)

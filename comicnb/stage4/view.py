@@ -317,15 +317,18 @@ def panel_table(
     Columns: panel_id, page_index, slot, book_id, page_id, page_name, split, num_panels, page_rank (the page's place
     among its book's narrative pages), book_pos (the panel's place in its book's reading stream), width and height
     (the stored box in page pixels: the crop's shape and size), text, has_text (the store has its text embedding),
-    n_boxes (balloons and captions, from the pages table's text_boxes; -1 unknown), text_boxes, text_free (its
+    n_boxes (balloons and captions, from the pages table's text_boxes; -1 unknown), text_boxes, balloon_boxes (each
+    text box's box as fractions of the panel, from the pages table's text_box_boxes; None unknown), text_free (its
     text-free twin is stored), plus every column of ``truth`` (joined on panel_id).
     """
     boxes = {p.page_id: p.text_boxes for p in pages.itertuples(index=False)} if _has(pages, "text_boxes") else {}
+    places = _column(pages, "text_box_boxes")
     rows = []
     for page in metadata.itertuples(index=False):
-        page_boxes = boxes.get(page.page_id)
+        page_boxes, page_places = boxes.get(page.page_id), places.get(page.page_id)
         for slot, (panel_id, text) in enumerate(zip(page.embedding_indices, page.texts, strict=True)):
             text_boxes = list(page_boxes[slot]) if page_boxes is not None else None
+            balloon_boxes = page_places[slot] if page_places is not None else None
             x1, y1, x2, y2 = (float(v) for v in page.boxes[slot])
             rows.append(
                 dict(
@@ -345,6 +348,7 @@ def panel_table(
                     else bool(str(text).strip()),
                     n_boxes=len(text_boxes) if text_boxes is not None else -1,
                     text_boxes=text_boxes,
+                    balloon_boxes=balloon_boxes,
                     text_free=bool(text_free_masks[page.page_index, slot]) if text_free_masks is not None else False,
                 )
             )
@@ -356,6 +360,13 @@ def panel_table(
         extra = [c for c in truth.columns if c == "panel_id" or c not in table.columns]
         table = table.merge(truth[extra], on="panel_id", how="left", validate="one_to_one")
     return table.reset_index(drop=True)
+
+
+def _column(pages: pd.DataFrame | None, column: str) -> dict[str, Any]:
+    """page_id -> a list column's value of the pages table, for the pages that have it."""
+    if not _has(pages, column):
+        return {}
+    return {p: v for p, v in zip(pages.page_id, pages[column]) if isinstance(v, list)}
 
 
 def _has(table: pd.DataFrame | None, column: str) -> bool:

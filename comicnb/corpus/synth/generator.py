@@ -37,22 +37,33 @@ def ocr_noise(text: str, p: float, rng: np.random.Generator) -> str:
     return "".join(out)
 
 
-def page_doc(page: dict, book: dict, bbox_format: str, noise: float, rng: np.random.Generator) -> dict:
-    """The Stage 1 JSON of a page: boxes in reading order, texts as OCR would read them, descriptions."""
+def page_doc(
+    page: dict,
+    book: dict,
+    bbox_format: str,
+    noise: float,
+    rng: np.random.Generator,
+    line_boxes: list[list] | None = None,
+) -> dict:
+    """The Stage 1 JSON of a page: boxes in reading order, texts as OCR would read them, descriptions; with
+    ``line_boxes`` (``render_page``'s), each text box's own box too (``text_box_bboxes``, in the panels' format), on
+    every panel whose lines all drew one."""
     if page["defect"] and page["defect"]["variant"] in ("cp1252", "odd_unicode"):
         noise = 0.0  # the defect needs its accented text intact
     panels = []
-    for box, panel in zip(page["boxes"], page["panels"]):
+    for k, (box, panel) in enumerate(zip(page["boxes"], page["panels"])):
         texts = [ocr_noise(line["text"], noise, rng) for line in panel["lines"]]
-        panels.append(
-            {
-                "bbox": to_bbox(box, bbox_format),
-                "text": " ".join(texts),
-                "confidence": round(float(rng.uniform(0.8, 0.995)), 3),
-                "text_boxes": texts,
-                "description": panel["caption"],
-            }
-        )
+        doc = {
+            "bbox": to_bbox(box, bbox_format),
+            "text": " ".join(texts),
+            "confidence": round(float(rng.uniform(0.8, 0.995)), 3),
+            "text_boxes": texts,
+            "description": panel["caption"],
+        }
+        found = line_boxes[k] if line_boxes is not None else None
+        if found is not None and all(b is not None for b in found):
+            doc["text_box_bboxes"] = [to_bbox([round(v) for v in b], bbox_format) for b in found]
+        panels.append(doc)
     return {"image_width": book["size"][0], "image_height": book["size"][1], "panels": panels}
 
 
@@ -81,9 +92,12 @@ def page_files(
     """
     variant = page["defect"]["variant"] if page["defect"] else None
     image, doc = f"{name}.{page['format']}", f"{name}.json"
-    text = json.dumps(break_doc(page_doc(page, book, bbox_format, noise, rng), page, bbox_format), ensure_ascii=False)
+    line_boxes: list[list] = []
+    drawn = render_page(page, book, line_boxes=line_boxes)
+    document = page_doc(page, book, bbox_format, noise, rng, line_boxes)
+    text = json.dumps(break_doc(document, page, bbox_format), ensure_ascii=False)
     files = {
-        image: _encode(break_image(render_page(page, book), variant), page["format"]),
+        image: _encode(break_image(drawn, variant), page["format"]),
         doc: text.encode("cp1252" if variant == "cp1252" else "utf-8"),
     }
     break_files(files, variant, image, doc, rng)

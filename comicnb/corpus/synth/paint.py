@@ -51,15 +51,30 @@ Area = tuple[float, float, float, float]  # x0, y0, x1, y1
 
 @dataclass
 class _Pen:
-    """What a painter writes: whether it draws text, and the areas that hold text (in panel canvas pixels)."""
+    """What a painter writes: whether it draws text, the areas that hold text, and the box of each of the panel's
+    lines (its balloon, caption or title box and its rows, joined) by line number (all in panel canvas pixels)."""
 
     text: bool = True
     areas: list[Area] = field(default_factory=list)
+    line: int | None = None  # the line being drawn: what ``note`` adds to
+    line_boxes: dict[int, Area] = field(default_factory=dict)
+
+    def note(self, area: Area) -> None:
+        """An area that holds text, part of the current line's box."""
+        self.areas.append(area)
+        if self.line is not None:
+            old = self.line_boxes.get(self.line, area)
+            self.line_boxes[self.line] = (
+                min(old[0], area[0]),
+                min(old[1], area[1]),
+                max(old[2], area[2]),
+                max(old[3], area[3]),
+            )
 
     def write(self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], row: str, font) -> None:
         """Draw one row of text, unless this is the text-free twin; its extent is a text area either way."""
         # The row's own extent counts as well as its box: a word wider than its balloon is drawn past the edge.
-        self.areas.append(draw.textbbox(xy, row, font=font))
+        self.note(draw.textbbox(xy, row, font=font))
         if self.text:
             draw.text(xy, row, font=font, fill=INK)
 
@@ -75,7 +90,7 @@ def _caption_box(draw: ImageDraw.ImageDraw, text: str, top: int, w: int, font, p
     rows, lh = _wrap(text, font, w - 18), _line_height(font)
     bottom = top + lh * len(rows) + 6
     draw.rectangle((4, top, w - 5, bottom), fill=(255, 236, 150), outline=INK, width=1)
-    pen.areas.append((4, top, w - 4, bottom + 1))
+    pen.note((4, top, w - 4, bottom + 1))
     for i, row in enumerate(rows):
         pen.write(draw, (9, top + 3 + i * lh), row, font)
     return bottom
@@ -93,7 +108,7 @@ def _balloon(
     tip = (cx + (speaker[0] - cx) * min(1.0, reach / dy), bottom + reach)
     draw.polygon([(cx - 7, bottom - 8), (cx + 7, bottom - 8), tip], fill=WHITE, outline=INK)
     draw.ellipse((x0, y0, x1, bottom), fill=WHITE, outline=INK, width=2)
-    pen.areas.append((x0, y0, x1 + 1, bottom + 1))
+    pen.note((x0, y0, x1 + 1, bottom + 1))
     ty = (y0 + bottom - lh * len(rows)) / 2
     for i, row in enumerate(rows):
         pen.write(draw, (cx - font.getlength(row) / 2, ty + i * lh), row, font)
@@ -102,12 +117,14 @@ def _balloon(
 def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[dict], stage: dict, w: int, rtl: bool, font, pen: _Pen) -> None:
     """Caption boxes across the top, then balloons side by side in reading order."""
     top = 4
-    for line in lines:
+    for i, line in enumerate(lines):
         if line["kind"] == "caption":
+            pen.line = i
             top = _caption_box(draw, line["text"], top, w, font, pen)
-    spoken = [line for line in lines if line["kind"] == "speech"]
+    spoken = [(i, line) for i, line in enumerate(lines) if line["kind"] == "speech"]
     slots = spans(4, w - 4, [1] * len(spoken), 6) if spoken else []
-    for (x0, x1), line in zip(slots[::-1] if rtl else slots, spoken):
+    for (x0, x1), (i, line) in zip(slots[::-1] if rtl else slots, spoken):
+        pen.line = i
         _balloon(draw, line["text"], (x0, top + 4, x1), stage[line["speaker"]], font, pen)
 
 
@@ -149,7 +166,8 @@ def _paint_cover(panel: dict, size: tuple[int, int], rtl: bool, fs: int, pen: _P
     font = _font(2 * fs)
     bottom = 0.05 * h + _line_height(font) * len(_wrap(panel["lines"][0]["text"], font, 0.86 * w)) + 16
     draw.rectangle((0.05 * w, 0.05 * h, 0.95 * w, bottom), fill=WHITE, outline=INK, width=3)
-    pen.areas.append((0.05 * w, 0.05 * h, 0.95 * w + 1, bottom + 1))
+    pen.line = 0
+    pen.note((0.05 * w, 0.05 * h, 0.95 * w + 1, bottom + 1))
     _centred(draw, panel["lines"][0]["text"], 0.05 * h + 8, w, font, pen)
     return img
 
@@ -159,9 +177,12 @@ def _paint_advert(panel: dict, size: tuple[int, int], rtl: bool, fs: int, pen: _
     colour = COLOURS[panel["props"]["colour"]]
     img, draw = _canvas(size, tint(colour, 0.6))
     w, h = size
+    pen.line = 0
     y = _centred(draw, panel["lines"][0]["text"], 0.06 * h, w, _font(round(2.4 * fs)), pen)
+    pen.line = 1
     _centred(draw, panel["lines"][1]["text"], y + 10, w, _font(round(1.4 * fs)), pen)
     dot(draw, 0.5 * w, 0.5 * h, 0.22 * w, colour)
+    pen.line = 2
     _centred(draw, panel["lines"][2]["text"], 0.82 * h, w, _font(round(1.6 * fs)), pen)
     return img
 
@@ -170,7 +191,8 @@ def _paint_prose(panel: dict, size: tuple[int, int], rtl: bool, fs: int, pen: _P
     """A text page: paragraphs of prose."""
     img, draw = _canvas(size, (245, 238, 220))
     font, y = _font(fs), 0.05 * size[1]
-    for line in panel["lines"]:
+    for i, line in enumerate(panel["lines"]):
+        pen.line = i
         for row in _wrap(line["text"], font, 0.9 * size[0]):
             pen.write(draw, (0.05 * size[0], y), row, font)
             y += _line_height(font)
@@ -181,13 +203,22 @@ def _paint_prose(panel: dict, size: tuple[int, int], rtl: bool, fs: int, pen: _P
 _PAINTERS = {"narrative": _paint_story, "cover": _paint_cover, "advertisement": _paint_advert, "text": _paint_prose}
 
 
-def render_page(page: dict, book: dict, *, text: bool = True, areas: list[Area] | None = None) -> Image.Image:
+def render_page(
+    page: dict,
+    book: dict,
+    *,
+    text: bool = True,
+    areas: list[Area] | None = None,
+    line_boxes: list[list[Area | None]] | None = None,
+) -> Image.Image:
     """Draw a planned page: paper, each panel painted on its own canvas (so nothing spills over), framed.
 
     text=False draws the page's text-free twin (balloons, caption and title boxes empty). areas, when given, is
     filled with the page-pixel rectangles (x0, y0, x1, y1; x1, y1 exclusive) that hold text: balloons, caption and
     title boxes, and the extent of each row of text (a word wider than its balloon is drawn past its edge); outside
-    them the page and its twin are the same pixels.
+    them the page and its twin are the same pixels. line_boxes, when given, is filled with one list per panel of
+    one page-pixel rectangle per line of the panel (its balloon, caption or title box with its rows; None for a line
+    that drew nothing): the text boxes' boxes of the page JSON.
     """
     img = Image.new("RGB", book["size"], PAPER)
     draw = ImageDraw.Draw(img)
@@ -198,6 +229,9 @@ def render_page(page: dict, book: dict, *, text: bool = True, areas: list[Area] 
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=INK, width=3)
         if areas is not None:  # canvas to page pixels, cut to the panel: the canvas crops whatever lies outside it
             areas += [_on_page(area, box) for area in pen.areas]
+        if line_boxes is not None:
+            found = pen.line_boxes
+            line_boxes.append([_on_page(found[i], box) if i in found else None for i in range(len(panel["lines"]))])
     return img
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 
 from comicnb.corpus.synth.story import CAST
 
-VERSION = 4  # the sidecar's "version" field (3: a page's ``reading``; 4: cutaways and the beats they interrupt)
+VERSION = 5  # the sidecar's "version" field (3: a page's ``reading``; 4: cutaways and the beats they interrupt;
+# 5: each text box's own box in the page JSON, ``text_box_bboxes``)
 # What the sidecar keeps of each planned page and panel; boxes, sizes and formats are drawing details.
 _PAGE_TRUTH = ("label", "layout", "reading", "reading_direction", "naive_order_correct", "scene")
 _PANEL_TRUTH = ("characters", "scene", "action", "action_step", "action_steps", "caption", "lines")
