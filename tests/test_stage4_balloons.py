@@ -191,3 +191,46 @@ def test_balloon_tokens_train_and_reach_reading_order(view: RunView) -> None:
     assert logits.shape == (8, batch["context"].shape[1], batch["context"].shape[1])
     orders = model.predict("reading_order", batch)
     assert all(sorted(o) == list(range(len(o))) for o in orders)
+
+
+def test_character_coherence_candidates_bring_their_lines_per_balloon(view: RunView) -> None:
+    """Each candidate's text is its per-box texts joined; the two candidates name the speakers the other way round in
+    the same boxes; the batch carries each line in its panel's box and the model reads one sequence per candidate."""
+    coherence = make_task_set(view, "character_coherence", "train", task_rng(0, "character_coherence", "train"))
+    sample = coherence.samples[0]
+    right, swapped = sample.candidates[sample.answer], sample.candidates[1 - sample.answer]
+    assert right.text == " ".join(right.text_boxes) and swapped.text == " ".join(swapped.text_boxes)
+    assert len(right.text_boxes) == len(swapped.text_boxes) and right.text_boxes != swapped.text_boxes
+    builder = BatchBuilder(view, balloons=True)
+    batch = builder.collate(coherence, coherence.samples[:8])
+    table = panel_balloons(view)
+    page, slot = view.locate([right.panel_id])
+    count = int(table.mask[page[0], slot[0]].sum())
+    assert count == len(right.text_boxes)
+    assert batch["candidate_balloon_mask"][0].sum(dim=-1).tolist() == [count, count]
+    np.testing.assert_array_equal(
+        batch["candidate_balloon_boxes"][0, 0, :count].numpy(), table.boxes[page[0], slot[0], :count]
+    )
+    with torch.no_grad():
+        expected = view.model.encode_texts([right.text_boxes[0]]).float().numpy()[0]
+    np.testing.assert_allclose(batch["candidate_balloons"][0, sample.answer, 0].numpy(), expected, atol=1e-4)
+    # Other sets' candidates have one block of text: no candidate balloons.
+    cloze = make_task_set(view, "text_cloze", "train", task_rng(0, "text_cloze", "train"))
+    assert "candidate_balloons" not in builder.collate(cloze, cloze.samples[:4])
+
+    torch.manual_seed(0)
+    model = Stage4SequenceModel(**SMALL, balloon_tokens=True).eval()
+    with torch.no_grad():
+        logits = model.task_logits("character_coherence", batch)
+        assert logits.shape == (8, 2) and torch.isfinite(logits).all()
+        # A candidate's balloons change its own score only.
+        other = batch["candidate_balloons"].clone()
+        other[:, 1] = other[:, 1].flip(-1)
+        moved = model.task_logits("character_coherence", {**batch, "candidate_balloons": other})
+        assert torch.allclose(moved[:, 0], logits[:, 0], atol=1e-5) and not torch.allclose(moved[:, 1], logits[:, 1])
+        # Without any candidate balloon the per-candidate sequences give the shared sequence's scores.
+        empty = {**batch, "candidate_balloon_mask": torch.zeros_like(batch["candidate_balloon_mask"])}
+        bare = {k: v for k, v in batch.items() if not k.startswith("candidate_balloon")}
+        assert torch.allclose(
+            model.task_logits("character_coherence", empty), model.task_logits("character_coherence", bare), atol=1e-5
+        )

@@ -141,7 +141,14 @@ def test_page_json_follows_the_contract_and_matches_the_truth(corpora, name):
             assert isinstance(panel["text"], str) and 0 < panel["confidence"] <= 1
             assert len(panel["text_boxes"]) == len(true["lines"]) and panel["text"] == " ".join(panel["text_boxes"])
             assert panel["description"] == true["caption"] and true["reading_position"] == i
-    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 4
+            # One box per text box, in the panels' format, inside the panel (version 5).
+            fmt = "xyxy" if name == "xyxy" else "xywh"
+            px0, py0, px1, py1 = _xyxy(panel["bbox"], fmt)
+            assert len(panel["text_box_bboxes"]) == len(panel["text_boxes"])
+            for bbox in panel["text_box_bboxes"]:
+                x0, y0, x1, y1 = _xyxy(bbox, fmt)
+                assert all(isinstance(v, int) for v in bbox) and px0 <= x0 < x1 <= px1 and py0 <= y0 < y1 <= py1
+    assert truth["bbox_format"] == ("xyxy" if name == "xyxy" else "xywh") and truth["version"] == synth.VERSION == 5
 
 
 @pytest.mark.parametrize("name", ["clean", "xyxy"])

@@ -9,15 +9,21 @@ of its own). The model adds its panel's reading position and page box to each, s
 
 ``panel_balloons(view)`` builds the arrays once per view (memoised): every distinct text is encoded once. A panel
 with more than ``MAX_BALLOONS`` boxes keeps its first ones in reading order, and the view warns with the count.
+
+A candidate whose text is given per text box (``Candidate.text_boxes``: character coherence, each line with its
+speaker's name) brings its own balloon tokens too (``candidate_balloons``): its k-th text in its panel's k-th box, so
+the model reads each line beside the place it is said, against the context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from comicnb.stage4.tasks import Candidate
 from comicnb.stage4.view import RunView
 
 MAX_BALLOONS = 6  # text boxes a panel brings as tokens (the embedded corpus draws at most 3)
@@ -93,6 +99,30 @@ def _build(view: RunView) -> PanelBalloons:
         p, s, k = (np.array([r[i] for r in rows]) for i in range(3))
         vectors[p, s, k] = encoded[[index[r[3]] for r in rows]]
     return PanelBalloons(vectors, boxes, mask, placed, dropped)
+
+
+def candidate_balloons(
+    candidates: Sequence[Candidate], table: PanelBalloons, view: RunView, cache: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(C, K, D) text vectors, (C, K, 4) places and (C, K) mask of candidates' own text boxes: candidate c's k-th
+    text (``Candidate.text_boxes``) in its panel's k-th box. A candidate without them, or whose count differs from
+    its panel's boxes, has none (its text still enters whole). ``cache`` keeps each text's vector across batches."""
+    width, dim = table.width, table.vectors.shape[-1]
+    vectors = np.zeros((len(candidates), width, dim), dtype=np.float32)
+    boxes = np.zeros((len(candidates), width, BALLOON_BOX), dtype=np.float32)
+    mask = np.zeros((len(candidates), width), dtype=bool)
+    new = sorted({t for c in candidates for t in (c.text_boxes or ()) if t not in cache})
+    if new:  # one text at a time: its numbers never depend on what else a batch met first (a resumed run's equal)
+        cache.update(zip(new, _encode(view, new, batch_size=1), strict=True))
+    for i, c in enumerate(candidates):
+        page, slot = divmod(int(c.panel_id), view.max_panels)
+        texts = c.text_boxes or []
+        if not texts or len(texts) != int(table.mask[page, slot].sum()) or len(texts) > width:
+            continue
+        vectors[i, : len(texts)] = [cache[t] for t in texts]
+        boxes[i, : len(texts)] = table.boxes[page, slot, : len(texts)]
+        mask[i, : len(texts)] = True
+    return vectors, boxes, mask
 
 
 @torch.no_grad()

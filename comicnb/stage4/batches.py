@@ -21,7 +21,9 @@ vision-only ablations. A caption (caption relevance) is the task's input, not a 
   direction (``comicnb.stage4.geometry.DIRECTIONS``: 0 unlabelled, 1 rtl, 2 ltr);
 - with ``balloons`` (a builder for a model with balloon tokens, text among its modalities): ``balloons`` (B, L, K, D)
   each context panel's text boxes as text-only vectors, ``balloon_boxes`` (B, L, K, 4) their places inside the
-  panel and ``balloon_mask`` (B, L, K) (``comicnb.stage4.balloons``); none for the masked place.
+  panel and ``balloon_mask`` (B, L, K) (``comicnb.stage4.balloons``); none for the masked place; and where
+  candidates give their text per text box (character coherence), ``candidate_balloons`` (B, C, K, D),
+  ``candidate_balloon_boxes`` (B, C, K, 4) and ``candidate_balloon_mask`` (B, C, K).
 
 ``pages(indices)`` gives whole stored pages for the strip term, ``page_indices(split)`` the pages of a split.
 """
@@ -36,10 +38,10 @@ import torch
 from torch import Tensor
 
 from comicnb.stage3.fusion import MODALITIES
-from comicnb.stage4.balloons import PanelBalloons, panel_balloons
+from comicnb.stage4.balloons import PanelBalloons, candidate_balloons, panel_balloons
 from comicnb.stage4.geometry import direction_code
 from comicnb.stage4.inputs import candidate_parts, refuse, refuse_chunked
-from comicnb.stage4.tasks import TEXT_TASKS, TaskSample, TaskSet
+from comicnb.stage4.tasks import TEXT_TASKS, Candidate, TaskSample, TaskSet
 from comicnb.stage4.view import RunView
 
 TEXT = MODALITIES.index("text")
@@ -61,6 +63,7 @@ class BatchBuilder:
         self.vectors = self._panel_vectors()  # (P, N, D) every stored panel under the kept modalities
         self.captions: dict[str, np.ndarray] = {}
         self.balloons: PanelBalloons | None = panel_balloons(view) if balloons and "text" in self.modalities else None
+        self.box_texts: dict[str, np.ndarray] = {}  # candidates' per-box texts, each encoded once
 
     def with_balloons(self, balloons: bool) -> BatchBuilder:
         """The same builder (its vectors shared) giving balloon tokens or not."""
@@ -166,11 +169,35 @@ class BatchBuilder:
             count = len(sample.candidates)
             candidates[b, :count] = vectors[first : first + count]
             candidate_mask[b, :count] = True
-        return dict(
+        batch = dict(
             candidates=torch.from_numpy(candidates),
             candidate_mask=torch.from_numpy(candidate_mask),
             answer=torch.tensor([s.answer if s.candidates else -1 for s in samples], dtype=torch.long),
             answer_panel=torch.from_numpy(panels),
+        )
+        if self.balloons is not None and any(c.text_boxes for c in flat):
+            batch.update(self._candidate_balloons(flat, firsts, samples, width))
+        return batch
+
+    def _candidate_balloons(
+        self, flat: Sequence[Candidate], firsts: np.ndarray, samples: Sequence[TaskSample], width: int
+    ) -> dict[str, Tensor]:
+        """candidate_balloons (B, C, K, D), candidate_balloon_boxes (B, C, K, 4), candidate_balloon_mask (B, C, K):
+        each candidate's own text boxes (``comicnb.stage4.balloons.candidate_balloons``)."""
+        vectors, boxes, mask = candidate_balloons(flat, self.balloons, self.view, self.box_texts)
+        k, dim = vectors.shape[1], vectors.shape[2]
+        out_vectors = np.zeros((len(samples), width, k, dim), dtype=np.float32)
+        out_boxes = np.zeros((len(samples), width, k, 4), dtype=np.float32)
+        out_mask = np.zeros((len(samples), width, k), dtype=bool)
+        for b, (sample, first) in enumerate(zip(samples, firsts)):
+            count = len(sample.candidates)
+            out_vectors[b, :count] = vectors[first : first + count]
+            out_boxes[b, :count] = boxes[first : first + count]
+            out_mask[b, :count] = mask[first : first + count]
+        return dict(
+            candidate_balloons=torch.from_numpy(out_vectors),
+            candidate_balloon_boxes=torch.from_numpy(out_boxes),
+            candidate_balloon_mask=torch.from_numpy(out_mask),
         )
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ Every head scores from the transformer's output (architecture, "Stage 4 task pro
   ``comicnb.stage4.balloons``) follow the sequence as tokens of their own: the box's text vector projected like a
   panel, a learned balloon type, its place inside the panel, and its panel's reading position and page box, so
   attention can relate a line to where it is said and to the other panels' lines; the scored slot is unchanged;
+  where candidates give their text per box (``candidate_balloons``: character coherence), each candidate is read in
+  a sequence of its own, its balloons at the query slot, and scored from that sequence's slot;
 - reading order enters the shuffled panels with no positional encoding (their boxes are the input) and scores every
   ordered pair from the two panels' states and the pair's box geometry (``comicnb.stage4.geometry``); ``decode_order``
   turns the pair logits into a permutation;
@@ -70,6 +72,7 @@ GAIN_LR = 30.0  # their learning rate, as a multiple of the model's
 MAX_SCALE = 100.0
 BOX_FEATURES = 4  # a panel's box as [x1, y1, x2, y2] fractions of its page
 BALLOON_KEYS = ("balloons", "balloon_boxes", "balloon_mask")  # a batch's balloon tokens (BatchBuilder(balloons=True))
+CANDIDATE_BALLOON_KEYS = ("candidate_balloons", "candidate_balloon_boxes", "candidate_balloon_mask")
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -354,6 +357,8 @@ class Stage4SequenceModel(nn.Module):
             return self._reading_order(batch)
         if task not in CANDIDATE_TASKS:
             raise ValueError(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        if self._reads_candidate_balloons(batch):
+            return self._per_candidate_logits(task, batch)
         states, strip, index = self._candidate_states(task, batch)
         query = states[torch.arange(len(index), device=index.device), index]  # (B, d)
         raw = batch["candidates"].to(query.device)
@@ -361,6 +366,43 @@ class Stage4SequenceModel(nn.Module):
         head: CandidateHead = getattr(self, f"{task}_head")
         prior = input_prior(batch, raw) if self.cfg.input_prior else None
         return head(query, candidates, strip, batch["candidate_mask"].to(query.device), prior)
+
+    def _reads_candidate_balloons(self, batch: Mapping[str, Tensor]) -> bool:
+        """Whether this batch's candidates bring balloon tokens this model reads."""
+        return self.cfg.balloon_tokens and all(k in batch for k in CANDIDATE_BALLOON_KEYS)
+
+    def _per_candidate_logits(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, C) logits where candidates bring their own balloon tokens: one sequence per candidate, the shared
+        ``[context, caption, query slot, context balloons]`` followed by the candidate's balloons at the query slot's
+        reading position, each candidate scored from its own sequence's slot state (and strip)."""
+        sequence, valid, positions, direction, boxes, index = self._candidate_sequence(task, batch)
+        device = sequence.device
+        vectors = batch["candidate_balloons"].to(device)  # (B, C, K, D)
+        batch_size, count, width, _ = vectors.shape
+        flat = batch_size * count
+        places = self.balloon_box_embed(batch["candidate_balloon_boxes"].to(device))
+        tokens = (self.embed(vectors) + self.balloon_type + places).reshape(flat, width, -1)
+        kept = batch["candidate_balloon_mask"].to(device).bool().reshape(flat, width)
+
+        def each(t: Tensor) -> Tensor:  # (B, ...) -> (B * C, ...), candidate after candidate
+            return t.repeat_interleave(count, dim=0)
+
+        rows = torch.arange(batch_size, device=device)
+        at_query = positions[rows, index]  # (B,) the scored slot's reading position
+        sequence = torch.cat([each(sequence), tokens], dim=1)
+        valid = torch.cat([each(valid), kept], dim=1)
+        positions = torch.cat([each(positions), each(at_query)[:, None].expand(-1, width)], dim=1)
+        if boxes is not None:  # the query slot has no page box of its own: neither have its balloons
+            boxes = torch.cat([each(boxes), boxes.new_zeros(flat, width, BOX_FEATURES)], dim=1)
+        direction = None if direction is None else each(direction.to(device))
+        states, strip = self.encode(sequence, valid, positions, direction, boxes)
+        query = states[torch.arange(flat, device=device), each(index)]  # (B * C, d)
+        raw = batch["candidates"].to(device)
+        candidates = self.embed(raw).reshape(flat, -1)
+        prior = input_prior(batch, raw).reshape(flat) if self.cfg.input_prior else None
+        head: CandidateHead = getattr(self, f"{task}_head")
+        logits = head(query, candidates, strip, None, prior).reshape(batch_size, count)
+        return logits.masked_fill(~batch["candidate_mask"].to(device).bool(), -torch.inf)
 
     def _candidate_states(self, task: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """States of ``[context, caption, query slot]``, the strip, and (B,) the index of the scored slot: the

@@ -103,14 +103,18 @@ def sample_character_coherence(
                 skips["fewer_than_2_preceding_panels"] += 1
                 continue
             vision, pid = text_vision(view, answer), col.pid(answer)
-            right, swapped = (Candidate(pid, vision, text_row=PENDING_ROW, text=t, composition_from=pid) for t in pair)
+            right, swapped = (
+                Candidate(pid, vision, text_row=PENDING_ROW, text=" ".join(box), composition_from=pid, text_boxes=box)
+                for box in pair
+            )
             fields = col.fields("character_coherence", answer, stream[max(0, i - MAX_CONTEXT) : i].tolist(), [], "-")
             drafts.append(Draft(right, [swapped], fields))
     return finish("character_coherence", split, drafts, rng, limit)
 
 
-def speaker_texts(view: RunView, col: PanelColumns, row: int) -> tuple[str, str] | str:
-    """(the panel's lines with their speakers, with the speakers swapped), or the reason there is no such pair."""
+def speaker_texts(view: RunView, col: PanelColumns, row: int) -> tuple[list[str], list[str]] | str:
+    """(the panel's lines with their speakers, with the speakers swapped), each as one text per text box (the
+    candidate's text is them joined), or the reason there is no such pair."""
     lines = col["lines"][row]
     if not isinstance(lines, list):
         return "no_lines"
@@ -123,7 +127,7 @@ def speaker_texts(view: RunView, col: PanelColumns, row: int) -> tuple[str, str]
     swap = dict(zip(speakers, speakers[1:] + speakers[:1], strict=True))  # two speakers swap; three would rotate
     right = _render(view, lines, words, {})
     swapped = _render(view, lines, words, swap)
-    return (right, swapped) if text_key(right) != text_key(swapped) else "swap_changes_nothing"
+    return (right, swapped) if text_key(" ".join(right)) != text_key(" ".join(swapped)) else "swap_changes_nothing"
 
 
 def _is_speech(line: Mapping[str, Any]) -> bool:
@@ -131,8 +135,9 @@ def _is_speech(line: Mapping[str, Any]) -> bool:
     return line.get("kind", "speech") == "speech" and bool(line.get("speaker"))
 
 
-def _render(view: RunView, lines: Sequence[Mapping], words: Sequence[str], swap: Mapping[str, str]) -> str:
-    """A panel's lines as one text, each balloon prefixed by its speaker's name: ``Mira: Throw it! Bolt: Got it!``."""
+def _render(view: RunView, lines: Sequence[Mapping], words: Sequence[str], swap: Mapping[str, str]) -> list[str]:
+    """A panel's lines, one text per box, each balloon prefixed by its speaker's name: ``["Mira: Throw it!",
+    "Bolt: Got it!"]`` (joined with spaces, the candidate's text)."""
     parts = []
     for line, text in zip(lines, words, strict=True):
         if _is_speech(line):
@@ -140,7 +145,7 @@ def _render(view: RunView, lines: Sequence[Mapping], words: Sequence[str], swap:
             parts.append(f"{view.speakers.get(speaker, speaker)}: {text}")
         else:
             parts.append(str(text))
-    return " ".join(parts)
+    return parts
 
 
 def sample_visual_closure(

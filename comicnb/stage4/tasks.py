@@ -82,8 +82,9 @@ SHAPE_TOLERANCES = (
 SHAPE_MATCHED = ("panel_picking", "visual_closure", "caption_relevance")
 # Raised whenever a sampler draws differently for the same store and seed: sets built under other rules are rebuilt,
 # not reused (1: scene negatives and text-free answers, issue 10; 2: shape-matched negatives, text negatives of the
-# answer's box count and length cell, issue 18; 3: the long-range probes written beside the sets, issue 21).
-RULES_VERSION = 3
+# answer's box count and length cell, issue 18; 3: the long-range probes written beside the sets, issue 21; 4:
+# character coherence's candidates keep their text per text box, for balloon tokens).
+RULES_VERSION = 4
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
 TASKS_DIR = "tasks"
@@ -100,6 +101,9 @@ class Candidate:
     text_row: int | None = None  # row of the set's extra text embeddings (a text that is in no panel)
     text: str | None = None  # the candidate's text as words, for reports and text baselines
     composition_from: int | None = None  # stored panel whose composition enters; None: no composition
+    # The text once per text box of panel_id (character coherence: each line with its speaker's name), in the order
+    # of the panel's boxes: what balloon tokens read (comicnb.stage4.balloons); None: the text is one block.
+    text_boxes: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.vision not in VISIONS:
