@@ -20,11 +20,12 @@ from comicnb.corpus import load_corpus, save_corpus, synth
 from comicnb.metrics import accuracy_interval
 from comicnb.stage3 import checkpoints
 from comicnb.stage3.model import PanelFeatureExtractor
-from comicnb.stage4.baselines import GeometryBaseline, run_baselines, score_baselines
+from comicnb.stage4.baselines import GeometryBaseline, applies, run_baselines, score_baselines
 from comicnb.stage4.baselines.no_learning import (
     chance_baseline,
     colour_histogram_baseline,
     crop_histograms,
+    named_addressee_baseline,
     stage3_cosine_baseline,
     text_similarity_baseline,
     yx_order,
@@ -333,3 +334,27 @@ def test_score_baselines_table(inputs: RunView) -> None:
     assert cloze_all.n == 3 and cloze_all.chance == 0.5
     per_sample = run_baselines(sets[:2], inputs, baselines=["chance"])[0].frame()
     assert {"sample_id", "book_id", "correct", "chance"} <= set(per_sample.columns)
+
+
+def test_named_addressee_takes_a_line_naming_its_own_speaker_as_wrong() -> None:
+    def candidate(lines: list[str]) -> Candidate:
+        return Candidate(0, "none", text_row=0, text=" ".join(lines), text_boxes=lines)
+
+    right = ["Meanwhile, at the harbour.", "Rex: Was that a raindrop, Pip?", "Pip: I felt one too!"]
+    wrong = ["Meanwhile, at the harbour.", "Pip: Was that a raindrop, Pip?", "Rex: I felt one too!"]
+    silent = ["Rex: Catch!", "Pip: Got it!"]  # nobody named: the rule cannot tell
+
+    def sample(name: str, candidates: list[Candidate], answer: int = 0) -> TaskSample:
+        return TaskSample("character_coherence", name, "test", "b0", [], candidates, answer=answer)
+
+    samples = [
+        sample("a", [candidate(right), candidate(wrong)]),
+        sample("b", [candidate(wrong), candidate(right)], answer=1),
+        sample("c", [candidate(silent), candidate(silent[::-1])]),
+        # A name inside a word is no address ("Pipe" is not Pip); one without per-box texts is a uniform pick.
+        sample("d", [candidate(["Pip: A Pipe!"]), candidate(["Rex: no"])]),
+        sample("e", [Candidate(0, text="Pip: Pip?"), Candidate(0)]),
+    ]
+    result = named_addressee_baseline(TaskSet("character_coherence", "test", samples))
+    assert list(result.correct) == [1.0, 1.0, 0.5, 0.5, 0.5]
+    assert applies("named_addressee", "character_coherence") and not applies("named_addressee", "text_closure")

@@ -16,6 +16,9 @@ protocols"). Every baseline sees exactly the inputs a model sees, rebuilt from t
   mean of the context's fused vectors; caption relevance queries with the caption as a text-only query;
 - ``text_similarity``: the packaged MiniLM's cosine between a candidate's text and the context's texts (or the
   caption), for the tasks whose candidates differ in text;
+- ``named_addressee`` (character coherence): a line that names its own speaker (``Bolt: Was that a raindrop,
+  Bolt?``) is wrong; the candidate with fewer such lines wins. Neither context nor image: how much of the task a
+  speaker's name in the line decides;
 - ``yx_sort`` / ``yx_sort_direction``: reading order as the naive (top, left) sort, blind to the book's direction or
   right-to-left where the sample says ``rtl``.
 
@@ -34,6 +37,7 @@ from comicnb.stage4.baselines.geometry import GeometryBaseline
 from comicnb.stage4.baselines.no_learning import (
     chance_baseline,
     colour_histogram_baseline,
+    named_addressee_baseline,
     stage3_cosine_baseline,
     text_similarity_baseline,
     yx_sort_baseline,
@@ -50,6 +54,7 @@ BASELINES = (
     "colour_histogram",
     "stage3_cosine",
     "text_similarity",
+    "named_addressee",
     "yx_sort",
     "yx_sort_direction",
 )
@@ -63,6 +68,7 @@ _NO_LEARNING: dict[str, Callable[[TaskSet, RunView], Result]] = {
     "colour_histogram": colour_histogram_baseline,
     "stage3_cosine": stage3_cosine_baseline,
     "text_similarity": text_similarity_baseline,
+    "named_addressee": named_addressee_baseline,
     "yx_sort": yx_sort_baseline,
     "yx_sort_direction": lambda task_set, view: yx_sort_baseline(task_set, view, use_direction=True),
 }
@@ -78,6 +84,8 @@ def applies(baseline: str, task: str) -> bool:
         return task == READING_ORDER
     if baseline == "text_similarity":
         return task in TEXT_SIMILARITY_TASKS
+    if baseline == "named_addressee":
+        return task == "character_coherence"
     return task != READING_ORDER
 
 

@@ -1,4 +1,5 @@
-"""The baselines that learn nothing: chance, colour histogram, Stage 3 cosine, text similarity and the (y, x) sorts.
+"""The baselines that learn nothing: chance, colour histogram, Stage 3 cosine, text similarity, named addressee and the
+(y, x) sorts.
 
 Each takes a task set and the run's view and returns a ``Result``; ties are scored as a uniform pick among the tied
 candidates (``comicnb.metrics.expected_hit``), so a baseline that cannot tell candidates apart scores exactly chance.
@@ -7,6 +8,7 @@ Crop histograms and sentence vectors are computed once per view (``view.memo``).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -147,6 +149,26 @@ def text_similarity_baseline(task_set: TaskSet, view: RunView, text_model: str |
     bounds = np.cumsum([0] + [len(ts) for ts in texts])
     scores = [candidate_vectors[bounds[i] : bounds[i + 1]] @ query_vectors[i] for i in range(len(samples))]
     return picking_result("text_similarity", task_set, scores)
+
+
+def self_named_lines(candidate: Candidate) -> int:
+    """Lines of a candidate given per text box (``Candidate.text_boxes``) that name their own speaker: ``Bolt: Was
+    that a raindrop, Bolt?``."""
+    count = 0
+    for line in candidate.text_boxes or ():
+        speaker, said, words = line.partition(": ")
+        speaker = speaker.strip()
+        if said and speaker and re.search(rf"\b{re.escape(speaker)}\b", words):
+            count += 1
+    return count
+
+
+def named_addressee_baseline(task_set: TaskSet, view: RunView | None = None) -> Result:
+    """Character coherence from the names alone: a line that names its own speaker (someone addressing themselves)
+    is taken as wrong, and the candidate with fewer such lines wins (ties, and candidates without per-box texts: a
+    uniform pick). It reads neither the context nor the image: what a speaker's name in the line gives away."""
+    scores = [np.array([-self_named_lines(c) for c in s.candidates], dtype=np.float64) for s in task_set.samples]
+    return picking_result("named_addressee", task_set, scores)
 
 
 def candidate_text(candidate: Candidate, view: RunView) -> str:
