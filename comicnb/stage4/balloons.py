@@ -48,10 +48,6 @@ class PanelBalloons:
         """K, the most text boxes a panel brings (at least 1, so batches never have a zero-wide axis)."""
         return int(self.mask.shape[-1])
 
-    def counts(self) -> dict[str, int]:
-        """Text boxes that enter as tokens, those with a place in their panel, and those left out."""
-        return dict(balloons=int(self.mask.sum()), placed=self.placed, dropped=self.dropped)
-
 
 def panel_balloons(view: RunView) -> PanelBalloons:
     """The view's panels' text boxes as token arrays (see the module), built on first use and kept in its memo."""

@@ -380,8 +380,7 @@ class Stage4SequenceModel(nn.Module):
         vectors = batch["candidate_balloons"].to(device)  # (B, C, K, D)
         batch_size, count, width, _ = vectors.shape
         flat = batch_size * count
-        places = self.balloon_box_embed(batch["candidate_balloon_boxes"].to(device))
-        tokens = (self.embed(vectors) + self.balloon_type + places).reshape(flat, width, -1)
+        tokens = self._balloon_tokens(vectors, batch["candidate_balloon_boxes"]).reshape(flat, width, -1)
         kept = batch["candidate_balloon_mask"].to(device).bool().reshape(flat, width)
 
         def each(t: Tensor) -> Tensor:  # (B, ...) -> (B * C, ...), candidate after candidate
@@ -455,6 +454,10 @@ class Stage4SequenceModel(nn.Module):
         sequence, valid, positions, boxes = self._with_balloons(batch, sequence, valid, positions, boxes, length)
         return sequence, valid, positions, batch.get("direction"), boxes, index
 
+    def _balloon_tokens(self, vectors: Tensor, places: Tensor) -> Tensor:
+        """Embedded balloon tokens of (..., D) text vectors and (..., 4) places inside their panels."""
+        return self.embed(vectors) + self.balloon_type + self.balloon_box_embed(places.to(vectors.device))
+
     def _with_balloons(
         self,
         batch: Mapping[str, Tensor],
@@ -472,7 +475,7 @@ class Stage4SequenceModel(nn.Module):
         device = sequence.device
         vectors = batch["balloons"].to(device)  # (B, L, K, D)
         batch_size, _, width, _ = vectors.shape
-        tokens = self.embed(vectors) + self.balloon_type + self.balloon_box_embed(batch["balloon_boxes"].to(device))
+        tokens = self._balloon_tokens(vectors, batch["balloon_boxes"])
         kept = batch["balloon_mask"].to(device).bool() & valid[:, :length, None]  # (B, L, K)
         sequence = torch.cat([sequence, tokens.reshape(batch_size, length * width, -1)], dim=1)
         valid = torch.cat([valid, kept.reshape(batch_size, -1)], dim=1)
