@@ -74,7 +74,7 @@ class Stage4ModelConfig:
     use_transformer: bool = True  # False: the ablation with no encoder layers
     input_prior: bool = True  # a candidate logit adds the learned-weight cosine of the raw inputs (see CandidateHead)
     layout_prior: bool = True  # reading order adds the geometry baseline, fitted on the training pages and held
-    balloon_tokens: bool = False  # each context panel's text boxes enter as tokens too (comicnb.stage4.balloons)
+    balloon_tokens: bool = False  # text boxes enter as tokens of their own (context, per-box candidates; .balloons)
 
 
 @dataclass

@@ -321,8 +321,7 @@ def panel_table(
     text box's box as fractions of the panel, from the pages table's text_box_boxes; None unknown), text_free (its
     text-free twin is stored), plus every column of ``truth`` (joined on panel_id).
     """
-    boxes = {p.page_id: p.text_boxes for p in pages.itertuples(index=False)} if _has(pages, "text_boxes") else {}
-    places = _column(pages, "text_box_boxes")
+    boxes, places = _column(pages, "text_boxes"), _column(pages, "text_box_boxes")
     rows = []
     for page in metadata.itertuples(index=False):
         page_boxes, page_places = boxes.get(page.page_id), places.get(page.page_id)
