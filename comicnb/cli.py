@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 DESCRIPTION = (
-    "comicnb, the comics workbook's command line: run the notebooks (run), draw a corpus (synth), train a stage "
+    "comicnb, the comics workbook's command line: run the notebooks (run), draw a corpus (synth), read page images "
+    "(detect), train a stage "
     "(train), encode panels (embed), search panels by text or image (search), build Stage 4 task sets (tasks), fit "
     "and score on COMICS folds (comics), export and search Stage 4 strips. `comicnb COMMAND --help` describes each."
 )
@@ -40,6 +41,13 @@ def _synth(args: argparse.Namespace) -> int:
     from comicnb.corpus import synth
 
     return synth.main(args)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    """Detect panels, reading order and text on page images."""
+    from comicnb.detect.cli import main
+
+    return main(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -369,6 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_arguments(synth_parser)
     synth_parser.set_defaults(func=_synth)
+
+    detect_parser = commands.add_parser(
+        "detect",
+        help="page images (a folder or CBZ/ZIP archives) to a data root: panels, reading order and text",
+        description="Find panels (OpenCV), their reading order and their text (RapidOCR) on page images, and write "
+        "the Stage 1 JSON and PSS labels that notebook 01 reads. A killed run continues when run again.",
+        formatter_class=HelpFormatter,
+    )
+    from comicnb.detect.cli import add_arguments as add_detect_arguments
+
+    add_detect_arguments(detect_parser)
+    detect_parser.set_defaults(func=_detect)
 
     train = commands.add_parser(
         "train",

@@ -37,7 +37,7 @@ TRAINING = ("comicnb.stage3.trainer", "comicnb.stage3.objectives", "comicnb.stag
 LAYERS = (
     ("comicnb", "comicnb.checkpoint", "comicnb.schedule", "comicnb.precision", "comicnb.seed", "comicnb.paths")
     + ("comicnb.settings", "comicnb.loop", "comicnb.metrics"),
-    ("comicnb.corpus",),
+    ("comicnb.corpus", "comicnb.detect"),  # detect makes a corpus from page images
     ("comicnb.stage3", "comicnb.model"),
     ("comicnb.store", "comicnb.search", "comicnb.agreement", "comicnb.figures"),
     ("comicnb.stage4",),

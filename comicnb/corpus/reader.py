@@ -29,6 +29,9 @@ _FILE_KINDS = {**{suffix: "image" for suffix in IMAGE_SUFFIXES}, ".json": "json"
 # A page's text-free twin (same drawing, balloons and caption boxes empty) is <page stem>.textfree.<image suffix>
 # beside the page image: never a page of its own (docs/corpus.md, "Text-free pages").
 TEXT_FREE = "textfree"
+# Written by `comicnb detect` at the top of the data root it makes: its settings and the problems it met (a page it
+# could not read, a page where it found no panel); the reader adds those rows to its own problems table.
+DETECTION = "detection.json"
 PROBLEM_COLUMNS = ("book_id", "page_name", "panel", "file", "problem", "action", "detail")
 PAGE_COLUMNS = (
     "page_id",
@@ -146,6 +149,7 @@ def load_corpus(
         decode_check,
     )
     files, problems = _scan(root, None if isinstance(labels_source, Mapping) else Path(labels_source))
+    problems = detection_problems(root) + problems
     rows: list[dict] = []
     for book_id, page_name in sorted(files.keys() | labels.keys(), key=_natural_key):
         log = _PageLog(book_id, page_name)
@@ -166,6 +170,15 @@ def load_corpus(
         decode_check=decode_check,
     )
     return Corpus(pages, problem_table, root, options, labels)
+
+
+def detection_problems(root: Path) -> list[dict]:
+    """The problem rows `comicnb detect` recorded in root/detection.json (none when root was not detected)."""
+    path = Path(root) / DETECTION
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text(encoding="utf-8")).get("problems", [])
+    return [{column: row.get(column) for column in PROBLEM_COLUMNS} for row in rows]
 
 
 def _natural_key(page: tuple[str, ...]) -> tuple:
@@ -243,7 +256,7 @@ def _scan(root: Path, labels_file: Path | None = None) -> tuple[dict[tuple[str, 
     """
     files: dict[tuple[str, str], dict[str, Path]] = {}
     problems: list[dict] = []
-    own = {root / "pss_labels.json", root / "ground_truth.json"}
+    own = {root / "pss_labels.json", root / "ground_truth.json", root / DETECTION}
     if labels_file is not None:
         own.add(Path(labels_file))
     own_names = {p.name for p in own}
