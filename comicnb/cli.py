@@ -180,7 +180,9 @@ def _embed(args: argparse.Namespace) -> int:
 
     try:
         chunk = args.pages_per_chunk or run_pages_per_chunk(args.run_dir, args.store, args.overwrite)
-        cfg = EmbedConfig(pages_per_chunk=chunk, num_workers=args.num_workers, precision=args.precision)
+        cfg = EmbedConfig(
+            pages_per_chunk=chunk, num_workers=args.num_workers, precision=args.precision, text_free=args.text_free
+        )
         summary = generate(
             args.run_dir,
             args.checkpoint,
@@ -441,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding pages")
     embed.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="inference precision")
+    embed.add_argument(
+        "--text-free",
+        default="twin",
+        choices=["twin", "blank", "none"],
+        help="each panel's picture without words, for Stage 4's text tasks: the corpus's text-free twins, the page "
+        "with its text boxes blanked, or none",
+    )
     embed.add_argument("--overwrite", action="store_true", help="replace a store made from something else")
     embed.set_defaults(func=_embed)
 

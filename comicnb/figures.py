@@ -65,6 +65,24 @@ def page_grid(pages: pd.DataFrame, data_root: str | Path, n: int = 6, seed: int 
     return fig
 
 
+def detected_and_true(
+    detected: pd.DataFrame, truth: pd.DataFrame, data_root: str | Path, n: int = 4, seed: int = 0
+) -> plt.Figure:
+    """Pages side by side: the boxes detection found, numbered in the order it reads them, and the true ones.
+
+    Pages where the two differ (another number of panels, or another order) are shown first, then others drawn at
+    random (seeded); ``detected`` and ``truth`` are pages tables of the same pages (matched on book and page)."""
+    both = detected.merge(truth[["book_id", "page_name", "part", "boxes"]], on=["book_id", "page_name", "part"])
+    both["differs"] = [len(a) != len(b) for a, b in zip(both.boxes_x, both.boxes_y)]
+    sample = pd.concat([both[both.differs], both[~both.differs].sample(frac=1.0, random_state=seed)]).head(n)
+    fig, axes = plt.subplots(len(sample), 2, figsize=(8, 5.5 * max(1, len(sample))), squeeze=False)
+    for (left, right), page in zip(axes, sample.itertuples(index=False)):
+        draw_page(left, Path(data_root) / page.image_path, page.boxes_x, f"{page.page_id}: detected")
+        draw_page(right, Path(data_root) / page.image_path, page.boxes_y, f"{page.page_id}: true")
+    fig.tight_layout()
+    return fig
+
+
 def loss_curves(steps: pd.DataFrame, epochs: pd.DataFrame, terms: tuple[str, ...]) -> plt.Figure:
     """One panel per loss term: training loss per step (raw and smoothed) and validation loss after each epoch."""
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)

@@ -393,3 +393,89 @@ def test_the_command_line(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "no page images at" in missing.stderr
+
+
+# --- the raw profile's pieces -----------------------------------------------------------------------------------
+
+
+def test_detected_panels_take_the_truth_of_the_panels_they_match(drawn: Path, detected: Path, tmp_path: Path) -> None:
+    from comicnb.detect.quality import transfer_truth
+
+    root = tmp_path / "root"
+    shutil.copytree(detected, root)
+    counts = transfer_truth(root, drawn)
+    assert counts["matched"] > 0 and counts["pages without truth"] == 0
+    sidecar = json.loads((root / "ground_truth.json").read_text())
+    truth = json.loads((drawn / "ground_truth.json").read_text())
+    scores = score_detection(detected, drawn).set_index(["book_id", "page_name"])
+    for (book, page), row in scores.iterrows():
+        got = sidecar["books"][book]["pages"][page]["panels"]
+        doc = json.loads((root / book / f"{page}.json").read_text())
+        assert len(got) == len(doc["panels"]) and [p["reading_position"] for p in got] == list(range(len(got)))
+        if row.order_exact:  # each detected panel matched its true panel in place: the same truth, in order
+            want = truth["books"][book]["pages"][page]["panels"]
+            assert [p["caption"] for p in got] == [p["caption"] for p in want]
+    assert load_corpus(root).problems.empty  # the sidecar is the corpus's own file, not an unused one
+
+
+def test_notebook_01_detects_page_images_and_scores_them(tmp_path: Path) -> None:
+    import papermill
+
+    run = tmp_path / "run"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "01_data_inspection.ipynb"),
+        str(tmp_path / "01.ipynb"),
+        parameters=dict(
+            run_dir=str(run),
+            data_root=str(tmp_path / "detected"),
+            pages_in=str(tmp_path / "pages"),
+            detect_truth=str(tmp_path / "truth"),
+            detect_directions=str(tmp_path / "truth" / "ground_truth.json"),
+            detect_labels=str(tmp_path / "truth" / "pss_labels.json"),
+            detect_ocr="none",
+            synthesize="always",
+            synth_books=3,
+            synth_pages=4,
+            synth_dirty=False,
+            split_fractions=[0.34, 0.33, 0.33],
+        ),
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(ROOT),
+    )
+    quality = json.loads((run / "detection_quality.json").read_text())
+    assert quality["pages"] == 12 and quality["recall@0.5"] >= 0.97
+    assert (run / "pages.jsonl").is_file() and (tmp_path / "detected" / "ground_truth.json").is_file()
+    assert not any(p.suffix == ".json" for p in (tmp_path / "pages").rglob("*"))  # page images alone went in
+
+
+def test_two_runs_side_by_side() -> None:
+    from comicnb.evaluation.report import beside
+
+    def metrics(acc: float, recall: float) -> dict:
+        task = dict(n=10, accuracy=acc, no_transformer=acc - 0.1, baselines=dict(chance=0.25, geometry=0.4))
+        row = dict(query="text_only", method="stage3", label="scene", **{"recall@1": recall, "map": recall / 2})
+        return dict(tasks={"panel_picking": task}, retrieval=dict(table=[row]))
+
+    side = beside(metrics(0.6, 0.5), metrics(0.7, 0.8), ("raw", "demo"))
+    row = side["tasks"].iloc[0]
+    assert row["raw stage4"] == 0.6 and row["demo best baseline"] == "geometry 0.400"
+    assert row["stage4 difference"] == pytest.approx(-0.1)
+    assert side["retrieval"]["recall@1 difference"].iloc[0] == pytest.approx(-0.3)
+
+
+def test_the_run_to_set_beside_is_the_newest_finished_one_of_its_profile(tmp_path: Path) -> None:
+    import os
+
+    from comicnb.evaluation.report import other_run
+
+    for i, name in enumerate(["demo-1", "demo-2", "demo-unfinished", "raw-1"]):
+        (tmp_path / name).mkdir()
+        if name != "demo-unfinished":
+            (tmp_path / name / "metrics.json").write_text("{}")
+            os.utime(tmp_path / name / "metrics.json", (1000 + i, 1000 + i))
+    assert other_run("latest:demo", tmp_path / "raw-1", tmp_path) == tmp_path / "demo-2"
+    assert other_run("latest:demo", tmp_path / "demo-2", tmp_path) == tmp_path / "demo-1"
+    assert other_run("latest:study", tmp_path / "raw-1", tmp_path) is None
+    assert other_run(str(tmp_path / "demo-1"), tmp_path / "raw-1", tmp_path) == tmp_path / "demo-1"
+    assert other_run("", tmp_path / "raw-1", tmp_path) is None

@@ -273,3 +273,23 @@ def test_raw_features_are_the_backbones_own(inputs: RunView, panels: pd.DataFram
     scores = table[["recall@1", "recall@5", "recall@10", "map"]].to_numpy()
     assert ((scores >= 0) & (scores <= 1)).all()
     assert set(claim_check(table).label) == {"character", "scene"}
+
+
+def test_a_gallery_without_scenes_shows_books_only(tmp_path) -> None:
+    """A corpus without ground truth (real pages) has books but no scenes: the gallery says what it knows."""
+    import matplotlib.pyplot as plt
+    from PIL import Image as PILImage
+
+    from comicnb.evaluation.figures import strip_gallery
+
+    images = {}
+    for i in range(3):
+        images[i] = tmp_path / f"{i}.png"
+        PILImage.new("RGB", (20, 30), "white").save(images[i])
+    hits = pd.DataFrame(
+        [dict(method="stage4 strip", rank=r, page_index=r, score=0.5, book_id="b", same_book=r == 1) for r in (1, 2)]
+    )
+    figure = strip_gallery(0, hits, images)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == ["query page 0", "stage4 strip #1\nsame book", "stage4 strip #2\nother book"]
+    plt.close(figure)

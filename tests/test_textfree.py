@@ -301,3 +301,57 @@ def test_twins_added_to_a_corpus_are_not_resumed_into_a_store_made_without_them(
             generate(plain_run, cfg=EmbedConfig(pages_per_chunk=3))
     finally:
         pages_file.write_bytes(original)
+
+
+# --- text-free pictures for a corpus without twins: the page with its text boxes blanked --------------------------
+
+
+def test_blanked_pages_stand_in_for_missing_twins_in_the_store(plain_run: Path, tmp_path: Path) -> None:
+    from comicnb.corpus.blank import blank_text_boxes, page_text_boxes
+
+    store = tmp_path / "blank.zarr"
+    summary = generate(plain_run, store=store, cfg=EmbedConfig(pages_per_chunk=3, text_free="blank"))
+    assert summary["complete"] and summary["text_free_panels"] == summary["panels"]
+    group = open_embeddings(store)
+    assert group.attrs["text_free_source"] == "blank" and group.attrs["text_free"] is True
+    vectors, masks = text_free_vision(group)
+    pages, data_root = load_run_pages(plain_run)
+    model = model_from_checkpoint(checkpoints(plain_run).last)
+    for row in pages.head(4).itertuples():
+        with Image.open(data_root / row.image_path) as page:
+            blanked = blank_text_boxes(page, page_text_boxes(row.boxes, row.text_box_boxes))
+        crops = crop_panels(blanked, row.boxes)
+        with torch.no_grad():
+            direct = model.visual(torch.stack([model.image_transform(crop) for crop in crops])).numpy()
+        assert np.allclose(vectors[row.Index, : row.num_panels], direct, atol=1e-5), row.page_id
+    report = verify_store(store, pages)
+    assert report["text_free_match"] and report["text_free_nonzero_absent"] == 0
+    with pytest.raises(StoreMismatchError, match="text_free_sha256"):  # twins and blanks are other content
+        generate(plain_run, store=store, cfg=EmbedConfig(pages_per_chunk=3, text_free="twin"))
+
+
+def test_a_page_is_blanked_only_where_every_text_has_its_box() -> None:
+    import pandas as pd
+
+    from comicnb.store.schema import BLANK, text_free_sources
+
+    pages = pd.DataFrame(
+        {
+            "texts": [["Hi!", ""], ["Hi!"], ["", ""], ["Hi!"]],
+            "text_box_boxes": [[[[0.1, 0.1, 0.5, 0.3]], None], [None], [None, None], [[]]],
+            "text_free_path": ["a.textfree.png", "", "", ""],
+        }
+    )
+    sources = text_free_sources(pages, "blank")
+    assert sources[0].startswith(BLANK) and json.loads(sources[0][len(BLANK) :]) == [[[0.1, 0.1, 0.5, 0.3]], None]
+    assert sources[1] == "" and sources[2] == BLANK + "[null, null]" and sources[3] == ""
+    assert text_free_sources(pages, "twin") == ["a.textfree.png", "", "", ""]
+    assert text_free_sources(pages, "none") == [""] * 4
+    with pytest.raises(ValueError, match="text_free='both'"):
+        text_free_sources(pages, "both")
+
+
+def test_no_text_free_pictures_when_asked_for_none(twin_run: Path, tmp_path: Path) -> None:
+    summary = generate(twin_run, store=tmp_path / "none.zarr", cfg=EmbedConfig(pages_per_chunk=3, text_free="none"))
+    assert summary["complete"] and summary["text_free_panels"] == 0
+    assert verify_store(tmp_path / "none.zarr", load_run_pages(twin_run)[0])["text_free_match"]

@@ -181,3 +181,61 @@ def goal_table(summary: dict) -> pd.DataFrame:
             {"measure": name, "measured": value, "goal": ("≤ " if name == "CER" else "≥ ") + f"{goal}", "met": met}
         )
     return pd.DataFrame(rows)
+
+
+def transfer_truth(detected_root: str | Path, truth_root: str | Path) -> dict:
+    """Give a detected corpus the truth of the corpus it was detected from, panel by panel: its ground_truth.json.
+
+    Each detected panel takes the truth of the true panel the one-to-one matching pairs it with at IoU >= 0.5, or
+    else of the true panel it overlaps most (else the nearest by centre): evaluation's labels for what detection
+    found (character, scene, story), so that a run on detected pages is scored on the same questions as the run on
+    the true JSON. Training never reads a sidecar. Returns the counts of panels labelled each way.
+    """
+    detected_root, truth_root = Path(detected_root), Path(truth_root)
+    truth = json.loads((truth_root / "ground_truth.json").read_text(encoding="utf-8"))
+    counts = {"matched": 0, "overlapping": 0, "nearest": 0, "pages without truth": 0}
+    books: dict[str, dict] = {}
+    for path in sorted(detected_root.rglob("*.json")):
+        rel = path.relative_to(detected_root)
+        if rel.parts[0].startswith(".") or len(rel.parts) < 2:
+            continue
+        book, page = rel.parent.as_posix(), rel.stem
+        try:
+            true_page = truth["books"][book]["pages"][page]
+            true_doc = json.loads((truth_root / rel).read_text(encoding="utf-8"))
+            t_boxes = [_xyxy(p["bbox"], truth.get("bbox_format", "xywh")) for p in true_doc["panels"]]
+        except (KeyError, OSError, ValueError):
+            counts["pages without truth"] += 1
+            continue
+        d_boxes = [_xyxy(p["bbox"], "xywh") for p in json.loads(path.read_text(encoding="utf-8"))["panels"]]
+        iou = iou_matrix(d_boxes, t_boxes)
+        pairs = {}
+        if iou.size:
+            rows, cols = linear_sum_assignment(-iou)
+            pairs = {int(r): int(c) for r, c in zip(rows, cols) if iou[r, c] >= 0.5}
+        panels = []
+        for i, box in enumerate(d_boxes):
+            if i in pairs:
+                source, how = pairs[i], "matched"
+            elif len(t_boxes) and iou[i].max() > 0:
+                source, how = int(iou[i].argmax()), "overlapping"
+            elif len(t_boxes):
+                centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+                centres = np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in t_boxes])
+                source, how = int(np.linalg.norm(centres - centre, axis=1).argmin()), "nearest"
+            else:
+                continue
+            counts[how] += 1
+            panels.append({**true_page["panels"][source], "reading_position": i})
+        entry = books.setdefault(book, {**truth["books"][book], "pages": {}})
+        entry["pages"][page] = {**true_page, "panels": panels}
+    sidecar = {
+        **{k: v for k, v in truth.items() if k not in ("books", "dirty")},
+        "bbox_format": "xywh",
+        "books": books,
+        "dirty": [],
+        "transferred_from": truth_root.name,
+        "transferred": counts,
+    }
+    (detected_root / "ground_truth.json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
+    return counts

@@ -179,11 +179,14 @@ def _done(out: Path, page: PageSource, key: str) -> dict | None:
     return record if record.get("key") == key and record.get("file") == page.file else None
 
 
-def read_directions(value: str | Path | Mapping | None, default: str) -> dict[str, str]:
-    """Per-book directions from a JSON file or mapping {book_id: "ltr" | "rtl"}; others take ``default``."""
-    if value is None:
+def read_directions(value: str | Path | Mapping | None) -> dict[str, str]:
+    """Per-book directions from a JSON file or mapping {book_id: "ltr" | "rtl"}, or from a synthetic corpus's
+    ground_truth.json (its books' ``direction``); books not named take the run's ``direction``."""
+    if value is None or value == "":
         return {}
     data = value if isinstance(value, Mapping) else json.loads(Path(value).read_text(encoding="utf-8"))
+    if isinstance(data.get("books"), Mapping):  # the generator's sidecar
+        data = {book: entry.get("direction", "ltr") for book, entry in data["books"].items()}
     bad = {book: d for book, d in data.items() if d not in DIRECTIONS}
     if bad:
         raise ValueError(f"directions must be one of {DIRECTIONS}; got {bad}")
@@ -212,7 +215,7 @@ def detect(
         raise ValueError(f"ocr {settings.ocr!r} is not one of {OCR_ENGINES}")
     out = Path(out)
     pages, problems = list_pages(source)
-    per_book = read_directions(directions, direction)
+    per_book = read_directions(directions)
     key = settings.key()
     records: dict[tuple[str, str], dict] = {}
     todo = []

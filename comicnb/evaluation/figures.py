@@ -25,8 +25,9 @@ def strip_gallery(query: int, hits: pd.DataFrame, images: dict[int, Path]) -> pl
         for ax, hit in zip(row[1:], hits[hits.method == method].itertuples()):
             ax.imshow(Image.open(images[hit.page_index]))
             book = "same book" if hit.same_book else "other book"
-            scene = "same scene" if hit.same_scene else "other scene"
-            ax.set_title(f"{method} #{hit.rank}\n{book}, {scene}", fontsize=6)
+            # Scenes come from the corpus's ground truth: a corpus without one (real pages) has books only.
+            scene = "" if not hasattr(hit, "same_scene") else ", same scene" if hit.same_scene else ", other scene"
+            ax.set_title(f"{method} #{hit.rank}\n{book}{scene}", fontsize=6)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])

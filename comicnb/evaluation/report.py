@@ -223,3 +223,58 @@ def _plain(value: Any) -> Any:
     if isinstance(value, pd.DataFrame):
         return _plain(value.to_dict("records"))
     return value
+
+
+def other_run(spec: str, this_run: str | Path, outputs: str | Path) -> Path | None:
+    """The run folder to set beside this one: a path, or ``latest:<profile>`` for the newest finished run of that
+    profile under ``outputs`` (a folder ``<profile>-*`` with a metrics.json, this run left out); None when none is."""
+    if not spec:
+        return None
+    if spec.startswith("latest:"):
+        profile = spec.removeprefix("latest:")
+        found = [
+            p.parent
+            for p in Path(outputs).glob(f"{profile}-*/metrics.json")
+            if p.parent.resolve() != Path(this_run).resolve()
+        ]
+        return max(found, key=lambda p: (p / "metrics.json").stat().st_mtime) if found else None
+    path = Path(spec)
+    return path if (path / "metrics.json").is_file() else None
+
+
+def beside(this: Mapping[str, Any], other: Mapping[str, Any], names: tuple[str, str]) -> dict[str, pd.DataFrame]:
+    """Two runs' metrics side by side: per task, Stage 4, the no-transformer ablation and the best no-learning
+    baseline of each, with Stage 4's difference; per retrieval query, recall@1 and mAP of each with the difference.
+    ``names`` label the columns (this run's first)."""
+    a, b = names
+    rows = []
+    for task in dict.fromkeys([*this.get("tasks", {}), *other.get("tasks", {})]):
+        row: dict[str, Any] = {"task": task}
+        for name, metrics in ((a, this), (b, other)):
+            entry = metrics.get("tasks", {}).get(task)
+            if entry is None:
+                row.update({f"{name} n": 0, f"{name} stage4": None, f"{name} no_transformer": None})
+                continue
+            baselines = {k: v for k, v in (entry.get("baselines") or {}).items() if k != "chance" and v is not None}
+            best = max(baselines, key=baselines.get) if baselines else None
+            row.update(
+                {
+                    f"{name} n": entry.get("n"),
+                    f"{name} stage4": entry.get("accuracy"),
+                    f"{name} no_transformer": entry.get("no_transformer"),
+                    f"{name} best baseline": f"{best} {baselines[best]:.3f}" if best else "",
+                }
+            )
+        if row.get(f"{a} stage4") is not None and row.get(f"{b} stage4") is not None:
+            row["stage4 difference"] = row[f"{a} stage4"] - row[f"{b} stage4"]
+        rows.append(row)
+    keys = ["query", "method", "label"]
+    tables = [pd.DataFrame(m.get("retrieval", {}).get("table", [])) for m in (this, other)]
+    if all(len(t) for t in tables):
+        measures = ["recall@1", "map"]
+        retrieval = tables[0][keys + measures].merge(tables[1][keys + measures], on=keys, suffixes=(f" {a}", f" {b}"))
+        for m in measures:
+            retrieval[f"{m} difference"] = retrieval[f"{m} {a}"] - retrieval[f"{m} {b}"]
+    else:
+        retrieval = pd.DataFrame()
+    return {"tasks": pd.DataFrame(rows), "retrieval": retrieval}

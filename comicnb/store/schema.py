@@ -71,9 +71,41 @@ def text_free_paths(pages: pd.DataFrame) -> list[str]:
     return ["" if not isinstance(path, str) else path for path in pages["text_free_path"]]
 
 
+TEXT_FREE_SOURCES = ("twin", "blank", "none")  # where a panel's text-free picture comes from (EmbedConfig.text_free)
+BLANK = "blank:"  # a source that blanks the page's text boxes: "blank:" + the JSON of its text boxes' places
+
+
+def text_free_sources(pages: pd.DataFrame, mode: str = "twin") -> list[str]:
+    """Each page's text-free source under ``mode``, "" where it has none.
+
+    - ``twin``: the page's text-free twin (its path), where the corpus has one;
+    - ``blank``: the page itself with its text boxes blanked (``comicnb.corpus.blank``; ``BLANK`` + the places of
+      its text boxes), where every panel that has text has its text boxes' places (a page without text is its own
+      text-free picture); a twin, where there is one, is not used, so blanking can be compared with it;
+    - ``none``: no page.
+    """
+    if mode not in TEXT_FREE_SOURCES:
+        raise ValueError(f"text_free={mode!r}: use one of {', '.join(TEXT_FREE_SOURCES)}")
+    if mode == "none":
+        return [""] * len(pages)
+    if mode == "twin":
+        return text_free_paths(pages)
+    places = pages["text_box_boxes"] if "text_box_boxes" in pages.columns else [None] * len(pages)
+    sources = []
+    for texts, boxes in zip(pages["texts"], places):
+        boxes = list(boxes) if boxes is not None else [None] * len(texts)
+        covered = all(
+            not str(text).strip() or (place is not None and len(place) > 0) for text, place in zip(texts, boxes)
+        )
+        plain = [[[round(float(v), 6) for v in box] for box in place] if place is not None else None for place in boxes]
+        sources.append(BLANK + json.dumps(plain) if covered else "")
+    return sources
+
+
 def text_free_sha256(paths: list[str]) -> str | None:
-    """What the twins contribute to a store's content: the hash of every page's twin path, None when none has one
-    (so a store made before twins existed still matches a corpus without them)."""
+    """What the text-free pictures contribute to a store's content: the hash of every page's source (its twin's path,
+    or its blanked boxes), None when none has one (so a store made before twins existed still matches a corpus
+    without them)."""
     if not any(paths):
         return None
     return hashlib.sha256(json.dumps(paths).encode()).hexdigest()

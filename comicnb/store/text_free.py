@@ -1,13 +1,16 @@
-"""The text-free pass of the writer: each panel's crop from its page's text-free twin, through the vision encoder.
+"""The text-free pass of the writer: each panel's crop from its page's text-free picture, through the vision encoder.
 
-A page's twin (docs/corpus.md, "Text-free pages") is the same drawing with its balloons and caption boxes empty.
-Its crops are cut with the page's own boxes, decoded and transformed exactly as the page's (the Stage 3 page
-dataset, pointed at the twin), and encoded by the same vision pathway as the stored ``modalities[..., 0, :]``, so
-Stage 4 can offer a panel's picture without its words. Pages without a twin cost nothing: no decode, no forward.
+A page's text-free picture is its twin (docs/corpus.md, "Text-free pages": the same drawing with its balloons and
+caption boxes empty), or the page with its text boxes blanked (``comicnb.corpus.blank``), as the store's setting
+``text_free`` says (``comicnb.store.schema.text_free_sources``). Its crops are cut with the page's own boxes, decoded
+and transformed exactly as the page's, and encoded by the same vision pathway as the stored
+``modalities[..., 0, :]``, so Stage 4 can offer a panel's picture without its words. Pages without one cost nothing:
+no decode, no forward.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,27 +18,45 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
+from comicnb.corpus.blank import blank_text_boxes, page_text_boxes
+from comicnb.corpus.crops import crop_panels
 from comicnb.precision import autocast
 from comicnb.stage3.batches import PanelPageDataset
 from comicnb.stage3.model import PanelFeatureExtractor, modality_only
-from comicnb.store.schema import TEXT_FREE_MASKS, TEXT_FREE_VISION, text_free_paths
+from comicnb.store.schema import BLANK, TEXT_FREE_MASKS, TEXT_FREE_VISION, text_free_sources
 
 
 class TextFreePages(PanelPageDataset):
-    """The pages table's text-free twins: item = the twin's panel crops (the page's boxes), or no images."""
+    """The pages' text-free pictures: item = their panel crops (the page's boxes), or no images."""
 
     def __init__(
-        self, pages: pd.DataFrame, data_root: str | Path, transform: Any, image_size: int, max_panels: int
+        self,
+        pages: pd.DataFrame,
+        data_root: str | Path,
+        transform: Any,
+        image_size: int,
+        max_panels: int,
+        sources: list[str] | None = None,
     ) -> None:
-        super().__init__(pages.assign(image_path=text_free_paths(pages)), data_root, transform, image_size, max_panels)
+        super().__init__(pages, data_root, transform, image_size, max_panels)
+        self.sources = text_free_sources(pages) if sources is None else sources
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """The twin's crops, decoded once; a page without a twin is not opened at all."""
-        if not self.records[index]["image_path"]:
+        """The text-free picture's crops, decoded once; a page without one is not opened at all."""
+        source, record = self.sources[index], self.records[index]
+        if not source:
             return {"images": None}
-        return {"images": super().__getitem__(index)["images"]}
+        if source.startswith(BLANK):
+            with Image.open(self.data_root / record["image_path"]) as page:
+                blanked = blank_text_boxes(page, page_text_boxes(record["boxes"], json.loads(source[len(BLANK) :])))
+            crops = crop_panels(blanked, record["boxes"])
+            return {"images": torch.stack([self.transform(crop) for crop in crops])}
+        with Image.open(self.data_root / source) as twin:
+            crops = crop_panels(twin, record["boxes"], min_side=self.image_size)
+        return {"images": torch.stack([self.transform(crop) for crop in crops])}
 
 
 def collate_text_free(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -65,9 +86,11 @@ def text_free_loader(
     batches: Sequence[Sequence[int]],
     max_panels: int,
     num_workers: int = 0,
+    sources: list[str] | None = None,
 ) -> DataLoader:
-    """Batches of the twins of the same page rows as ``page_loader``'s batches, cropped with the model's transform."""
-    dataset = TextFreePages(pages, data_root, model.image_transform, model.visual.image_size, max_panels)
+    """Batches of the text-free pictures (``sources``, default the twins) of the same page rows as ``page_loader``'s
+    batches, cropped with the model's transform."""
+    dataset = TextFreePages(pages, data_root, model.image_transform, model.visual.image_size, max_panels, sources)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_text_free, num_workers=num_workers)
 
 

@@ -60,8 +60,8 @@ from comicnb.store.schema import (
     StoreMismatchError,
     file_sha256,
     store_metadata,
-    text_free_paths,
     text_free_sha256,
+    text_free_sources,
 )
 from comicnb.store.text_free import encode_text_free, text_free_loader
 
@@ -73,6 +73,7 @@ class EmbedConfig:
     pages_per_chunk: int = 16  # pages per forward batch and per zarr chunk: the unit of resume and of sharding
     num_workers: int = 0  # DataLoader processes decoding and cropping pages while the model runs
     precision: str = "auto"  # comicnb.precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
+    text_free: str = "twin"  # each panel's picture without words: "twin" (the corpus's), "blank" (blanked), "none"
 
 
 OVERWRITE = "overwrite=True"  # how the Python API (and notebook 03) replaces a store; the command line: --overwrite
@@ -243,7 +244,7 @@ def store_attrs(
     twin_paths: list[str] | None = None,
 ) -> dict[str, Any]:
     """Attributes of a new store: what defines its content (CONTENT_ATTRS) and where it came from (data_root: the
-    folder the metadata's image paths are relative to; twin_paths: each page's text-free twin, "" where none)."""
+    folder the metadata's image paths are relative to; twin_paths: each page's text-free source, "" where none)."""
     model_config = dict(checkpoint["config"]["model"])
     twins = twin_paths or []
     return dict(
@@ -255,6 +256,7 @@ def store_attrs(
         precision=precision,
         text_free_sha256=text_free_sha256(twins),
         text_free=any(twins),
+        text_free_source=cfg.text_free,
         modalities=list(MODALITIES),
         checkpoint=str(checkpoint_path),
         data_root=None if data_root is None else str(data_root),
@@ -370,9 +372,8 @@ def _generate(
         )
     precision = resolve_precision(cfg.precision, state.device)
     metadata = store_metadata(pages, max_panels)
-    attrs = store_attrs(
-        loaded, checkpoint_path, metadata, cfg, max_panels, precision, data_root, text_free_paths(pages)
-    )
+    sources = text_free_sources(pages, cfg.text_free)
+    attrs = store_attrs(loaded, checkpoint_path, metadata, cfg, max_panels, precision, data_root, sources)
     group = open_store(store_path, metadata, attrs, overwrite, overwrite_hint)
     model = model_from_checkpoint(loaded).to(state.device)
     chunks = page_chunks(len(pages), cfg.pages_per_chunk)[shard[0] :: shard[1]]
@@ -381,7 +382,7 @@ def _generate(
     start, panels, twin_panels = time.perf_counter(), 0, 0
     loader = zip(
         page_loader(pages, data_root, model, todo, max_panels, cfg.num_workers),
-        text_free_loader(pages, data_root, model, todo, max_panels, cfg.num_workers),
+        text_free_loader(pages, data_root, model, todo, max_panels, cfg.num_workers, sources),
     )
     # One writer thread keeps the chunks' order while the model runs (zarr's I/O releases the GIL). On a GPU another
     # thread decodes the next chunk meanwhile; on the CPU it would steal cycles from the model's own threads and stall
