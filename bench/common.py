@@ -64,3 +64,16 @@ def finish(report: dict, print_report: Callable[[dict], None], json_path: Path |
     print_report(report)
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
+
+
+def finished_run(run_dir: Path | None) -> Path:
+    """The run a run-level benchmark measures: the one given, else the newest finished run (a folder of outputs/ with
+    a metrics.json) of the embedded corpus; without one, SystemExit naming the command that makes one."""
+    if run_dir is not None:
+        return run_dir
+    outputs = Path(__file__).resolve().parents[1] / "outputs"
+    runs = sorted(outputs.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    runs = [p.parent for p in runs if (p.parent / "corpus.json").is_file() and not p.parent.name.startswith("raw")]
+    if not runs:
+        raise SystemExit("no finished run under outputs/ to measure: run `make demo` first, or pass --run-dir")
+    return runs[-1]

@@ -175,3 +175,18 @@ def test_the_readme_says_where_the_comics_folds_come_from_and_what_happens_witho
     assert "miyyer/comics" in text and "comics_dir:" in text
     skipped = "this part is skipped"
     assert skipped in text and skipped in (ROOT / "notebooks" / "05_evaluation.ipynb").read_text()
+
+
+def test_the_detect_command_runs_as_written(tmp_path):
+    """`From page images`: the detect command, on a folder of the embedded corpus's page images alone."""
+    from comicnb.detect.sources import copy_page_images
+
+    synth.generate(tmp_path / "data", books=1, pages=3, seed=0, page_size=(320, 480))
+    scans = copy_page_images(tmp_path / "data", tmp_path / "scans")
+    line = block_with("From page images", "bash", "comicnb detect").strip().split("   #")[0]
+    line = line.replace("~/scans", str(scans)).replace("outputs/corpus/mine", str(tmp_path / "mine"))
+    command = shlex.split(line.split("python -m ", 1)[1])
+    done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    corpus = load_corpus(tmp_path / "mine")
+    assert corpus.pages.num_panels.sum() > 0 and (tmp_path / "mine" / "detection.json").is_file()

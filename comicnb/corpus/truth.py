@@ -46,11 +46,20 @@ def sidecar_path(data_root: str | Path | None) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _detected_directions(data_root: str | Path | None) -> dict[str, str]:
+    """The books' reading directions `comicnb detect` was given (its detection.json), for a corpus it made."""
+    path = Path(data_root) / "detection.json" if data_root else None
+    if path is None or not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")).get("books", {}))
+
+
 def read_truth(data_root: str | Path | None, metadata: pd.DataFrame | list[dict]) -> CorpusTruth:
     """The truth of the stored panels (rows of the store's page ``metadata``) from the corpus's sidecar."""
     path = sidecar_path(data_root)
     if path is None:
-        return CorpusTruth(note=f"no {SIDECAR} beside the data: a corpus without ground truth (real data)")
+        note = f"no {SIDECAR} beside the data: a corpus without ground truth (real data)"
+        return CorpusTruth(note=note, directions=_detected_directions(data_root))
     from comicnb.corpus.synth import panel_truth  # the synthetic corpus's reader, only needed where there is one
 
     try:

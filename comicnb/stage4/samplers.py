@@ -28,9 +28,12 @@ The rules every sampler keeps (``comicnb.stage4.tasks.check_sample`` checks them
 Negatives come from rules tried in order (a task's *hard* rules first: same scene run, same scene); a sample whose
 negatives all come from hard rules is ``hard``, else ``easy``, and ``built_from["negatives"]`` names each negative's
 rule, in the order the negatives stand among the candidates (the answer left out).
-Without a sidecar (real data) the tasks that need truth raise ``TaskUnavailable`` with the reason, and the others
-build what they can. Negatives are drawn by ``comicnb.stage4.negatives``, drafts become samples in
-``comicnb.stage4.drafts``, and ``comicnb.stage4.task_sets`` writes the fixed val/test files and redraws training sets.
+Without a sidecar (real data, or a view made ``truth_free``) the three tasks that read truth are drawn from the pages
+alone, as ComicsPAP draws its skills (``truth_free_*``; ``built_from["truth_free"]``): character coherence from a
+panel's own text boxes, visual closure from the reading stream, caption relevance from the page JSON's descriptions
+where the corpus has them (else ``TaskUnavailable`` with the reason). Negatives are drawn by
+``comicnb.stage4.negatives``, drafts become samples in ``comicnb.stage4.drafts``, and ``comicnb.stage4.task_sets``
+writes the fixed val/test files and redraws training sets.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from comicnb.stage4.drafts import (
     PENDING_ROW,
     Draft,
     PanelColumns,
+    TaskUnavailable,
     counter,
     finish,
     require_truth,
@@ -55,6 +59,8 @@ from comicnb.stage4.drafts import (
 from comicnb.stage4.negatives import Rule, SplitIndex, difficulty_of, draw, draw_shaped, known
 from comicnb.stage4.tasks import CANDIDATES, CLOZE_CONTEXT, MAX_CONTEXT, MIN_CONTEXT, Candidate, TaskSample
 from comicnb.stage4.view import RunView
+
+TRUTH_FREE = {"truth_free": True}  # built_from of a sample drawn from the pages alone (no ground truth)
 
 
 def sample_panel_picking(
@@ -89,7 +95,12 @@ def sample_character_coherence(
     view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
 ) -> list[TaskSample]:
     """The preceding panels, then a panel with two speakers shown text-free; its lines with the right speakers or
-    with the speakers swapped (both new texts, written ``Name: line``, encoded by the frozen text pathway)."""
+    with the speakers swapped (both new texts, written ``Name: line``, encoded by the frozen text pathway).
+
+    Without ground truth: a panel with two or more text boxes, its texts in their boxes or each moved to the next box
+    (``truth_free_character_coherence``)."""
+    if view.truth is None:
+        return truth_free_character_coherence(view, split, rng, limit=limit, skips=skips)
     require_truth(view, "character_coherence")
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     drafts = []
@@ -109,6 +120,38 @@ def sample_character_coherence(
             )
             fields = col.fields("character_coherence", answer, stream[max(0, i - MAX_CONTEXT) : i].tolist(), [], "-")
             drafts.append(Draft(right, [swapped], fields))
+    return finish("character_coherence", split, drafts, rng, limit)
+
+
+def truth_free_character_coherence(
+    view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
+) -> list[TaskSample]:
+    """Character coherence from the pages alone, as ComicsPAP builds it: the preceding panels, then a panel with two
+    or more non-empty text boxes shown text-free; its texts in their own boxes, or each moved on to the next box (the
+    last to the first). No speaker names: which words belong in which balloon is the question."""
+    index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
+    drafts = []
+    for _, stream in index.stream_items():
+        for i, answer in enumerate(stream.tolist()):
+            boxes = col["text_boxes"][answer]
+            if boxes is None or len(boxes) < 2 or not all(str(b).strip() for b in boxes):
+                skips["fewer_than_2_text_boxes"] += 1
+                continue
+            if i < MIN_CONTEXT:
+                skips["fewer_than_2_preceding_panels"] += 1
+                continue
+            right, moved = [str(b) for b in boxes], [str(b) for b in [*boxes[1:], boxes[0]]]
+            if text_key(" ".join(right)) == text_key(" ".join(moved)):
+                skips["swap_changes_nothing"] += 1
+                continue
+            vision, pid = text_vision(view, answer), col.pid(answer)
+            offer = [
+                Candidate(pid, vision, text_row=PENDING_ROW, text=" ".join(box), composition_from=pid, text_boxes=box)
+                for box in (right, moved)
+            ]
+            context = stream[max(0, i - MAX_CONTEXT) : i].tolist()
+            fields = col.fields("character_coherence", answer, context, [], "-", built_from=TRUTH_FREE)
+            drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("character_coherence", split, drafts, rng, limit)
 
 
@@ -154,7 +197,11 @@ def sample_visual_closure(
     """The panels of an action so far (at least 2); its next panel among 5 images (text-free where the store holds
     every candidate's twin, else all full), image only, each with the next slot's composition. Negatives, all of the
     answer's shape and size: the same scene run (later steps of the action included), else scene (hard); else the
-    book, other books (easy)."""
+    book, other books (easy).
+
+    Without ground truth: the next panel of the reading stream after at least 2 (``truth_free_visual_closure``)."""
+    if view.truth is None:
+        return truth_free_visual_closure(view, split, rng, limit=limit, skips=skips)
     require_truth(view, "visual_closure")
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     drafts = []
@@ -172,6 +219,35 @@ def sample_visual_closure(
             offer = image_offer(col, answer, drawn[0])
             kind = difficulty_of(drawn[1], rules)
             fields = col.fields("visual_closure", answer, context, drawn[1], kind, **shaped(drawn[2]))
+            drafts.append(Draft(offer[0], offer[1:], fields))
+    return finish("visual_closure", split, drafts, rng, limit)
+
+
+def truth_free_visual_closure(
+    view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
+) -> list[TaskSample]:
+    """Visual closure from the pages alone, as ComicsPAP builds it: up to 4 preceding panels of the reading stream (at
+    least 2), the next panel among 5 images of its shape and size (text-free where every candidate has one), each
+    with the next slot's composition. Negatives: panels of nearby pages of the book (hard); else the book, other
+    books (easy)."""
+    index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
+    drafts = []
+    for _, stream in index.stream_items():
+        for i, answer in enumerate(stream.tolist()):
+            if i < MIN_CONTEXT:
+                skips["fewer_than_2_preceding_panels"] += 1
+                continue
+            context = stream[max(0, i - MAX_CONTEXT) : i].tolist()
+            rules = [index.nearby_rule(answer, "nearby_pages", True), index.book_rule(answer)]
+            rules.append(index.other_books_rule(answer))
+            drawn = draw_shaped(rng, index, answer, rules, CANDIDATES["visual_closure"] - 1, {*context, answer})
+            if drawn is None:
+                skips["too_few_negatives"] += 1
+                continue
+            offer = image_offer(col, answer, drawn[0])
+            kind = difficulty_of(drawn[1], rules)
+            built = {**TRUTH_FREE, **shaped(drawn[2])["built_from"]}
+            fields = col.fields("visual_closure", answer, context, drawn[1], kind, built_from=built)
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("visual_closure", split, drafts, rng, limit)
 
@@ -298,10 +374,22 @@ def sample_caption_relevance(
     """A caption (description) of a panel, unique in its book, and no context images; the panel after it among 4,
     full, without composition. Negatives, of the answer's shape and size (no slot is given, but the panel after a
     captioned one has shapes of its own, which a learned prior reads): the same scene run, else scene (hard); else
-    the book, other books (easy); all with different descriptions. The captioned panel itself is never a candidate."""
-    require_truth(view, "caption_relevance")
+    the book, other books (easy); all with different descriptions. The captioned panel itself is never a candidate.
+
+    Without ground truth: the page JSON's descriptions (a captioning model's, as ComicsPAP's) where the corpus has
+    them, unique in their book as the pages say; negatives from nearby pages (hard), the book and other books."""
+    truth_free = view.truth is None
+    if truth_free:
+        if "description" not in view.panels or not view.panels.description.map(_described).any():
+            raise TaskUnavailable(
+                "caption_relevance without ground truth needs each panel's description in the page JSON (a captioning "
+                f"model's, as ComicsPAP's), which this corpus lacks: {view.truth_note}"
+            )
+    else:
+        require_truth(view, "caption_relevance")
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
-    descriptions, unique = col["description"], col["caption_unique"]
+    descriptions = col["description"]
+    unique = col["caption_unique"] if not truth_free else _unique_in_book(view.panels)
 
     def described(row: int) -> str:
         return text_key(descriptions[row])  # candidates' descriptions all differ, so one caption fits one of them
@@ -316,7 +404,8 @@ def sample_caption_relevance(
             if not unique[captioned]:
                 skips["caption_not_unique_in_its_book"] += 1
                 continue
-            rules = [*index.scene_rules(answer), index.book_rule(answer), index.other_books_rule(answer)]
+            hard = [index.nearby_rule(answer, "nearby_pages", True)] if truth_free else index.scene_rules(answer)
+            rules = [*hard, index.book_rule(answer), index.other_books_rule(answer)]
             k, exclude = CANDIDATES["caption_relevance"] - 1, {captioned, answer}
             drawn = draw_shaped(rng, index, answer, rules, k, exclude, key=described, taken={described(answer)})
             if drawn is None:
@@ -330,10 +419,26 @@ def sample_caption_relevance(
                 drawn[1],
                 difficulty_of(drawn[1], rules),
                 query_text=str(descriptions[captioned]),
-                built_from={"caption_of": col.pid(captioned), "shape_tolerance": drawn[2]},
+                built_from={
+                    "caption_of": col.pid(captioned),
+                    "shape_tolerance": drawn[2],
+                    **(TRUTH_FREE if truth_free else {}),
+                },
             )
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("caption_relevance", split, drafts, rng, limit)
+
+
+def _described(value: Any) -> bool:
+    return known(value) and bool(str(value).strip())
+
+
+def _unique_in_book(panels: Any) -> list[bool]:
+    """Whether each panel's description occurs once in its book (what the sidecar's caption_unique says, from the
+    pages alone)."""
+    keys = [text_key(d) if _described(d) else None for d in panels.description]
+    counts = Counter(zip(panels.book_id, keys))
+    return [key is not None and counts[(book, key)] == 1 for book, key in zip(panels.book_id, keys)]
 
 
 def sample_reading_order(

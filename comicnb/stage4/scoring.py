@@ -131,15 +131,17 @@ def model_results(
     view: RunView | None = None,
     which: str = "best",
     models: Mapping[str, Path] | None = None,
+    sets: Mapping[str, TaskSet] | None = None,
 ) -> list[Result]:
     """Per-sample results of every trained model of the run (or ``models``: name -> checkpoint) on the run's fixed
-    ``split`` sets, each result named after its model; none when there is no model. The sets must be the ones built
-    from this store (TaskSetsMissingError names the command that builds them)."""
+    ``split`` sets (or ``sets``, e.g. sets drawn without the ground truth), each result named after its model; none
+    when there is no model. The run's sets must be the ones built from this store (TaskSetsMissingError names the
+    command that builds them)."""
     models = trained_models(run_dir, which) if models is None else models
     if not models:
         return []
     view = view or open_run(run_dir)
-    sets = read_sets(run_dir, view, TASKS, split)
+    sets = read_sets(run_dir, view, TASKS, split) if sets is None else sets
     builders: dict[tuple[tuple[str, ...], bool], BatchBuilder] = {}
     results = []
     for name, path in models.items():

@@ -83,8 +83,9 @@ SHAPE_MATCHED = ("panel_picking", "visual_closure", "caption_relevance")
 # Raised whenever a sampler draws differently for the same store and seed: sets built under other rules are rebuilt,
 # not reused (1: scene negatives and text-free answers, issue 10; 2: shape-matched negatives, text negatives of the
 # answer's box count and length cell, issue 18; 3: the long-range probes written beside the sets, issue 21; 4:
-# character coherence's candidates keep their text per text box, for balloon tokens).
-RULES_VERSION = 4
+# character coherence's candidates keep their text per text box, for balloon tokens; 5: without ground truth,
+# character coherence, visual closure and caption relevance are drawn from the pages alone, issue 22).
+RULES_VERSION = 5
 VISIONS = ("full", "text_free", "none")
 DIFFICULTIES = ("hard", "easy", "-")
 TASKS_DIR = "tasks"

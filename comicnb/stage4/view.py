@@ -247,10 +247,13 @@ class FrozenTextPathway:
 # ---------------------------------------------------------------------------------------------------- opening
 
 
-def open_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: str | Path | None = None) -> RunView:
+def open_run(
+    run_dir: str | Path, store: str | Path | None = None, checkpoint: str | Path | None = None, truth_free: bool = False
+) -> RunView:
     """The view of a run: its store (default ``<run>/panel_embeddings.zarr``), the pages table notebook 01 wrote, and
     the corpus's ground truth where it has a sidecar; ``checkpoint`` overrides the store's Stage 3 checkpoint (a
-    model of another checkpoint is refused when first loaded)."""
+    model of another checkpoint is refused when first loaded). ``truth_free`` leaves the sidecar unread (the books'
+    reading directions kept: a user knows them), so that task sets are drawn as from a corpus without one."""
     run_dir = Path(run_dir)
     store = Path(store) if store else run_dir / STORE_NAME
     group = open_embeddings(store)
@@ -260,6 +263,9 @@ def open_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: s
     masks = np.asarray(group[MODALITY_MASKS][:]).astype(bool)
     twins = np.asarray(group[TEXT_FREE_MASKS][:]).astype(bool) if TEXT_FREE_MASKS in group else None
     truth = read_truth(data_root, metadata)
+    if truth_free:
+        note = "the ground truth is left unread (truth_free): the tasks are drawn from the pages alone"
+        truth = CorpusTruth(note=note, directions=truth.directions)
     checkpoint = Path(checkpoint or attrs.get("checkpoint") or "")
     view = RunView(
         pages=page_table(metadata, table),
@@ -319,9 +325,11 @@ def panel_table(
     (the stored box in page pixels: the crop's shape and size), text, has_text (the store has its text embedding),
     n_boxes (balloons and captions, from the pages table's text_boxes; -1 unknown), text_boxes, balloon_boxes (each
     text box's box as fractions of the panel, from the pages table's text_box_boxes; None unknown), text_free (its
-    text-free twin is stored), plus every column of ``truth`` (joined on panel_id).
+    text-free twin is stored), description (the page JSON's, None where it has none), plus every other column of
+    ``truth`` (joined on panel_id).
     """
     boxes, places = _column(pages, "text_boxes"), _column(pages, "text_box_boxes")
+    descriptions = _column(pages, "descriptions")
     rows = []
     for page in metadata.itertuples(index=False):
         page_boxes, page_places = boxes.get(page.page_id), places.get(page.page_id)
@@ -348,6 +356,7 @@ def panel_table(
                     n_boxes=len(text_boxes) if text_boxes is not None else -1,
                     text_boxes=text_boxes,
                     balloon_boxes=balloon_boxes,
+                    description=descriptions[page.page_id][slot] if page.page_id in descriptions else None,
                     text_free=bool(text_free_masks[page.page_index, slot]) if text_free_masks is not None else False,
                 )
             )
