@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from common import bench_parser, finish, finished_run  # bench/common.py, beside this script
 
+from comicnb.stage4.audit import audit, leaks
 from comicnb.stage4.baselines import run_baselines
 from comicnb.stage4.results import result_table, sample_frame
 from comicnb.stage4.scoring import model_results
@@ -27,12 +28,15 @@ from comicnb.stage4.view import open_run
 FOLDER = "tasks-truth-free"
 
 
-def scored(run_dir: Path, view, sets: dict, seed: int, train_samples: int) -> pd.DataFrame:
+def scored(run_dir: Path, view, sets: dict, seed: int, train_samples: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The result table of every baseline and model on ``sets``, and their audit (what a candidate shows besides
+    the story, ``comicnb.stage4.audit``)."""
     train, _ = training_sets(view, seed, train_samples)
     results = run_baselines([*train, *sets.values()], view) + model_results(run_dir, sets=sets, view=view)
     table = result_table(sample_frame(results), by_difficulty=False)
     split = next(iter(sets.values())).split
-    return table[table.split == split][["task", "method", "n", "accuracy", "low", "high"]]
+    checks = audit(sets, view, train)
+    return table[table.split == split][["task", "method", "n", "accuracy", "low", "high"]], checks
 
 
 def run(run_dir: Path, split: str, seed: int, train_samples: int) -> dict:
@@ -44,9 +48,9 @@ def run(run_dir: Path, split: str, seed: int, train_samples: int) -> dict:
         if entry.get("built") and entry.get("samples")
     }
     truth_sets = read_sets(run_dir, truth_view, split=split)
-    with_truth = scored(run_dir, truth_view, truth_sets, seed, train_samples).assign(kind="truth-built")
-    without = scored(run_dir, blind, free_sets, seed, train_samples).assign(kind="truth-free")
-    both = pd.concat([with_truth, without], ignore_index=True)
+    with_truth, _ = scored(run_dir, truth_view, truth_sets, seed, train_samples)
+    without, checks = scored(run_dir, blind, free_sets, seed, train_samples)
+    both = pd.concat([with_truth.assign(kind="truth-built"), without.assign(kind="truth-free")], ignore_index=True)
     wide = both.pivot_table(index=["task", "method"], columns="kind", values="accuracy").reset_index()
     sizes = both.groupby(["task", "kind"]).n.max().unstack()
     return dict(
@@ -55,6 +59,8 @@ def run(run_dir: Path, split: str, seed: int, train_samples: int) -> dict:
         sizes=sizes.reset_index().to_dict("records"),
         skipped={task: entry.get("reason") for task, entry in manifest["tasks"].items() if not entry.get("built")},
         table=wide.to_dict("records"),
+        audit=checks[["task", "method", "kind", "accuracy", "low", "high", "chance"]].to_dict("records"),
+        leaks=leaks(checks)[["task", "method", "accuracy", "low", "chance"]].to_dict("records"),
     )
 
 
@@ -63,6 +69,12 @@ def print_report(report: dict) -> None:
     print(pd.DataFrame(report["sizes"]).to_string(index=False))
     for task, why in report["skipped"].items():
         print(f"  {task} not drawn without truth: {why}")
+    print(f"\naudit of the truth-free sets: {len(report['leaks'])} readable checks clear chance")
+    for leak in report["leaks"]:
+        print(
+            f"  LEAK {leak['task']} / {leak['method']}: {leak['accuracy']:.3f} (low {leak['low']:.3f}, chance "
+            f"{leak['chance']:.3f})"
+        )
     table = pd.DataFrame(report["table"])
     for task, part in table.groupby("task", sort=False):
         print(f"\n{task}")
