@@ -3,7 +3,7 @@
     python bench/bench_truth_free.py [--run-dir outputs/<run>] [--split test] [--train-samples 300] [--json PATH]
 
 A real corpus has no ground-truth sidecar; its character coherence, visual closure and caption relevance are drawn
-from the pages alone (``comicnb.stage4.samplers``, ``truth_free_*``). On the embedded corpus both can be drawn: the
+from the pages alone (``comicnb.stage4.samplers``). On the embedded corpus both can be drawn: the
 run's own sets (with the truth) and sets drawn from a view that leaves the sidecar unread
 (``open_run(..., truth_free=True)``), written to ``<run>/tasks-truth-free/<split>/``. Every baseline (the learned ones
 fitted on a training draw of the same kind) and the run's trained models are scored on both; the models were trained

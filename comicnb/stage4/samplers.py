@@ -29,7 +29,7 @@ Negatives come from rules tried in order (a task's *hard* rules first: same scen
 negatives all come from hard rules is ``hard``, else ``easy``, and ``built_from["negatives"]`` names each negative's
 rule, in the order the negatives stand among the candidates (the answer left out).
 Without a sidecar (real data, or a view made ``truth_free``) the three tasks that read truth are drawn from the pages
-alone, as ComicsPAP draws its skills (``truth_free_*``; ``built_from["truth_free"]``): character coherence from a
+alone, as ComicsPAP draws its skills (``built_from["truth_free"]``): character coherence from a
 panel's own text boxes, visual closure from the reading stream, caption relevance from the page JSON's descriptions
 where the corpus has them (else ``TaskUnavailable`` with the reason). Negatives are drawn by
 ``comicnb.stage4.negatives``, drafts become samples in ``comicnb.stage4.drafts``, and ``comicnb.stage4.task_sets``
@@ -199,54 +199,32 @@ def sample_visual_closure(
     answer's shape and size: the same scene run (later steps of the action included), else scene (hard); else the
     book, other books (easy).
 
-    Without ground truth: the next panel of the reading stream after at least 2 (``truth_free_visual_closure``)."""
-    if view.truth is None:
-        return truth_free_visual_closure(view, split, rng, limit=limit, skips=skips)
-    require_truth(view, "visual_closure")
+    Without ground truth, as ComicsPAP builds it: up to 4 preceding panels of the reading stream (at least 2) and
+    the next panel; hard negatives from nearby pages of the book instead of the scene."""
+    truth_free = view.truth is None
+    if not truth_free:
+        require_truth(view, "visual_closure")
     index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
     drafts = []
     for _, stream in index.stream_items():
         for i, answer in enumerate(stream.tolist()):
-            context = action_context(col, stream.tolist(), i)
+            if truth_free:
+                context = stream[max(0, i - MAX_CONTEXT) : i].tolist()
+                hard, short = [index.nearby_rule(answer, "nearby_pages", True)], "fewer_than_2_preceding_panels"
+            else:
+                context = action_context(col, stream.tolist(), i)
+                hard, short = index.scene_rules(answer), "fewer_than_2_preceding_panels_of_its_action"
             if context is None or len(context) < MIN_CONTEXT:
-                skips["no_action" if context is None else "fewer_than_2_preceding_panels_of_its_action"] += 1
+                skips["no_action" if context is None else short] += 1
                 continue
-            rules = [*index.scene_rules(answer), index.book_rule(answer), index.other_books_rule(answer)]
+            rules = [*hard, index.book_rule(answer), index.other_books_rule(answer)]
             drawn = draw_shaped(rng, index, answer, rules, CANDIDATES["visual_closure"] - 1, {*context, answer})
             if drawn is None:
                 skips["too_few_negatives"] += 1
                 continue
             offer = image_offer(col, answer, drawn[0])
             kind = difficulty_of(drawn[1], rules)
-            fields = col.fields("visual_closure", answer, context, drawn[1], kind, **shaped(drawn[2]))
-            drafts.append(Draft(offer[0], offer[1:], fields))
-    return finish("visual_closure", split, drafts, rng, limit)
-
-
-def truth_free_visual_closure(
-    view: RunView, split: str, rng: np.random.Generator, *, limit: int | None = None, skips: Counter | None = None
-) -> list[TaskSample]:
-    """Visual closure from the pages alone, as ComicsPAP builds it: up to 4 preceding panels of the reading stream (at
-    least 2), the next panel among 5 images of its shape and size (text-free where every candidate has one), each
-    with the next slot's composition. Negatives: panels of nearby pages of the book (hard); else the book, other
-    books (easy)."""
-    index, col, skips = SplitIndex(view, split), PanelColumns(view), counter(skips)
-    drafts = []
-    for _, stream in index.stream_items():
-        for i, answer in enumerate(stream.tolist()):
-            if i < MIN_CONTEXT:
-                skips["fewer_than_2_preceding_panels"] += 1
-                continue
-            context = stream[max(0, i - MAX_CONTEXT) : i].tolist()
-            rules = [index.nearby_rule(answer, "nearby_pages", True), index.book_rule(answer)]
-            rules.append(index.other_books_rule(answer))
-            drawn = draw_shaped(rng, index, answer, rules, CANDIDATES["visual_closure"] - 1, {*context, answer})
-            if drawn is None:
-                skips["too_few_negatives"] += 1
-                continue
-            offer = image_offer(col, answer, drawn[0])
-            kind = difficulty_of(drawn[1], rules)
-            built = {**TRUTH_FREE, **shaped(drawn[2])["built_from"]}
+            built = {**(TRUTH_FREE if truth_free else {}), **shaped(drawn[2])["built_from"]}
             fields = col.fields("visual_closure", answer, context, drawn[1], kind, built_from=built)
             drafts.append(Draft(offer[0], offer[1:], fields))
     return finish("visual_closure", split, drafts, rng, limit)
