@@ -479,3 +479,12 @@ def test_the_run_to_set_beside_is_the_newest_finished_one_of_its_profile(tmp_pat
     assert other_run("latest:study", tmp_path / "raw-1", tmp_path) is None
     assert other_run(str(tmp_path / "demo-1"), tmp_path / "raw-1", tmp_path) == tmp_path / "demo-1"
     assert other_run("", tmp_path / "raw-1", tmp_path) is None
+
+
+def test_a_detected_corpus_keeps_its_books_directions_without_a_sidecar(drawn: Path, detected: Path) -> None:
+    from comicnb.corpus.truth import read_truth
+
+    truth = json.loads((drawn / "ground_truth.json").read_text())
+    got = read_truth(detected, [])
+    assert not got.found and got.directions == {b: book["direction"] for b, book in truth["books"].items()}
+    assert "rtl" in got.directions.values()  # the fixture's corpus has a right-to-left book
