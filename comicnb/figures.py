@@ -70,10 +70,16 @@ def detected_and_true(
 ) -> plt.Figure:
     """Pages side by side: the boxes detection found, numbered in the order it reads them, and the true ones.
 
-    Pages where the two differ (another number of panels, or another order) are shown first, then others drawn at
-    random (seeded); ``detected`` and ``truth`` are pages tables of the same pages (matched on book and page)."""
+    Pages where the two differ (another number of panels, a box of IoU under 0.5 with the true box at its place in
+    the order, so another order too) are shown first, then others drawn at random (seeded); ``detected`` and
+    ``truth`` are pages tables of the same pages (matched on book and page)."""
+    from comicnb.detect.quality import iou_matrix
+
     both = detected.merge(truth[["book_id", "page_name", "part", "boxes"]], on=["book_id", "page_name", "part"])
-    both["differs"] = [len(a) != len(b) for a, b in zip(both.boxes_x, both.boxes_y)]
+    both["differs"] = [
+        len(a) != len(b) or bool((np.diag(iou_matrix(list(a), list(b))) < 0.5).any())
+        for a, b in zip(both.boxes_x, both.boxes_y)
+    ]
     sample = pd.concat([both[both.differs], both[~both.differs].sample(frac=1.0, random_state=seed)]).head(n)
     fig, axes = plt.subplots(len(sample), 2, figsize=(8, 5.5 * max(1, len(sample))), squeeze=False)
     for (left, right), page in zip(axes, sample.itertuples(index=False)):
