@@ -69,7 +69,7 @@ def cosines(run_dir: Path, blank_store: Path, pages, split: str) -> dict:
 
 
 def accuracies(run_dir: Path, store: Path, split: str) -> dict:
-    from comicnb.stage4.baselines import run_baselines
+    from comicnb.stage4.baselines import BASELINES, LEARNED, run_baselines
     from comicnb.stage4.results import result_table, sample_frame
     from comicnb.stage4.scoring import model_results
     from comicnb.stage4.task_sets import read_sets
@@ -77,7 +77,9 @@ def accuracies(run_dir: Path, store: Path, split: str) -> dict:
 
     view = open_run(run_dir, store)
     sets = {task: s for task, s in read_sets(run_dir, view, split=split).items() if task in TEXT_TASKS}
-    results = run_baselines(list(sets.values()), view) + model_results(run_dir, split, view)
+    # The learned baselines (fitted on training draws) read no text-free picture; the others are scored as they are.
+    plain = [b for b in BASELINES if b not in LEARNED]
+    results = run_baselines(list(sets.values()), view, plain) + model_results(run_dir, split, view)
     table = result_table(sample_frame(results), by_difficulty=False)
     table = table[table.task.isin(TEXT_TASKS) & (table.split == split)]
     return {f"{r.task} / {r.method}": float(r.accuracy) for r in table.itertuples()}
