@@ -469,3 +469,19 @@ def test_a_view_can_leave_the_truth_unread(run: Path) -> None:
     drawn = SAMPLERS["visual_closure"](blind, "test", np.random.default_rng(0))
     assert drawn and all(s.built_from["truth_free"] for s in drawn)
     assert all(check_sample(s) == [] for s in drawn)
+
+
+def test_pages_without_descriptions_keep_the_truths_captions(run: Path, tmp_path: Path) -> None:
+    """Detected pages carry no description; where the corpus has truth (the raw profile's), caption relevance reads the
+    sidecar's captions as before."""
+    from comicnb.corpus import load_pages, save_pages
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    pages = load_pages(copy / "pages.jsonl")
+    pages["descriptions"] = [[None] * n for n in pages.num_panels]
+    save_pages(pages, copy / "pages.jsonl")
+    view, original = open_run(copy), open_run(run)
+    assert view.panels.description.tolist() == original.panels.description.tolist()
+    assert view.panels.description.notna().any()
+    assert SAMPLERS["caption_relevance"](view, "test", np.random.default_rng(0))

@@ -325,8 +325,8 @@ def panel_table(
     (the stored box in page pixels: the crop's shape and size), text, has_text (the store has its text embedding),
     n_boxes (balloons and captions, from the pages table's text_boxes; -1 unknown), text_boxes, balloon_boxes (each
     text box's box as fractions of the panel, from the pages table's text_box_boxes; None unknown), text_free (its
-    text-free twin is stored), description (the page JSON's, None where it has none), plus every other column of
-    ``truth`` (joined on panel_id).
+    text-free twin is stored), description (the page JSON's, None where it has none; the truth's where given), plus
+    every other column of ``truth`` (joined on panel_id).
     """
     boxes, places = _column(pages, "text_boxes"), _column(pages, "text_box_boxes")
     descriptions = _column(pages, "descriptions")
@@ -365,6 +365,8 @@ def panel_table(
     table["page_rank"] = table.groupby("book_id", sort=False).page_name.transform(lambda s: pd.factorize(s)[0])
     table["book_pos"] = table.groupby("book_id", sort=False).cumcount()
     if truth is not None:
+        # The sidecar's description is the panel's caption; a page JSON without one (detected pages) keeps it.
+        table = table.drop(columns=[c for c in ("description",) if c in truth.columns])
         extra = [c for c in truth.columns if c == "panel_id" or c not in table.columns]
         table = table.merge(truth[extra], on="panel_id", how="left", validate="one_to_one")
     return table.reset_index(drop=True)
