@@ -447,13 +447,20 @@ def _inspect_image(path: Path, file: str, opts: _Options, log: _PageLog) -> tupl
         log.add("huge_image", "skipped_page", str(err), file)
         return None
     except Exception as err:  # noqa: BLE001 - PIL's plugins raise many exception types on malformed files
-        truncated = isinstance(err, OSError) and "truncated" in str(err).lower()
-        detail = f"{type(err).__name__}: {err}".replace(str(path), file)
-        log.add("truncated_image" if truncated else "corrupt_image", "skipped_page", detail, file)
+        log.add(*image_problem(err, file, str(path)), file)
         return None
     if mode != "RGB":
         log.add("image_mode", "converted", f"{mode} -> RGB", file)
     return width, height, mode
+
+
+def image_problem(err: BaseException, file: str, shown_as: str) -> tuple[str, str, str]:
+    """(problem, action, detail) of a page image that failed to decode: ``truncated_image`` or ``corrupt_image``,
+    the page skipped; the error's text names the file as the problems table does (``shown_as``, how PIL named it,
+    replaced by ``file``)."""
+    truncated = isinstance(err, OSError) and "truncated" in str(err).lower()
+    detail = f"{type(err).__name__}: {err}".replace(shown_as, file)
+    return ("truncated_image" if truncated else "corrupt_image"), "skipped_page", detail
 
 
 def _usable_twin(root: Path, path: Path | None, size: tuple[int, int], opts: _Options, log: _PageLog) -> str:

@@ -35,7 +35,7 @@ def _order(ids: list[int], boxes: Sequence[Box], direction: str, slack: float) -
             if axis == 0 and _staggered(groups, boxes, slack):  # rows whose gutters do not line up: read across
                 return [group[r] for r in range(len(groups[0])) for group in groups]
             return [i for group in groups for i in _order(group, boxes, direction, slack)]
-    return _by_rows(ids, boxes, direction, slack)
+    return by_rows(ids, boxes, direction, slack)
 
 
 def _split(ids: list[int], boxes: Sequence[Box], axis: int, slack: float) -> list[list[int]]:
@@ -74,7 +74,9 @@ def _staggered(groups: list[list[int]], boxes: Sequence[Box], slack: float) -> b
     return True
 
 
-def _by_rows(ids: list[int], boxes: Sequence[Box], direction: str, slack: float) -> list[int]:
+def by_rows(ids: Sequence[int], boxes: Sequence[Box], direction: str, slack: float) -> list[int]:
+    """``ids`` read by rows: boxes whose tops lie within ``slack`` of the median height of the first box of a row
+    join it; rows top to bottom, each from the book's side."""
     heights = sorted(boxes[i][3] - boxes[i][1] for i in ids)
     tolerance = slack * heights[len(heights) // 2]
     rows: list[list[int]] = []

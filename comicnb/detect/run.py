@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from comicnb.corpus.crops import to_rgb
+from comicnb.corpus.reader import image_problem
 from comicnb.detect.order import DIRECTIONS, reading_order
 from comicnb.detect.panels import PanelSettings, detect_panels
 from comicnb.detect.sources import PageSource, _row, list_pages
@@ -67,10 +67,11 @@ def _json_bytes(doc) -> bytes:
 
 def decode(data: bytes, file: str, max_pixels: int) -> tuple[np.ndarray | None, dict | None]:
     """The page as an RGB array, or None and the problems row saying why it cannot be read."""
+    buffer = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(buffer) as img:
                 if img.width * img.height > max_pixels:
                     detail = f"{img.width}x{img.height} > {max_pixels} pixels"
                     return None, _row("", "", file, "huge_image", "skipped_page", detail)
@@ -78,10 +79,7 @@ def decode(data: bytes, file: str, max_pixels: int) -> tuple[np.ndarray | None, 
     except Image.DecompressionBombError as err:
         return None, _row("", "", file, "huge_image", "skipped_page", str(err))
     except Exception as err:  # noqa: BLE001 - PIL's plugins raise many exception types on malformed files
-        truncated = isinstance(err, OSError) and "truncated" in str(err).lower()
-        problem = "truncated_image" if truncated else "corrupt_image"
-        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", file, f"{type(err).__name__}: {err}")
-        return None, _row("", "", file, problem, "skipped_page", detail)
+        return None, _row("", "", file, *image_problem(err, file, str(buffer)))
 
 
 _OCR = None  # one engine per process

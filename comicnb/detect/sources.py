@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from comicnb.corpus.reader import IMAGE_SUFFIXES, TEXT_FREE, _name_key
+from comicnb.corpus.reader import IMAGE_SUFFIXES, _name_key, _twin_of
 
 ARCHIVE_SUFFIXES = (".cbz", ".zip")
 # Files a comics folder often holds beside its pages; still a row, but say what they are.
@@ -56,8 +56,7 @@ def _is_image(name: str) -> bool:
 
 
 def _is_twin(name: str) -> bool:
-    stem = Path(name).stem
-    return "." in stem and stem.rsplit(".", 1)[1].lower() == TEXT_FREE
+    return _twin_of(Path(name)) is not None
 
 
 def _row(book_id: str, page_name: str, file: str, problem: str, action: str, detail: str) -> dict:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from comicnb.detect.order import by_rows
+
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 OCR_ENGINES = ("rapidocr", "none")  # the engines `comicnb detect --ocr` knows; none: panels without text
 
@@ -169,19 +171,9 @@ def assign_text(
             outside.append(tb)
         else:
             held[best].append(tb)
-    sign = -1 if direction == "rtl" else 1
-    for boxes in held:
+    for i, boxes in enumerate(held):  # a panel's text boxes by rows of their tops (a median height apart)
         if boxes:
-            heights = sorted(b.box[3] - b.box[1] for b in boxes)
-            tolerance = heights[len(heights) // 2]
-            boxes.sort(key=lambda b: b.box[1])
-            rows: list[list[TextBox]] = []
-            for b in boxes:
-                if rows and b.box[1] - rows[-1][0].box[1] <= tolerance:
-                    rows[-1].append(b)
-                else:
-                    rows.append([b])
-            boxes[:] = [b for row in rows for b in sorted(row, key=lambda b: sign * b.box[0])]
+            held[i] = [boxes[j] for j in by_rows(range(len(boxes)), [b.box for b in boxes], direction, 1.0)]
     return held, outside
 
 
