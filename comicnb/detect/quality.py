@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -239,3 +240,22 @@ def transfer_truth(detected_root: str | Path, truth_root: str | Path) -> dict:
     }
     (detected_root / "ground_truth.json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return counts
+
+
+def detect_against_truth(
+    pages_in: str | Path, data_root: str | Path, truth_root: str | Path, prepare: Any = None, **detect_options: Any
+) -> tuple[dict, dict]:
+    """Notebook 01's raw-pages step with a true corpus beside it (the raw profile): where ``pages_in`` is missing,
+    the true corpus (made by ``prepare(truth_root)`` where given, e.g. drawn) gives its page images alone; they are
+    detected into ``data_root`` (``detect_options`` as ``run.detect`` takes them), and the detected panels take the
+    truth of the panels they match (``transfer_truth``). Returns detect's manifest and the transfer's counts."""
+    from comicnb.detect.run import detect
+    from comicnb.detect.sources import copy_page_images
+
+    pages_in, truth_root = Path(pages_in), Path(truth_root)
+    if not pages_in.exists():
+        if prepare is not None:
+            prepare(truth_root)
+        copy_page_images(truth_root, pages_in)
+    manifest = detect(pages_in, data_root, **detect_options)
+    return manifest, transfer_truth(data_root, truth_root)
