@@ -1,5 +1,5 @@
 """The ``comicnb`` command line: ``run`` the workbook, ``synth`` a corpus, ``train`` a stage, ``embed`` panels,
-build Stage 4 ``tasks``, fit and score on ``comics`` folds."""
+build Stage 4 ``tasks``, fit and score on ``comics`` folds and on ``comicspap``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ DESCRIPTION = (
     "comicnb, the comics workbook's command line: run the notebooks (run), draw a corpus (synth), read page images "
     "(detect), train a stage "
     "(train), encode panels (embed), search panels by text or image (search), build Stage 4 task sets (tasks), fit "
-    "and score on COMICS folds (comics), export and search Stage 4 strips. `comicnb COMMAND --help` describes each."
+    "and score on COMICS folds (comics) and on ComicsPAP (comicspap), export and search Stage 4 strips. "
+    "`comicnb COMMAND --help` describes each."
 )
 
 
@@ -201,6 +202,13 @@ def _embed(args: argparse.Namespace) -> int:
         f"-> {summary['store']}" + ("" if summary["complete"] else " (other shards still to run)")
     )
     return 0
+
+
+def _comicspap(args: argparse.Namespace) -> int:
+    """Encode, fit, score, predict and export ComicsPAP (comicnb.comicspap)."""
+    from comicnb.comicspap.cli import main as comicspap_main
+
+    return comicspap_main(args)
 
 
 def _comics(args: argparse.Namespace) -> int:
@@ -486,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_comics_arguments(comics, HelpFormatter)
     comics.set_defaults(func=_comics)
+    from comicnb.comicspap.cli import add_arguments as add_comicspap_arguments
+
+    comicspap = commands.add_parser(
+        "comicspap",
+        help="ComicsPAP in and out: encode its parquet, fit and score Stage 4 on it, export our task sets to it",
+        description="ComicsPAP (Vivoli et al. 2025, arXiv 2503.08561): stream a split into a run (encode), fit the "
+        "Stage 4 heads or take them zero-shot (fit), score beside chance, baselines and the published table (eval), "
+        "write test answers (predict), write our task sets in its format (export), or make a small folder in its "
+        "schema from a run (fixture); docs/comicspap.md.",
+        formatter_class=HelpFormatter,
+    )
+    add_comicspap_arguments(comicspap, HelpFormatter)
+    comicspap.set_defaults(func=_comicspap)
     add_export_parsers(commands)
     return parser
 

@@ -41,7 +41,7 @@ LAYERS = (
     ("comicnb.stage3", "comicnb.model"),
     ("comicnb.store", "comicnb.search", "comicnb.agreement", "comicnb.figures"),
     ("comicnb.stage4",),
-    ("comicnb.comics",),
+    ("comicnb.comics", "comicnb.comicspap"),
     ("comicnb.evaluation",),
     ("comicnb.cli", "comicnb.runner", "comicnb.__main__"),
 )
