@@ -322,3 +322,53 @@ def test_a_missing_split_or_model_names_the_command(run: Path, tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match="comicspap encode"):
         read_split_sets(tmp_path, "val")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_notebook_05_sets_a_comicspap_run_beside_the_published_table(run: Path, encoded: dict, tmp_path: Path) -> None:
+    """Notebook 05's ComicsPAP cell, run as the notebook runs it (its parameters and helpers in scope)."""
+    from comicnb.paths import resolve
+
+    if not model_path(run).is_file():
+        assert pap("fit", "--run-dir", str(run), "--zero-shot") == 0
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "05_evaluation.ipynb").read_text())
+    cell = next(c for c in notebook["cells"] if "comicspap_run:" in "".join(c["source"]) and "if " in c["source"][0])
+    shown = []
+    scope = dict(
+        comicspap_run=str(run),
+        out=tmp_path,
+        json=json,
+        resolve=resolve,
+        display=shown.append,
+        bootstrap_resamples=200,
+        level=0.95,
+        seed=0,
+    )
+    exec("".join(cell["source"]), scope)  # noqa: S102 - the notebook's own cell
+    assert json.loads((tmp_path / "comicspap.json").read_text())["split"] == "val"
+    assert "Qwen2.5-VL-7B fine-tuned" in shown[0].index and "stage4 zero-shot" in shown[0].index
+    scope["comicspap_run"] = ""
+    exec("".join(cell["source"]), scope)  # noqa: S102
+
+
+def test_the_readme_commands_run_as_written_on_the_fixture(run: Path, data: Path, tmp_path: Path) -> None:
+    """The README's ComicsPAP block, its folder and run replaced by the fixture's: what a user runs on real files."""
+    from test_readme import block_with  # tests/, beside this module
+
+    mine, small = tmp_path / "run", tmp_path / "ComicsPAP"
+    shutil.copytree(run, mine, ignore=shutil.ignore_patterns("comicspap"))
+    for split in ("val", "test"):  # one row of each file (OCR reads every panel: a second or so each), bad rows all
+        for _, path in find_files(data, split).all:
+            table = pq.read_table(path)
+            write_rows(
+                small / path.parent.name / path.name, table.to_pylist()[: len(table) if "bad" in path.name else 1]
+            )
+    script = block_with("ComicsPAP", "bash", "comicspap encode")
+    lines = [line.split("python -m comicnb ", 1)[1] for line in script.splitlines() if line.strip()]
+    assert [line.split()[1] for line in lines] == ["encode", "encode", "fit", "eval", "predict", "export"]
+    for line in lines:
+        args = line.replace("--data ComicsPAP", f"--data {small}").replace("outputs/<run>", str(mine)).split()
+        assert cli.main(args) == 0, line
+    manifest = json.loads((split_dir(mine, "val") / MANIFEST).read_text())
+    assert manifest["settings"]["text"] == "ocr" and manifest["bad_rows"] == {reason: 1 for reason in BAD_ROWS}
+    assert (mine / "comicspap" / "predictions" / "test" / "predictions.json").is_file()
+    assert (mine / "comicspap" / "export" / "comicnb_export.json").is_file()

@@ -215,22 +215,42 @@ def decode(data: bytes) -> Image.Image:
 
 
 class TextReader:
-    """A panel's text: RapidOCR's lines grouped into text boxes, joined in reading order ("" with ``text="none"``)."""
+    """Each panel's text, as RapidOCR reads it ("" for every panel with ``text="none"``).
 
-    def __init__(self, mode: str, threads: int = 0) -> None:
-        self.mode = mode
+    The panels of a row are read in one pass: laid out on one white canvas, a few to a line with wide gutters, read
+    once, and each text box given to the panel it lies on (``comicnb.detect.text``: lines grouped into boxes, a
+    panel's boxes in reading order). One pass per row, not one per panel: the engine enlarges a small picture to its
+    detection size, so a panel read alone costs nearly what a page does."""
+
+    def __init__(self, mode: str, threads: int = 0, per_line: int = 4, gutter: int = 64) -> None:
+        self.mode, self.threads, self.per_line, self.gutter = mode, threads, per_line, gutter
         self._ocr = None
-        self.threads = threads
 
-    def __call__(self, image: Image.Image) -> str:
-        if self.mode == "none":
-            return ""
-        from comicnb.detect.text import Ocr, group_lines
+    def layout(self, images: Sequence[Image.Image]) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+        """The canvas and each panel's box on it."""
+        boxes, x, y, line_height = [], self.gutter, self.gutter, 0
+        for i, image in enumerate(images):
+            if i and i % self.per_line == 0:
+                x, y, line_height = self.gutter, y + line_height + self.gutter, 0
+            boxes.append((x, y, x + image.width, y + image.height))
+            x += image.width + self.gutter
+            line_height = max(line_height, image.height)
+        width = max(b[2] for b in boxes) + self.gutter
+        canvas = Image.new("RGB", (width, y + line_height + self.gutter), "white")
+        for image, box in zip(images, boxes):
+            canvas.paste(image, box[:2])
+        return canvas, boxes
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[str]:
+        if self.mode == "none" or not images:
+            return [""] * len(images)
+        from comicnb.detect.text import Ocr, assign_text, group_lines
 
         if self._ocr is None:
             self._ocr = Ocr(threads=self.threads)
-        boxes = group_lines(self._ocr.lines(np.asarray(image)))
-        return " ".join(box.text for box in boxes if box.text.strip())
+        canvas, boxes = self.layout(images)
+        held, _ = assign_text(boxes, group_lines(self._ocr.lines(np.asarray(canvas))))
+        return [" ".join(box.text for box in panel if box.text.strip()) for panel in held]
 
 
 def _record(row: Row, skill: str, store_row: int, texts: list[str]) -> dict[str, Any]:
@@ -265,8 +285,11 @@ def encode_chunk(
     settings: EncodeSettings,
     reader: TextReader,
     hidden_labels: bool,
+    seconds: Counter | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict], list[dict]]:
-    """The arrays of one chunk, its good rows' records and its bad rows."""
+    """The arrays of one chunk, its good rows' records and its bad rows; ``seconds`` adds up the time spent decoding,
+    reading text and encoding (``decode``, ``ocr``, ``model``)."""
+    seconds = seconds if seconds is not None else Counter()
     n = settings.max_panels
     items, records, bad = [], [], []
     histograms = np.zeros((len(rows), n, HISTOGRAM_BINS**3), dtype=np.float16)
@@ -279,16 +302,20 @@ def encode_chunk(
         if problem is not None:
             bad.append(_bad(row, chunk.skill, store_row, problem))
             continue
+        start = time.perf_counter()
         try:
             images = [decode(data) for data in (*row.context, *row.options)]
         except Exception as err:  # noqa: BLE001 - any decoder failure is this row's problem, counted
             detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(err).__name__}: {err}")  # the same text in every run
             bad.append(_bad(row, chunk.skill, store_row, "undecodable_image", detail))
             continue
-        texts = [reader(image) for image in images]
         tensors = torch.stack([model.image_transform(image) for image in images])
-        items.append(dict(images=tensors, texts=texts, comp_feats=torch.zeros(len(images), 7), page_id=row.sample_id))
         histograms[i, : len(images)] = [colour_histogram(image) for image in images]
+        middle = time.perf_counter()
+        seconds["decode"] += middle - start  # decoding, the model's image transform and the colour histograms
+        texts = reader(images)
+        seconds["ocr"] += time.perf_counter() - middle
+        items.append(dict(images=tensors, texts=texts, comp_feats=torch.zeros(len(images), 7), page_id=row.sample_id))
         records.append(_record(row, chunk.skill, store_row, texts))
         kept.append(i)
     dim = model.feature_dim
@@ -303,8 +330,10 @@ def encode_chunk(
         collate = make_collate(model.tokenizer, max_length=model.cfg.max_text_length, max_panels=n)
         batch = collate(items)
         batch["modality_mask"][..., COMPOSITION] = 0.0  # no page: no place on it
+        start = time.perf_counter()
         with torch.inference_mode():
             encoding = model.encode(tensors_only(batch, model.device))
+        seconds["model"] += time.perf_counter() - start  # tokenising is in collate, before: part of "decode"
         arrays[EMBEDDINGS][kept] = encoding.fused.float().cpu().numpy()
         arrays[MASKS][kept] = encoding.panel_mask.cpu().numpy()
         arrays[MODALITY_EMBEDDINGS][kept] = encoding.modalities.float().cpu().numpy()
@@ -379,27 +408,34 @@ def encode(
     reader = TextReader(settings.text, settings.ocr_threads)
     todo = [c for c in chunks if not (parts / f"{c.key}.json").is_file()]
     bar = tqdm(total=rows, initial=rows - sum(c.count for c in todo), unit="row", disable=not progress)
-    computed, started = 0, time.perf_counter()
+    computed, panels_computed, started, parts_seconds = 0, 0, time.perf_counter(), Counter()
     loaded: tuple[Path, int, list[Row]] | None = None
     for number, chunk in enumerate(todo):
         if max_chunks is not None and number >= max_chunks:
             break
         if loaded is None or loaded[:2] != (chunk.path, chunk.group):  # one row group in memory at a time
+            start = time.perf_counter()
             loaded = (chunk.path, chunk.group, read_group(chunk.path, chunk.group, chunk.group_start))
+            parts_seconds["read"] += time.perf_counter() - start
         part_rows = loaded[2][chunk.offset : chunk.offset + chunk.count]
-        arrays, records, bad = encode_chunk(part_rows, chunk, model, settings, reader, split == "test")
+        arrays, records, bad = encode_chunk(part_rows, chunk, model, settings, reader, split == "test", parts_seconds)
         region = slice(chunk.first, chunk.first + chunk.count)
         for name, values in arrays.items():
             group[name][region] = values
         _write_json(parts / f"{chunk.key}.json", dict(records=records, bad=bad))
         group[DONE][region] = True
         computed += chunk.count
+        panels_computed += sum(r["context"] + r["options"] for r in records)
         bar.update(chunk.count)
     bar.close()
     seconds = time.perf_counter() - started
     remaining = [c for c in chunks if not (parts / f"{c.key}.json").is_file()]
     timing = dict(
-        rows_computed=computed, seconds=round(seconds, 3), rows_per_second=computed / seconds if seconds else 0
+        rows_computed=computed,
+        panels_computed=panels_computed,
+        seconds=round(seconds, 3),
+        rows_per_second=computed / seconds if seconds else 0.0,
+        seconds_by_part={k: round(v, 3) for k, v in sorted(parts_seconds.items())},
     )
     if remaining:
         return dict(complete=False, chunks=len(chunks), remaining=len(remaining), timing=timing)
@@ -456,6 +492,7 @@ def assemble(
         bad_rows=dict(sorted(Counter(b["reason"] for b in bad).items())),
         bad=bad,
         hidden_labels=sum(1 for r in kept if r["solution_index"] == HIDDEN),
+        panels_per_row=panels_per_row(kept),
         chance=chance_table(kept),
         settings=asdict(settings),
         checkpoint=attrs["checkpoint"],
@@ -465,6 +502,22 @@ def assemble(
     )
     _write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+def panels_per_row(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per skill the mean and most context panels and options of a sample (what --max-panels must hold, and what a
+    split's time scales with)."""
+    table = {}
+    for skill in SKILLS:
+        mine = [(r["context"], r["options"]) for r in records if r["skill"] == skill]
+        if mine:
+            context, options = np.array(mine).T
+            table[skill] = dict(
+                context=round(float(context.mean()), 2),
+                options=round(float(options.mean()), 2),
+                most=int(max(context + options)),
+            )
+    return table
 
 
 def chance_table(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
