@@ -186,6 +186,24 @@ class EpochLoop:
         self.best = dict(metric=metric, value=float(value), epoch=epoch, step=self.step)
         return True
 
+    def keep_if_best(self, scalars: Mapping[str, float], epoch: int, metric: str, min_delta: float = 0.0) -> bool:
+        """For a trainer that trains in one sitting and keeps its best weights in memory (``best_state``): when this
+        epoch's ``metric`` is the best (``update_best``), copy the model's weights and reset ``waited``; else count
+        one more epoch in ``waited``, the epochs since the last best."""
+        if self.update_best(scalars, epoch, metric, min_delta):
+            self.waited = 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return True
+        self.waited = getattr(self, "waited", 0) + 1
+        return False
+
+    def patience_spent(self, what: str) -> bool:
+        """Whether ``cfg.patience`` epochs have passed without a best (``keep_if_best``); says so in the log."""
+        if getattr(self, "waited", 0) >= self.cfg.patience:
+            self.log(f"  stopped: no {what} for {self.waited} epochs")
+            return True
+        return False
+
     def record_epoch(
         self, epoch: int, seconds: float, scalars: Mapping[str, float], metric: str, files: Any | None
     ) -> None:

@@ -345,7 +345,7 @@ def test_notebook_05_sets_a_comicspap_run_beside_the_published_table(run: Path, 
     )
     exec("".join(cell["source"]), scope)  # noqa: S102 - the notebook's own cell
     assert json.loads((tmp_path / "comicspap.json").read_text())["split"] == "val"
-    assert "Qwen2.5-VL-7B fine-tuned" in shown[0].index and "stage4 zero-shot" in shown[0].index
+    assert "Qwen2.5-VL-7B fine-tuned" in shown[0].index and any(m.startswith("stage4") for m in shown[0].index)
     scope["comicspap_run"] = ""
     exec("".join(cell["source"]), scope)  # noqa: S102
 

@@ -110,18 +110,11 @@ class ScorerTrainer(EpochLoop):
             f"  epoch {epoch}: train loss {scalars['train_loss']:.4f}, validation loss {val_loss:.4f}, "
             f"accuracy {val_accuracy:.3f} ({seconds:.1f} s)"
         )
-        if self.update_best(scalars, epoch, "neg_val_loss", min_delta=1e-6):
-            self.waited = 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.waited += 1
+        self.keep_if_best(scalars, epoch, "neg_val_loss", min_delta=1e-6)
 
     def should_stop(self) -> bool:
         """After ``patience`` epochs without a lower validation loss."""
-        if self.waited >= self.cfg.patience:
-            self.log(f"  stopped: no lower validation loss for {self.waited} epochs")
-            return True
-        return False
+        return self.patience_spent("lower validation loss")
 
     def save(self, path: str | Path) -> Path:  # the scorer keeps its best weights in memory; fit writes the folder
         raise NotImplementedError("a COMICS scorer is saved by fit(), not checkpointed")

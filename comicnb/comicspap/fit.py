@@ -135,8 +135,8 @@ class PapTrainer(EpochLoop):
     def first_validation(self) -> dict[str, float]:
         """The starting model's held-out accuracy: epoch 0, the one to beat (its weights kept until one does)."""
         scalars = {"held_out_accuracy": self.held_out_accuracy()}
-        if self.update_best(scalars, 0, "held_out_accuracy"):
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.keep_if_best(scalars, 0, "held_out_accuracy")
+        self.waited = 0
         return scalars
 
     def held_out_accuracy(self) -> float:
@@ -171,17 +171,10 @@ class PapTrainer(EpochLoop):
             f"  epoch {epoch}: train loss {scalars['train_loss']:.4f}, held-out accuracy {accuracy:.3f} "
             f"({seconds:.1f} s)"
         )
-        if self.update_best(scalars, epoch, "held_out_accuracy", min_delta=1e-9):
-            self.waited = 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.waited += 1
+        self.keep_if_best(scalars, epoch, "held_out_accuracy", min_delta=1e-9)
 
     def should_stop(self) -> bool:
-        if self.waited >= self.cfg.patience:
-            self.log(f"  stopped: no better held-out accuracy for {self.waited} epochs")
-            return True
-        return False
+        return self.patience_spent("better held-out accuracy")
 
 
 def fit(
