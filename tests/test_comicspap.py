@@ -137,6 +137,7 @@ def test_encode_counts_every_bad_row_and_keeps_every_good_one(run: Path, data: P
     assert encoded["samples"] == rows, "every good row is a sample"
     assert sum(encoded["rows"].values()) == sum(rows.values()) + len(BAD_ROWS)
     assert all(f["sha256"] and f["rows"] for f in encoded["files"])
+    assert encoded["index_inside_context"] == {}, "the fixture's closure samples continue their context"
     sets = read_split_sets(run, "val")
     view = open_split(run, "val")
     for path in (data / skill / "val-00000-of-00001.parquet" for skill in SKILLS):
@@ -254,7 +255,10 @@ def test_eval_pools_as_comicspaps_evaluate_and_sets_baselines_beside_the_publish
     assert pap("eval", "--run-dir", str(run), "--split", "val", "--report", str(report_path)) == 0
     report = json.loads(report_path.read_text())
     methods = {row["method"]: row for row in report["table"]}
-    assert {"chance", "stage3_cosine", "colour_histogram", "text_similarity", "stage4 zero-shot"} <= set(methods)
+    assert {"chance", "option_shape", "stage3_cosine", "colour_histogram", "text_similarity"} <= set(methods)
+    assert "stage4 zero-shot" in methods
+    for skill in ("char_coherence", "text_closure", "caption_relevance"):  # options of one panel, or no context
+        assert methods["option_shape"][skill]["accuracy"] == pytest.approx(methods["chance"][skill]["accuracy"])
     for row in methods.values():
         skills = [s for s in SKILLS if s in row]
         if row["total"] is None:

@@ -253,7 +253,7 @@ class TextReader:
         return [" ".join(box.text for box in panel if box.text.strip()) for panel in held]
 
 
-def _record(row: Row, skill: str, store_row: int, texts: list[str]) -> dict[str, Any]:
+def _record(row: Row, skill: str, store_row: int, texts: list[str], sizes: list[list[int]]) -> dict[str, Any]:
     """A good row's record: what the task sample and the page record are built from."""
     return dict(
         store_row=store_row,
@@ -267,6 +267,7 @@ def _record(row: Row, skill: str, store_row: int, texts: list[str]) -> dict[str,
         task_type=row.task_type,
         caption=row.caption,
         texts=texts,
+        sizes=sizes,
         file=row.file,
         row=row.position,
     )
@@ -316,7 +317,7 @@ def encode_chunk(
         texts = reader(images)
         seconds["ocr"] += time.perf_counter() - middle
         items.append(dict(images=tensors, texts=texts, comp_feats=torch.zeros(len(images), 7), page_id=row.sample_id))
-        records.append(_record(row, chunk.skill, store_row, texts))
+        records.append(_record(row, chunk.skill, store_row, texts, [[image.width, image.height] for image in images]))
         kept.append(i)
     dim = model.feature_dim
     arrays = {
@@ -493,6 +494,13 @@ def assemble(
         bad=bad,
         hidden_labels=sum(1 for r in kept if r["solution_index"] == HIDDEN),
         panels_per_row=panels_per_row(kept),
+        index_inside_context=dict(
+            Counter(
+                r["skill"]
+                for r in kept
+                if r["skill"] not in ("sequence_filling", "caption_relevance") and r["index"] != r["context"]
+            )
+        ),
         chance=chance_table(kept),
         settings=asdict(settings),
         checkpoint=attrs["checkpoint"],
@@ -534,7 +542,7 @@ def chance_table(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def write_page_records(path: Path, records: Sequence[dict[str, Any]], rows: int, n: int) -> None:
     """The store's metadata.json: one record per store row (a sample; bad rows have no panels), its panels each a
-    whole frame (box [0, 0, 1, 1] on a 1 x 1 "page"), its texts the OCR's."""
+    whole frame (box [0, 0, 1, 1] on a 1 x 1 "page"), its texts the OCR's, and each panel image's size."""
     by_row = {r["store_row"]: r for r in records}
     pages = []
     for index in range(rows):
@@ -554,6 +562,7 @@ def write_page_records(path: Path, records: Sequence[dict[str, Any]], rows: int,
                 image_path="",
                 panel_index=list(range(count)),
                 texts=list(record["texts"]) if record else [],
+                sizes=list(record["sizes"]) if record else [],  # each panel's image, width and height in pixels
                 boxes=[[0.0, 0.0, 1.0, 1.0]] * count,
                 image_width=1,
                 image_height=1,

@@ -46,7 +46,7 @@ PUBLISHED = (
     },
 )
 PUBLISHED_CHANCE = 24.30  # ComicsPAP's random baseline on its validation split (%)
-BASELINES = ("chance", "stage3_cosine", "colour_histogram", "text_similarity")
+BASELINES = ("chance", "option_shape", "stage3_cosine", "colour_histogram", "text_similarity")
 MODEL_DIR = "model"
 MODEL_FILE = "best_model.pt"
 PREDICTIONS = "predictions"
@@ -123,9 +123,11 @@ def score_split(
     hidden = [t for t, s in sets.items() if any(x.answer == HIDDEN for x in s.samples)]
     if hidden:
         raise HiddenLabelsError(f"the {split} split has samples without labels ({', '.join(hidden)}): nothing to score")
-    results = run_baselines(sets, view, [b for b in baselines if b != "chance"]) if baselines else []
-    if "chance" in baselines:
-        results = run_baselines(sets, view, ["chance"]) + results
+    ours = [b for b in baselines if b not in ("chance", "option_shape")]
+    results = run_baselines(sets, view, ["chance"]) if "chance" in baselines else []
+    if "option_shape" in baselines:
+        results += [option_shape_baseline(task_set, view) for task_set in sets.values()]
+    results += run_baselines(sets, view, ours) if ours else []
     if with_model:
         results += model_results(run_dir, split, model, view, sets)
     methods: dict[str, list[Result]] = {}
@@ -146,6 +148,30 @@ def score_split(
         published_chance=PUBLISHED_CHANCE,
         citation=CITATION,
     )
+
+
+def option_shape_baseline(task_set, view) -> Result:
+    """The option whose picture is closest in shape and size to the context's panels: the distance of its log aspect
+    ratio and log area (pixels) to the context's means, summed. It reads nothing of the story: where it beats chance,
+    the options' shapes give the answer away (caption relevance, with no context, and options of one panel tie: chance
+    exactly)."""
+    from comicnb.stage4.results import picking_result
+
+    sizes = view.pages["sizes"]
+
+    def shape(panel: int) -> np.ndarray:
+        page, slot = view.locate(panel)
+        width, height = sizes.iat[int(page)][int(slot)]
+        return np.array([np.log(width / height), np.log(width * height)])
+
+    scores = []
+    for sample in task_set.samples:
+        if not sample.context:
+            scores.append(np.zeros(len(sample.candidates)))
+            continue
+        reference = np.mean([shape(p) for p in sample.context], axis=0)
+        scores.append(np.array([-np.abs(shape(c.panel_id) - reference).sum() for c in sample.candidates]))
+    return picking_result("option_shape", task_set, scores)
 
 
 def method_row(
