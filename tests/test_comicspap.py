@@ -300,6 +300,8 @@ def test_fit_trains_on_the_train_split_and_keeps_val_unseen(run: Path, encoded: 
     val_ids = {s.sample_id for s in read_split_sets(run, "val")["panel_picking"].samples}
     assert not val_ids & {s.sample_id for s in train["panel_picking"].samples}
     assert pap("eval", "--run-dir", str(run), "--split", "val") == 0
+    assert pap(*args, "--init", "fresh") == 0
+    assert json.loads((model_path(run).parent / "fit.json").read_text())["init"] == "fresh"
 
 
 def test_export_then_encode_gives_the_runs_own_baseline_accuracies(run: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 import zarr
 from PIL import Image
@@ -147,8 +148,6 @@ class Chunk:
 
 def plan_chunks(files: list[tuple[str, Path]], rows_per_chunk: int) -> list[Chunk]:
     """Every chunk of every file, in file order, from the footers alone."""
-    import pyarrow.parquet as pq
-
     chunks, first = [], 0
     for skill, path in files:
         meta = pq.ParquetFile(path).metadata
@@ -373,8 +372,6 @@ def encode(
     found = find_files(data, split, skills)
     files = []
     for skill, path in found.all:
-        import pyarrow.parquet as pq
-
         handle = pq.ParquetFile(path)
         check_schema(handle.schema_arrow, path)  # every file before any work: a wrong file fails at once
         files.append(

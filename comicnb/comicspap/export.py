@@ -101,22 +101,24 @@ def letter(crop: Image.Image, texts: Sequence[str], boxes: Sequence[Sequence[flo
     return image
 
 
-def candidate_texts(sample: TaskSample, index: int, view: RunView) -> list[str]:
+def candidate_texts(sample: TaskSample, index: int, view: RunView, by_panel=None) -> list[str]:
     """A text task's candidate as texts per box: its own per-box texts, those of the panel its text comes from, or its
-    text as one block."""
+    text as one block (``by_panel``: the view's panel table indexed by panel id, where the caller has it)."""
     candidate = sample.candidates[index]
     if candidate.text_boxes:
         return list(candidate.text_boxes)
     if candidate.text_from is not None:
-        boxes = view.panels.set_index("panel_id").at[candidate.text_from, "text_boxes"]
+        by_panel = by_panel if by_panel is not None else view.panels.set_index("panel_id")
+        boxes = by_panel.at[candidate.text_from, "text_boxes"]
         if isinstance(boxes, list) and boxes:
             return [str(b) for b in boxes]
         return [view.text(candidate.text_from)]
     return [candidate.text or ""]
 
 
-def export_row(sample: TaskSample, view: RunView, crops: Crops, as_split: str) -> dict[str, Any] | str:
-    """One sample as a ComicsPAP row, or why it cannot be one."""
+def export_row(sample: TaskSample, view: RunView, crops: Crops, as_split: str, by_panel) -> dict[str, Any] | str:
+    """One sample as a ComicsPAP row, or why it cannot be one (``by_panel``: the view's panel table indexed by panel
+    id)."""
     skill = SKILL_OF[sample.task]
     keys = [(p, "full") for p in sample.context] + [(c.panel_id, c.vision) for c in sample.candidates]
     if any(c.vision == "none" for c in sample.candidates):
@@ -124,9 +126,9 @@ def export_row(sample: TaskSample, view: RunView, crops: Crops, as_split: str) -
     made = crops(keys)
     context = [made[(p, "full")] for p in sample.context]
     if sample.task in TEXT_TASKS:
-        panel = view.panels.set_index("panel_id").at[sample.candidates[sample.answer].panel_id, "balloon_boxes"]
+        panel = by_panel.at[sample.candidates[sample.answer].panel_id, "balloon_boxes"]
         options = [
-            letter(made[(c.panel_id, c.vision)], candidate_texts(sample, i, view), panel)
+            letter(made[(c.panel_id, c.vision)], candidate_texts(sample, i, view, by_panel), panel)
             for i, c in enumerate(sample.candidates)
         ]
     else:
@@ -158,7 +160,7 @@ def export_sets(
 ) -> dict[str, Any]:
     """Write the sets as ComicsPAP parquet under ``out`` (see the module); returns the export record."""
     out = Path(out)
-    crops = Crops(view, crop_min_side)
+    crops, by_panel = Crops(view, crop_min_side), view.panels.set_index("panel_id")
     written, skipped, reasons = {}, {}, {}
     for task, task_set in sets.items():
         if task not in SKILL_OF:
@@ -169,7 +171,7 @@ def export_sets(
             continue
         rows, why = [], Counter()
         for sample in task_set.samples:
-            row = export_row(sample, view, crops, as_split)
+            row = export_row(sample, view, crops, as_split, by_panel)
             if isinstance(row, str):
                 why[row] += 1
             else:

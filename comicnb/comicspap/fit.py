@@ -84,14 +84,6 @@ def split_train(sets: Mapping[str, TaskSet], share: float) -> tuple[dict[str, Ta
     return train, stop
 
 
-def _run_model(run_dir: Path) -> tuple[Path | None, dict[str, Any]]:
-    """The run's Stage 4 best model and its config (None and {} where it has none)."""
-    path = stage4_checkpoints(run_dir).best
-    if not path.is_file():
-        return None, {}
-    return path, load_stage4_model(path)[1]
-
-
 class PapTrainer(EpochLoop):
     """Fits a Stage 4 model on fixed ComicsPAP samples in one sitting (``comicnb.loop``), keeping the epoch with the
     best pooled accuracy on the held-out part."""
@@ -190,7 +182,8 @@ def fit(
     out = model_path(run_dir)
     if out.is_file() and not overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
-    source, config = _run_model(run_dir)
+    source = stage4_checkpoints(run_dir).best
+    source = source if source.is_file() else None
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     if zero_shot:
@@ -206,10 +199,10 @@ def fit(
     train, stop = split_train(sets, settings.hold_out)
     if not stop:
         raise ValueError(f"the train split has no sample in the early-stopping share {settings.hold_out}")
-    if settings.init == "run" and source is not None:
-        model, config = load_stage4_model(source)
-        init = str(source)
-    else:
+    loaded, config = load_stage4_model(source) if source is not None else (None, {})
+    if settings.init == "run" and loaded is not None:
+        model, init = loaded, str(source)
+    else:  # a fresh model of the run's size (the defaults' where the run has none)
         model_config = dict(config.get("model") or asdict(Stage4ModelConfig()))
         model = Stage4SequenceModel.from_config({**model_config, "input_dim": int(view.feature_dim)})
         config = {"model": model.config, "train": config.get("train", {})}
