@@ -233,6 +233,12 @@ def test_ocr_reads_the_text_of_each_panel(run: Path, data: Path, tmp_path: Path)
     assert np.mean(recalls) >= 0.6, f"OCR read {np.mean(recalls):.2f} of the lettered words"
 
 
+def test_the_command_line_names_comicspaps_skills() -> None:
+    from comicnb.comicspap.cli import SKILL_NAMES  # kept apart so that `comicnb --help` does not import pyarrow
+
+    assert SKILL_NAMES == SKILLS
+
+
 def test_letter_puts_each_text_in_its_box() -> None:
     from PIL import Image
 

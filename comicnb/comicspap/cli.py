@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+# ComicsPAP's skills as in comicnb.comicspap.format.SKILLS (which imports pyarrow); a test keeps them equal.
 SKILL_NAMES = ("sequence_filling", "char_coherence", "visual_closure", "text_closure", "caption_relevance")
 
 
