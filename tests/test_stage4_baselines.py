@@ -23,6 +23,7 @@ from comicnb.stage3.model import PanelFeatureExtractor
 from comicnb.stage4.baselines import GeometryBaseline, applies, run_baselines, score_baselines
 from comicnb.stage4.baselines.no_learning import (
     chance_baseline,
+    colour_histogram,
     colour_histogram_baseline,
     crop_histograms,
     named_addressee_baseline,
@@ -232,6 +233,18 @@ def test_colour_histogram_picks_the_identical_crop(inputs: RunView) -> None:
     )
     assert result.correct.tolist() == [1.0] and result.predictions == [1]
     assert result.scores[0][1] == pytest.approx(1.0)
+
+
+def test_a_crops_histogram_does_not_depend_on_its_page(inputs: RunView, tmp_path: Path) -> None:
+    """The colour histogram reads a crop at full size: decoded at a scale set by its page's smallest panel, crops of
+    one page would share a blur that tells their page (a cue that is not the story)."""
+    panel = page_panels(inputs, "val")[0][0]
+    page, slot = inputs.locate(panel)
+    box = inputs.pages.iloc[int(page)]["boxes"][int(slot)]
+    with Image.open(inputs.image_file(int(page))) as image:
+        alone = colour_histogram(image.convert("RGB").crop(tuple(int(round(v)) for v in box)))
+    local = RunView(pages=inputs.pages, max_panels=inputs.max_panels, data_root=inputs.data_root)
+    assert np.allclose(crop_histograms(local, [(panel, "full")])[0], alone, atol=1e-3)
 
 
 def test_text_free_crops_come_from_the_twin_and_fall_back_with_a_warning(inputs: RunView, tmp_path: Path) -> None:

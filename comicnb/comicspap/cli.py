@@ -109,12 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser, formatter: type[argparse.Help
     export.add_argument("--out", default=None, help="folder to write (default: <run>/comicspap/export)")
     export.add_argument("--split", default="test", choices=("val", "test"), help="which of the run's sets")
     export.add_argument("--as-split", default="val", help="the split name the rows carry (default val)")
-    export.add_argument(
-        "--crop-min-side",
-        type=int,
-        default=None,
-        help="crop as the colour-histogram baseline does (reduced JPEG decoding); default: full size",
-    )
     export.set_defaults(comicspap_func=_export)
 
     fixture = commands.add_parser(
@@ -218,7 +212,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from comicnb.comicspap.export import export
 
-    record = export(args.run_dir, args.out, args.split, args.as_split, args.crop_min_side)
+    record = export(args.run_dir, args.out, args.split, args.as_split)
     rows = ", ".join(f"{k} {v}" for k, v in record["rows"].items())
     print(f"[comicnb] comicspap export ({args.split} sets as {args.as_split}): {rows}")
     for task, why in record["not_exported"].items():

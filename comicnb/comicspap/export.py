@@ -17,9 +17,8 @@ cropped from the run's page images as PNG (lossless):
   exported (the manifest says so);
 - text-cloze and reading order have no ComicsPAP skill and are not exported.
 
-``crop_min_side`` crops as the colour-histogram baseline does (a JPEG page decoded at a reduced scale), for a round
-trip whose colour histograms are exactly the run's own; by default crops are full size. ``comicnb_export.json``
-records the run, the sets and what was not exported, and why.
+Crops are full size, as the colour-histogram baseline takes them, so a round trip gives that baseline exactly the
+run's own accuracies. ``comicnb_export.json`` records the run, the sets and what was not exported, and why.
 """
 
 from __future__ import annotations
@@ -47,10 +46,10 @@ NOT_EXPORTED = {
 
 
 class Crops:
-    """Panel crops of a view by (panel id, vision), each page image opened once per batch of requests."""
+    """Full-size panel crops of a view by (panel id, vision), each page image opened once per batch of requests."""
 
-    def __init__(self, view: RunView, min_side: int | None = None) -> None:
-        self.view, self.min_side = view, min_side
+    def __init__(self, view: RunView) -> None:
+        self.view = view
 
     def __call__(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Image.Image]:
         by_page: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -60,7 +59,7 @@ class Crops:
         for (page, vision), ids in by_page.items():
             boxes = [self.view.pages.iloc[page]["boxes"][int(self.view.locate(i)[1])] for i in ids]
             with Image.open(self.view.image_file(page, vision)) as image:
-                made = crop_panels(image, boxes, min_side=self.min_side)
+                made = crop_panels(image, boxes)
             crops.update({(i, vision): crop for i, crop in zip(ids, made)})
         return crops
 
@@ -154,13 +153,12 @@ def export_sets(
     view: RunView,
     out: str | Path,
     as_split: str = "val",
-    crop_min_side: int | None = None,
     run_dir: str | Path | None = None,
     split: str = "test",
 ) -> dict[str, Any]:
     """Write the sets as ComicsPAP parquet under ``out`` (see the module); returns the export record."""
     out = Path(out)
-    crops, by_panel = Crops(view, crop_min_side), view.panels.set_index("panel_id")
+    crops, by_panel = Crops(view), view.panels.set_index("panel_id")
     written, skipped, reasons = {}, {}, {}
     for task, task_set in sets.items():
         if task not in SKILL_OF:
@@ -189,7 +187,7 @@ def export_sets(
         rows=written,
         skipped_samples=skipped,
         not_exported=reasons,
-        crops="full size" if crop_min_side is None else f"as the colour-histogram baseline (min side {crop_min_side})",
+        crops="full size, PNG",
         text_tasks="text-free answer panel lettered with each candidate's text (comicnb.comicspap.export.letter)",
         comicnb_version=__version__,
     )
@@ -203,7 +201,6 @@ def export(
     out: str | Path | None = None,
     split: str = "test",
     as_split: str = "val",
-    crop_min_side: int | None = None,
 ) -> dict[str, Any]:
     """A run's fixed ``split`` task sets as ComicsPAP parquet (default ``<run>/comicspap/export/``), labelled as
     ComicsPAP's ``as_split`` (``val``, the split its evaluation scores)."""
@@ -213,4 +210,4 @@ def export(
     view = open_run(run_dir)
     sets = read_sets(run_dir, view, split=split)
     out = Path(out) if out else Path(run_dir) / "comicspap" / "export"
-    return export_sets(sets, view, out, as_split, crop_min_side, run_dir, split)
+    return export_sets(sets, view, out, as_split, run_dir, split)

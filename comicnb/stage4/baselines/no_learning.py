@@ -24,7 +24,6 @@ from comicnb.stage4.tasks import Candidate, TaskSample, TaskSet
 from comicnb.stage4.view import RunView
 
 HISTOGRAM_BINS = 8  # per channel: 512 colour cells, coarse enough that JPEG noise does not split a flat colour
-CROP_MIN_SIDE = 32  # JPEG pages decode at a reduced scale as long as every crop keeps this many pixels
 
 
 def chance_baseline(task_set: TaskSet, view: RunView | None = None) -> Result:
@@ -51,7 +50,12 @@ def colour_histogram(crop: Image.Image, bins: int = HISTOGRAM_BINS) -> np.ndarra
 
 def crop_histograms(view: RunView, keys: Iterable[tuple[int, str]]) -> np.ndarray:
     """(K, bins^3) colour histograms of (panel id, vision) crops; each page image is opened once per call and every
-    histogram is kept in the view."""
+    histogram is kept in the view.
+
+    Pages are decoded at full size. A JPEG decoded at a reduced scale (``crop_panels``' ``min_side``) gets a scale
+    chosen by the smallest panel of its page, so every crop of a page would share a blur that crops of other pages
+    lack: a page's mark the baseline read (panel picking, whose answer comes from the context's page, 0.634 on the
+    demo's test books with it, 0.463 without; docs/results.md, "Issue 23")."""
     cache = view.memo.setdefault("histograms", {})
     keys = list(keys)
     todo: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -60,7 +64,7 @@ def crop_histograms(view: RunView, keys: Iterable[tuple[int, str]]) -> np.ndarra
     for (page, vision), ids in todo.items():
         boxes = [view.pages.iloc[page]["boxes"][int(view.locate(i)[1])] for i in ids]
         with Image.open(view.image_file(page, vision)) as image:
-            crops = crop_panels(image, boxes, min_side=CROP_MIN_SIDE)
+            crops = crop_panels(image, boxes)
         cache.update({(i, vision): colour_histogram(c) for i, c in zip(ids, crops)})
     return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, HISTOGRAM_BINS**3))
 
