@@ -40,6 +40,7 @@ from comicnb.comicspap.format import (
     check_schema,
     find_files,
     image_struct,
+    known_revision,
     png_bytes,
     write_rows,
 )
@@ -138,6 +139,9 @@ def test_encode_counts_every_bad_row_and_keeps_every_good_one(run: Path, data: P
     assert sum(encoded["rows"].values()) == sum(rows.values()) + len(BAD_ROWS)
     assert all(f["sha256"] and f["rows"] for f in encoded["files"])
     assert encoded["index_inside_context"] == {}, "the fixture's closure samples continue their context"
+    assert set(encoded["revision_by_counts"].values()) == {"unknown"}, "the fixture's counts are no published ones"
+    assert known_revision("text_closure", 274) == "earlier" and known_revision("text_closure", 259) == "current"
+    assert known_revision("char_coherence", 143) == "current"
     sets = read_split_sets(run, "val")
     view = open_split(run, "val")
     for path in (data / skill / "val-00000-of-00001.parquet" for skill in SKILLS):

@@ -63,7 +63,8 @@ HF_FEATURES = {
     "task_type": {"dtype": "string", "_type": "Value"},
     "previous_panel_caption": {"dtype": "string", "_type": "Value"},
 }
-# Published sample counts of the validation split, by revision (text closure changed between them).
+# Published row counts of the validation split, by revision (text closure changed between them): a split's counts name
+# its revision where the download left no record of it (``known_revision``).
 VALIDATION_COUNTS = {
     "current": {
         "sequence_filling": 262,
@@ -74,6 +75,15 @@ VALIDATION_COUNTS = {
     },
     "earlier": {"text_closure": 274},
 }
+
+
+def known_revision(skill: str, rows: int) -> str:
+    """Which published revision of the validation split a skill's row count matches ("current", "earlier": only text
+    closure's count differs between them), or "unknown"."""
+    for revision in ("current", "earlier"):
+        if VALIDATION_COUNTS[revision].get(skill) == rows:
+            return revision
+    return "unknown"
 
 
 class ComicsPAPFormatError(ValueError):
@@ -106,11 +116,8 @@ class SplitFiles:
 
     @property
     def all(self) -> list[tuple[str, Path]]:
+        """(skill, file) of every file, skill by skill in SKILLS' order, files in name order."""
         return [(skill, path) for skill in SKILLS for path in self.files.get(skill, [])]
-
-    def rows(self) -> int:
-        """Rows of every file (from the footers: nothing is decoded)."""
-        return sum(pq.ParquetFile(path).metadata.num_rows for _, path in self.all)
 
 
 def find_files(root: str | Path, split: str, skills: Sequence[str] = SKILLS) -> SplitFiles:
@@ -196,11 +203,6 @@ def _image_bytes(item: Mapping[str, Any] | None) -> bytes | None:
         return None
     data = item.get("bytes")
     return bytes(data) if data is not None else None
-
-
-def row_groups(path: str | Path) -> int:
-    """Row groups of a parquet file."""
-    return pq.ParquetFile(path).num_row_groups
 
 
 def read_group(path: str | Path, group: int, first_row: int = 0) -> list[Row]:
