@@ -39,13 +39,13 @@ import zarr
 from PIL import Image
 
 from comicnb import __version__
+from comicnb.checkpoint import file_sha256
 from comicnb.comicspap.format import (
     HIDDEN,
     SKILLS,
     TASK_OF,
     Row,
     check_schema,
-    file_sha256,
     find_files,
     group_starts,
     known_revision,

@@ -13,7 +13,6 @@ input).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -172,15 +171,6 @@ def check_schema(schema: pa.Schema, path: str | Path = "") -> None:
             raise ComicsPAPFormatError(
                 f"{where}column {expected.name!r} is {got}, not {expected.type} as in ComicsPAP's files"
             )
-
-
-def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
-    """The SHA-256 of a file, read a block at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def revision_of(root: str | Path, path: str | Path) -> str | None:
